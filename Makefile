@@ -1,0 +1,46 @@
+# edgecompress: `make demo` runs the pipeline on Fashion-MNIST, `make test` runs the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: install data demo test test-slow lint bench bench-gpu clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: Debian package where apt is usable, else torchvision's download into ~/.cache/edgecompress.
+data: install
+	@if [ -f $(FMNIST_DEB) ]; then echo "Fashion-MNIST: $(dir $(FMNIST_DEB))"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1; then \
+	     echo "Fashion-MNIST installed from the Debian package"; \
+	else $(BIN)/edgecompress download fashion_mnist; fi
+
+demo: data
+	$(BIN)/edgecompress demo configs/fmnist-quick.yaml
+
+test: data
+	$(BIN)/python -m pytest -q
+
+test-slow: data
+	$(BIN)/python -m pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check edgecompress tests bench
+
+bench: data
+	$(BIN)/python bench/base.py
+
+bench-gpu: data
+	$(BIN)/python bench/evaluator.py --device cuda --out bench/results/evaluator-gpu.json
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,53 @@
+"""The `edgecompress` command line. Each subcommand group lives in its own module with `register(app)`.
+
+Only this layer prints; library functions compute and return. Every EdgeCompressError becomes one line on
+stderr and exit code 2; Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from edgecompress.cli import base as _base
+from edgecompress.errors import EdgeCompressError
+
+app = typer.Typer(
+    name="edgecompress",
+    help="Find the best compressed version of an image model for a device.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in (_base,):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point: one-line errors, non-zero exit codes."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgeCompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors and friends
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        raise
+
+
+if __name__ == "__main__":
+    main()

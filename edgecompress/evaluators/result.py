@@ -1,0 +1,74 @@
+"""EvalResult: what evaluating one CompressionConfig produces (shared by search, results, cascade).
+
+Metric keys (all optional except where noted; values are plain floats/ints/strings):
+    accuracy            validation top-1 in [0, 1] (the search objective; never the test split)
+    test_accuracy       test top-1 in [0, 1] (final reports only)
+    latency_ms          median latency at batch 1, milliseconds (objective)
+    latency_p90_ms      90th percentile at batch 1
+    latency_cv          coefficient of variation of the batch-1 repeats
+    latency_batch_ms    median latency of one serving batch (`batch_size` images)
+    batch_size          the serving batch size used for latency_batch_ms
+    latency_source      "measured" or "estimated" (sub-8-bit: BitOPs-scaled, no real kernels)
+    macs, bitops, params, param_bytes, size_bytes
+    input_size          input side length in pixels
+    achieved_prune      achieved channel-pruning ratio (round_to changes the asked one)
+    device, device_name, backend, precision, threads, torch_version, runtime_version
+    finetune_seconds, eval_seconds
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from edgecompress.spaces.config import CompressionConfig
+
+State = Literal["complete", "infeasible", "failed", "pruned"]
+
+ARTEFACT_FILES = {
+    "config": "config.yaml",
+    "metrics": "metrics.json",
+    "model": "model.pt",
+    "val_logits": "val_logits.npy",
+    "val_labels": "val_labels.npy",
+    "test_logits": "test_logits.npy",
+    "test_labels": "test_labels.npy",
+}
+
+
+@dataclass
+class EvalResult:
+    """Measured objectives and metrics of one config; `state` says whether it is usable."""
+
+    config: CompressionConfig
+    state: State = "complete"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    fail_reason: str | None = None
+    violations: dict[str, float] = field(default_factory=dict)  # constraint name -> amount (>0 = violated)
+    artefact_dir: str | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return all(v <= 0 for v in self.violations.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "config_hash": self.config.config_hash(),
+            "state": self.state,
+            "metrics": dict(self.metrics),
+            "fail_reason": self.fail_reason,
+            "violations": dict(self.violations),
+            "artefact_dir": self.artefact_dir,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EvalResult:
+        return cls(
+            config=CompressionConfig.from_dict(d["config"]),
+            state=d.get("state", "complete"),
+            metrics=dict(d.get("metrics", {})),
+            fail_reason=d.get("fail_reason"),
+            violations=dict(d.get("violations", {})),
+            artefact_dir=d.get("artefact_dir"),
+        )
