@@ -1,0 +1,3 @@
+from edgecompress.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Cached base models: trained once per (dataset, model, recipe, seed), keyed by a hash, reused by every trial."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+from filelock import FileLock
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.data import DataBundle, load_data
+from edgecompress.evaluators.models import create_model
+from edgecompress.evaluators.train import TrainSettings, accuracy, train_model
+from edgecompress.utils import atomic_path, atomic_write_json, runs_dir, seed_everything
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class BaseModel:
+    model: nn.Module
+    metrics: dict[str, Any]
+    key: str
+    path: Path
+    reused: bool
+
+
+def base_dir(exp: Any) -> Path:
+    return runs_dir() / "cache" / f"base-{exp.model.name}-{exp.dataset.name}-{exp.base_key()}"
+
+
+def build_model(exp: Any, data: DataBundle) -> nn.Module:
+    return create_model(exp.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
+                        pretrained=exp.model.pretrained, **exp.model.kwargs)
+
+
+def get_base_model(
+    exp: Any,
+    data: DataBundle | None = None,
+    on_step: Callable[[int, int], None] | None = None,
+    force: bool = False,
+    device: str = "cpu",
+) -> BaseModel:
+    """Return the cached base model for `exp`, training it first if no cache entry exists."""
+    folder = base_dir(exp)
+    folder.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder / ".lock")):
+        data = data or load_data(exp.dataset, exp.seed)
+        weights, metrics_file = folder / "model.pt", folder / "metrics.json"
+        if not force and weights.is_file() and metrics_file.is_file():
+            model = build_model(exp, data)
+            try:
+                state = torch.load(weights, map_location="cpu", weights_only=True)
+                model.load_state_dict(state["state_dict"])
+                metrics = json.loads(metrics_file.read_text())
+            except Exception as e:  # noqa: BLE001 - corrupt cache entry
+                raise EdgeCompressError(f"{folder}: corrupt base-model cache entry ({e}); delete it") from None
+            return BaseModel(model.eval(), metrics, exp.base_key(), folder, reused=True)
+        seed_everything(exp.seed)
+        model = build_model(exp, data).to(device)
+        settings = TrainSettings.from_recipe(exp.base_training, exp.seed)
+        start = time.perf_counter()
+        train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device)
+        train_seconds = time.perf_counter() - start
+        model = model.cpu().eval()
+        metrics = {
+            "val_accuracy": accuracy(model, data.val, data.native_size),
+            "test_accuracy": accuracy(model, data.test, data.native_size),
+            "train_seconds": round(train_seconds, 2),
+            "epochs": settings.epochs,
+            "model": exp.model.name,
+            "dataset": exp.dataset.name,
+            "input_size": data.native_size,
+            "train_images": len(data.train),
+            "key": exp.base_key(),
+            "threads": torch.get_num_threads(),
+        }
+        with atomic_path(weights) as tmp:
+            torch.save({"format_version": FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)
+        atomic_write_json(metrics_file, metrics)
+        return BaseModel(model, metrics, exp.base_key(), folder, reused=False)
