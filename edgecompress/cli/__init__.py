@@ -11,6 +11,7 @@ import sys
 import typer
 
 from edgecompress.cli import base as _base
+from edgecompress.cli import evaluate as _evaluate
 from edgecompress.errors import EdgeCompressError
 
 app = typer.Typer(
@@ -21,7 +22,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_base,):
+for _module in (_base, _evaluate):
     _module.register(app)
 
 

@@ -1,0 +1,67 @@
+"""`edgecompress evaluate CONFIG --set prune=0.5 --set bits=8 --set resolution=0.75`: one config, measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from edgecompress.cli.base import console, parse_sets
+
+ALIASES = {"bits": ("w_bits", "a_bits"), "epochs": ("finetune_epochs",), "ratio": ("prune",)}
+
+
+def compression_from_sets(sets: dict[str, Any]) -> Any:
+    """`--set` pairs -> CompressionConfig; `bits` sets weight and activation bits together."""
+    from edgecompress.spaces.config import CompressionConfig
+
+    data: dict[str, Any] = {}
+    for key, value in sets.items():
+        for target in ALIASES.get(key, (key,)):
+            data[target] = value
+    return CompressionConfig.from_dict(data, "--set")
+
+
+def format_metrics(result: Any) -> Table:
+    t = Table(title=f"config {result.config.config_hash()}  state: {result.state}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for key in sorted(result.metrics):
+        v = result.metrics[key]
+        t.add_row(key, f"{v:.6g}" if isinstance(v, float) else str(v))
+    for key, v in result.violations.items():
+        t.add_row(f"violation:{key}", f"{v:.4g}")
+    if result.fail_reason:
+        t.add_row("reason", result.fail_reason)
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def evaluate(
+        config: Path = typer.Argument(..., help="experiment YAML"),
+        set_: Optional[list[str]] = typer.Option(None, "--set", help="compression setting, e.g. prune=0.5, bits=8"),
+        override: Optional[list[str]] = typer.Option(None, "--override", help="experiment key, e.g. finetune.epochs=2"),
+        out: Optional[Path] = typer.Option(None, "-o", "--out", help="write artefacts (model, logits) here"),
+        as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    ) -> None:
+        """Compress, fine-tune and measure one configuration; print its metrics."""
+        from edgecompress.evaluators.evaluate import build_evaluator
+        from edgecompress.spaces import load_experiment
+
+        exp = load_experiment(config, parse_sets(override))
+        cc = compression_from_sets(parse_sets(set_))
+        with console.status(f"evaluating {cc.config_hash()} ..."):
+            result = build_evaluator(exp)(cc, artefact_dir=out,
+                                          on_epoch=lambda e, a: console.log(f"epoch {e}: val accuracy {a:.4f}"))
+        if as_json:
+            print(json.dumps(result.to_dict(), indent=2, default=str))
+        else:
+            console.print(format_metrics(result))
+            if result.metrics.get("latency_source") == "estimated":
+                console.print(f"[yellow]note:[/] {result.metrics.get('latency_note')}")
+        if result.state == "failed":
+            raise typer.Exit(1)

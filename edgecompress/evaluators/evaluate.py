@@ -1,0 +1,223 @@
+"""evaluate(config) -> measured objectives: compress, measure cost/latency, stop early if infeasible,
+fine-tune with distillation, quantise to the deploy form, measure accuracy, write artefacts.
+
+Latency is measured on the compressed architecture before fine-tuning (weights do not change latency), so
+a config that already breaks a latency/size/MACs constraint costs seconds, not a fine-tune.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError
+from edgecompress.evaluators.base import BaseModel, get_base_model
+from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
+from edgecompress.evaluators.cost import count_costs
+from edgecompress.evaluators.data import DataBundle, load_data, make_loader
+from edgecompress.evaluators.deploy import Deployed, deploy, estimate_latency
+from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
+from edgecompress.spaces.config import CompressionConfig
+from edgecompress.utils import atomic_path, seed_everything
+
+EpochCallback = Callable[[int, float], None]
+
+
+class Evaluator(Protocol):
+    def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,
+                 on_epoch: EpochCallback | None = None) -> EvalResult: ...
+
+
+def precision_for(bits: int) -> str:
+    """Deploy precision for a weight bit-width: 32 fp32, 16 fp16/bf16, 8 int8, below 8 int8 + estimate."""
+    return {32: "fp32", 16: "fp16"}.get(bits, "int8")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EdgeCompressError("device.device is 'cuda' but CUDA is not available on this machine")
+    return name
+
+
+def constraint_violations(metrics: dict[str, Any], constraints: Any, stage: str) -> dict[str, float]:
+    """Constraint name -> violation amount (> 0 violated). `stage` "pre" skips accuracy (not known yet)."""
+    checks = [("max_latency_ms", "latency_ms", 1), ("max_latency_batch_ms", "latency_batch_ms", 1),
+              ("max_size_bytes", "size_bytes", 1), ("max_macs", "macs", 1)]
+    if stage == "post":
+        checks.append(("min_accuracy", "accuracy", -1))
+    out = {}
+    for cname, metric, sign in checks:
+        limit = getattr(constraints, cname, None)
+        if limit is not None and metric in metrics:
+            out[cname] = float(sign * (metrics[metric] - limit))
+    return out
+
+
+class CompressionEvaluator:
+    """Evaluates CompressionConfigs for one experiment; data and the base model are loaded once, lazily."""
+
+    def __init__(self, exp: Any, data: DataBundle | None = None, base: BaseModel | None = None) -> None:
+        self.exp = exp
+        self.device = resolve_device(exp.device.device)
+        self._data, self._base = data, base
+
+    @property
+    def data(self) -> DataBundle:
+        if self._data is None:
+            self._data = load_data(self.exp.dataset, self.exp.seed)
+        return self._data
+
+    @property
+    def base(self) -> BaseModel:
+        if self._base is None:
+            self._base = get_base_model(self.exp, self.data)
+        return self._base
+
+    def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
+        loader = make_loader(self.data.train, size, batch_size, shuffle=True, seed=self.exp.seed,
+                             limit=n * batch_size)
+        return [x for x, _ in loader]
+
+    def _deploy(self, model: nn.Module, size: int, precision: str, workdir: Path | None = None) -> Deployed:
+        example = torch.randn(1, self.data.in_chans, size, size)
+        calib = self.calib_batches(size) if precision == "int8" else None
+        return deploy(model, example, backend=self.exp.device.backend, precision=precision, calib_batches=calib,
+                      device=self.device, threads=self.exp.device.threads, workdir=workdir)
+
+    def measure_latency(self, dep: Deployed, size: int) -> dict[str, Any]:
+        """Batch-1 and serving-batch latency of a deployed model, as EvalResult metrics."""
+        d = self.exp.device
+        kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv)
+        x1 = torch.randn(1, self.data.in_chans, size, size, device=self.device)
+        xb = torch.randn(d.batch_size, self.data.in_chans, size, size, device=self.device)
+        s1 = dep.measure(x1, **kw)
+        sb = dep.measure(xb, **kw)
+        m = s1.to_metrics("latency")
+        m.update({"latency_batch_ms": sb.median_ms, "latency_batch_p90_ms": sb.p90_ms,
+                  "latency_batch_cv": sb.cv, "batch_size": d.batch_size,
+                  "precision": dep.precision, "provider": dep.provider, "size_bytes": dep.size_bytes})
+        return m
+
+    def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,
+                 on_epoch: EpochCallback | None = None) -> EvalResult:
+        try:
+            return self._evaluate(config, artefact_dir, on_epoch)
+        except TrainingDivergedError as e:
+            return EvalResult(config, state="failed", fail_reason=f"diverged: {e}")
+        except CompressionError as e:
+            return EvalResult(config, state="failed", fail_reason=f"compression: {e}")
+        except torch.OutOfMemoryError as e:
+            return EvalResult(config, state="failed", fail_reason=f"out of memory: {str(e).splitlines()[0]}")
+
+    def _evaluate(self, config: CompressionConfig, artefact_dir: Path | None,
+                  on_epoch: EpochCallback | None) -> EvalResult:
+        exp, data = self.exp, self.data
+        t0 = time.perf_counter()
+        seed_everything(exp.seed)
+        torch.set_num_threads(exp.device.threads)
+        native = data.native_size
+        size = config.input_size(native)
+        example = torch.randn(1, data.in_chans, size, size)
+        model, report = compress_model(self.base.model, config, example)
+        w, a = config.w_bits, config.a_bits
+        metrics: dict[str, Any] = {
+            "input_size": size, "achieved_prune": report["achieved_prune"],
+            "blocks_kept": report["blocks_kept"], "w_bits": w, "a_bits": a,
+            **count_costs(model, (1, data.in_chans, size, size), w_bits=w, a_bits=a),
+        }
+        # 1. latency and cost first (cheap); weights do not matter for speed
+        measured_precision = precision_for(w)
+        dep = self._deploy(model, size, measured_precision)
+        metrics.update(self.measure_latency(dep, size))
+        if w < 8:  # no sub-8-bit kernels: scale the measured int8 latency by the BitOPs ratio
+            for key in ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms",
+                        "latency_batch_p90_ms"):
+                metrics[key] = estimate_latency(metrics[key], 8, w, a)
+            metrics["latency_source"] = "estimated"
+            metrics["latency_note"] = (f"{w}/{a}-bit latency estimated from the measured int8 model x BitOPs "
+                                       "ratio (no sub-8-bit kernels on this runtime)")
+            metrics["size_bytes"] = int(round(metrics["size_bytes"] * w / 8))
+        else:
+            metrics["latency_source"] = "measured"
+        metrics["measure_seconds"] = round(time.perf_counter() - t0, 3)
+        pre = constraint_violations(metrics, exp.constraints, "pre")
+        if any(v > 0 for v in pre.values()):
+            return EvalResult(config, state="infeasible", metrics=metrics, violations=pre,
+                              fail_reason="constraint violated before fine-tuning: "
+                              + ", ".join(k for k, v in pre.items() if v > 0))
+        # 2. fine-tune with distillation from the base model at the target resolution
+        ft = exp.finetune
+        settings = TrainSettings.from_recipe(ft, exp.seed)
+        settings.epochs = ft.epochs if config.finetune_epochs is None else config.finetune_epochs
+        settings.augment = False
+        if w < 8 and ft.qat:
+            apply_fake_quant(model, w, a, qat=True)
+            calibrate(model, self.calib_batches(size))
+        t1 = time.perf_counter()
+        if settings.epochs > 0:
+            train_model(model, data.train, size, settings, val=data.val, teacher=self.base.model,
+                        teacher_size=native, on_epoch=on_epoch, device=self.device)
+        metrics["finetune_seconds"] = round(time.perf_counter() - t1, 3)
+        metrics["finetune_epochs"] = settings.epochs
+        # 3. the shipped form gives the accuracy
+        runner, fp_model = self._final_form(model, config, size)
+        eb = exp.device.eval_batch_size
+        val_logits = predict_logits(runner, data.val, size, eb, self.device)
+        test_logits = predict_logits(runner, data.test, size, eb, self.device)
+        metrics["accuracy"] = float((val_logits.argmax(1) == data.val.labels.numpy()).mean())
+        metrics["test_accuracy"] = float((test_logits.argmax(1) == data.test.labels.numpy()).mean())
+        metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
+        violations = {**pre, **constraint_violations(metrics, exp.constraints, "post")}
+        result = EvalResult(config, state="complete", metrics=metrics, violations=violations)
+        if artefact_dir is not None:
+            self._write_artefacts(Path(artefact_dir), fp_model, config, metrics, val_logits, test_logits)
+            result.artefact_dir = str(artefact_dir)
+        return result
+
+    def _final_form(self, model: nn.Module, config: CompressionConfig,
+                    size: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """Runner whose logits are the shipped model's, and the fp32 model to save."""
+        w, a = config.w_bits, config.a_bits
+        if w < 8:
+            fq = model if getattr(model, "ec_fake_quant", None) else apply_fake_quant(copy.deepcopy(model), w, a)
+            calibrate(fq, self.calib_batches(size))
+            fq.eval()
+            return fq, model
+        if w == 32 and a == 32:
+            return model.eval(), model
+        dep = self._deploy(model.eval(), size, precision_for(w))
+        return dep.run, model
+
+    def _write_artefacts(self, folder: Path, model: nn.Module, config: CompressionConfig,
+                         metrics: dict[str, Any], val_logits: np.ndarray, test_logits: np.ndarray) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"config": config.to_dict(), "input_size": metrics["input_size"],
+                "base_key": self.exp.base_key(), "dataset": self.exp.dataset.name,
+                "in_chans": self.data.in_chans, "num_classes": self.data.num_classes}
+        save_compressed(model, folder / ARTEFACT_FILES["model"], meta)
+        arrays = {"val_logits": val_logits, "test_logits": test_logits,
+                  "val_labels": self.data.val.labels.numpy(), "test_labels": self.data.test.labels.numpy()}
+        for key, arr in arrays.items():
+            with atomic_path(folder / ARTEFACT_FILES[key]) as tmp:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+
+
+def build_evaluator(exp: Any) -> CompressionEvaluator:
+    """The evaluator the search uses for `exp` (data and base model load on first use)."""
+    return CompressionEvaluator(exp)
+
+
+def evaluate(config: CompressionConfig, exp: Any, artefact_dir: Path | None = None,
+             on_epoch: EpochCallback | None = None) -> EvalResult:
+    """One-shot convenience: evaluate `config` under experiment `exp`."""
+    return build_evaluator(exp)(config, artefact_dir, on_epoch)

@@ -1,0 +1,115 @@
+"""The evaluator end to end on a Fashion-MNIST subset: artefacts, feasibility-first, failures as data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgecompress.evaluators.evaluate as ev_mod
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.evaluators.evaluate import CompressionEvaluator
+from edgecompress.spaces import CompressionConfig, parse_experiment
+
+TINY = {
+    "dataset": {"train_subset": 512, "val_subset": 128, "test_subset": 128},
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
+    "base_training": {"epochs": 1, "batch_size": 64},
+    "finetune": {"epochs": 1, "train_subset": 256, "batch_size": 64},
+    "device": {"device": "cpu", "max_seconds": 0.3, "min_repeats": 5, "batch_size": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny base model for the module (training it is the slow part)."""
+    import os
+
+    os.environ["EDGECOMPRESS_RUNS"] = str(tmp_path_factory.mktemp("evalruns"))
+    ev = CompressionEvaluator(parse_experiment(TINY))
+    _ = ev.base
+    return ev
+
+
+def evaluator(shared: CompressionEvaluator, **changes) -> CompressionEvaluator:
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in TINY.items()}
+    for dotted, value in changes.items():
+        section, key = dotted.split("__")
+        data.setdefault(section, {})[key] = value
+    return CompressionEvaluator(parse_experiment(data), data=shared.data, base=shared.base)
+
+
+def test_complete_result_and_artefacts(shared: CompressionEvaluator, tmp_path: Path) -> None:
+    epochs = []
+    cfg = CompressionConfig(prune=0.5, resolution=0.75, round_to=4)
+    res = shared(cfg, artefact_dir=tmp_path, on_epoch=lambda e, a: epochs.append((e, a)))
+    assert res.state == "complete", res.fail_reason
+    m = res.metrics
+    assert 0 <= m["accuracy"] <= 1 and 0 <= m["test_accuracy"] <= 1
+    assert m["input_size"] == 21 and m["latency_source"] == "measured" and m["latency_ms"] > 0
+    assert m["latency_batch_ms"] > 0 and m["batch_size"] == 16 and m["macs"] > 0
+    assert epochs and epochs[-1][1] == pytest.approx(m["accuracy"], abs=1e-9)  # fp32: same model
+    val = np.load(tmp_path / "val_logits.npy")
+    labels = np.load(tmp_path / "val_labels.npy")
+    assert val.shape == (128, 10) and labels.shape == (128,)
+    assert (val.argmax(1) == labels).mean() == pytest.approx(m["accuracy"])
+    model, meta = load_compressed(tmp_path / "model.pt")
+    assert meta["config"] == cfg.to_dict()
+
+
+def test_compression_lowers_macs(shared: CompressionEvaluator) -> None:
+    full = shared(CompressionConfig(finetune_epochs=0))
+    small = shared(CompressionConfig(prune=0.5, resolution=0.5, finetune_epochs=0))
+    assert small.metrics["macs"] < full.metrics["macs"] / 4
+
+
+def test_infeasible_config_skips_finetuning(shared: CompressionEvaluator, monkeypatch) -> None:
+    ev = evaluator(shared, constraints__max_latency_ms=1e-6)
+    calls: list[int] = []
+    monkeypatch.setattr(ev_mod, "train_model", lambda *a, **k: calls.append(1))
+    res = ev(CompressionConfig(prune=0.25))
+    assert res.state == "infeasible"
+    assert calls == []  # no training step ran
+    assert res.violations["max_latency_ms"] > 0 and "latency_ms" in res.metrics
+    assert "accuracy" not in res.metrics
+
+
+def test_min_accuracy_violation_is_recorded(shared: CompressionEvaluator) -> None:
+    ev = evaluator(shared, constraints__min_accuracy=0.999)
+    res = ev(CompressionConfig(finetune_epochs=0))
+    assert res.state == "complete"
+    assert res.violations["min_accuracy"] > 0 and not res.feasible
+
+
+def test_nan_loss_fails_the_trial_not_the_process(shared: CompressionEvaluator) -> None:
+    ev = evaluator(shared, finetune__lr=1e30)
+    res = ev(CompressionConfig(prune=0.25))
+    assert res.state == "failed"
+    assert res.fail_reason.startswith("diverged: loss became")
+
+
+def test_sub8bit_latency_is_labelled_estimated(shared: CompressionEvaluator) -> None:
+    res = shared(CompressionConfig(w_bits=4, a_bits=4, finetune_epochs=0))
+    assert res.state == "complete"
+    assert res.metrics["latency_source"] == "estimated"
+    assert "estimated" in res.metrics["latency_note"]
+    int8 = shared(CompressionConfig(w_bits=8, a_bits=8, finetune_epochs=0))
+    assert int8.metrics["latency_source"] == "measured"
+    assert int8.metrics["precision"].startswith("int8")
+
+
+def test_cli_evaluate_json(shared: CompressionEvaluator, tmp_path: Path, capsys) -> None:
+    import json
+
+    import yaml
+
+    from edgecompress.cli import main
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    main(["evaluate", str(cfg), "--set", "prune=0.5", "--set", "bits=8", "--set", "resolution=0.75",
+          "--override", "finetune.epochs=0", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["w_bits"] == 8 and out["config"]["a_bits"] == 8 and out["config"]["prune"] == 0.5
+    assert out["state"] == "complete" and out["metrics"]["input_size"] == 21
