@@ -1,0 +1,28 @@
+"""Turn one CompressionConfig into measured objectives: data, zoo, compression, training, latency, cost."""
+
+from __future__ import annotations
+
+from edgecompress.evaluators.base import BaseModel, get_base_model
+from edgecompress.evaluators.data import DataBundle, list_datasets, load_data, make_loader, register_dataset
+from edgecompress.evaluators.evaluate import CompressionEvaluator, Evaluator, build_evaluator, evaluate
+from edgecompress.evaluators.models import create_model, list_models, register_model
+from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+
+__all__ = [
+    "ARTEFACT_FILES",
+    "BaseModel",
+    "CompressionEvaluator",
+    "DataBundle",
+    "EvalResult",
+    "Evaluator",
+    "build_evaluator",
+    "create_model",
+    "evaluate",
+    "get_base_model",
+    "list_datasets",
+    "list_models",
+    "load_data",
+    "make_loader",
+    "register_dataset",
+    "register_model",
+]

@@ -1,0 +1,322 @@
+"""Self-contained offline HTML report of a study (Optuna-style split: plain-data info, then plotly).
+
+`_get_report_info` computes everything as plain data (tested without plotly); `build_report` draws
+it with results/plots.py and writes one HTML file with plotly.js embedded (works offline).
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import math
+import os
+import warnings
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from edgecompress.results.frame import (
+    CONFIG_PREFIX,
+    PARAM_PREFIX,
+    frame_objectives,
+    load_study,
+    study_to_frame,
+)
+from edgecompress.results.pareto import hypervolume_history, pareto_ranks, sort_key
+from edgecompress.results.plots import format_value
+from edgecompress.utils import atomic_write_text
+
+MIN_TRIALS_FOR_IMPORTANCE = 5
+FRONT_TABLE_COLUMNS = (
+    "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
+    "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", "latency_source",
+)
+_HOVER_SKIP = {"config", "datetime_start", "datetime_complete", "state"}
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly scalar: numpy -> python, tuples -> str, missing -> None."""
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        v = float(v)
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if isinstance(v, (np.bool_,)):
+        return bool(v)
+    if isinstance(v, (tuple, list, dict)):
+        return str(list(v) if isinstance(v, tuple) else v)
+    if isinstance(v, (pd.Timestamp, datetime)):
+        return str(v)
+    if v is pd.NaT:
+        return None
+    return v
+
+
+def _counts(df: pd.DataFrame) -> dict[str, int]:
+    state = df["state"] if "state" in df else pd.Series([], dtype=object)
+    complete = state == "COMPLETE"
+    feasible = df["feasible"].astype(bool) if "feasible" in df else complete
+    return {
+        "total": len(df),
+        "complete": int(complete.sum()),
+        "feasible": int((complete & feasible).sum()),
+        "infeasible": int((complete & ~feasible).sum()),
+        "failed": int((state == "FAIL").sum()),
+        "pruned": int((state == "PRUNED").sum()),
+        "running": int(state.isin(["RUNNING", "WAITING"]).sum()),
+    }
+
+
+def _param_dimension(name: str, values: pd.Series) -> dict[str, Any] | None:
+    vals = list(values)
+    if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in vals):
+        nums = [float(v) for v in vals]
+        if all(math.isfinite(v) for v in nums):
+            return {"name": name, "values": nums, "ticktext": None}
+    labels = [str(list(v) if isinstance(v, tuple) else v) for v in vals]
+    cats = sorted(set(labels))
+    return {"name": name, "values": [cats.index(x) for x in labels], "ticktext": cats}
+
+
+def _importance(study: optuna.Study | None, objectives: list[dict[str, str]], n_complete: int) -> tuple[
+    dict[str, dict[str, float]], list[str]
+]:
+    if study is None:
+        return {}, ["parameter importance needs the Optuna study (a DataFrame was given)"]
+    if n_complete < MIN_TRIALS_FOR_IMPORTANCE:
+        need = MIN_TRIALS_FOR_IMPORTANCE
+        return {}, [f"parameter importance skipped: {n_complete} complete trials (needs {need})"]
+    out: dict[str, dict[str, float]] = {}
+    notes = []
+    for i, obj in enumerate(objectives):
+        sign = -1.0 if obj["direction"] == "maximize" else 1.0  # PED-ANOVA explains *low* target values
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                imp = optuna.importance.get_param_importances(
+                    study, target=lambda t, i=i, sign=sign: sign * t.values[i]
+                )
+        except (RuntimeError, ValueError, ZeroDivisionError) as e:
+            notes.append(f"parameter importance for {obj['name']} skipped: {e}")
+            continue
+        if imp:
+            out[obj["name"]] = {k: float(v) for k, v in imp.items()}
+        else:
+            notes.append(f"parameter importance for {obj['name']} skipped: no parameter varies")
+    return out, notes
+
+
+def _check_cascade(cascade_info: Any) -> list[dict[str, Any]] | None:
+    if cascade_info is None:
+        return None
+    out = []
+    for k, c in enumerate(cascade_info):
+        try:
+            lat, acc = float(c["expected_latency_ms"]), float(c["accuracy"])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(
+                f"cascade_info[{k}]: expected a mapping with expected_latency_ms and accuracy, got {c!r}"
+            ) from None
+        extra = {k2: _plain(v) for k2, v in dict(c).items()}
+        out.append({**extra, "expected_latency_ms": lat, "accuracy": acc})
+    return sorted(out, key=lambda c: c["expected_latency_ms"])
+
+
+def _get_report_info(
+    study_or_df: Any, cascade_info: list[dict[str, Any]] | None = None, objectives: Any = None
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data (lists, dicts, floats, strings)."""
+    study = None
+    if isinstance(study_or_df, pd.DataFrame):
+        df = study_or_df
+    else:
+        study = load_study(study_or_df)
+        df = study_to_frame(study)
+    objs = frame_objectives(df, objectives)
+    names = [o["name"] for o in objs]
+    ranks = pareto_ranks(df, objs)
+    done = df[(ranks >= 0).to_numpy()]
+    notes: list[str] = []
+
+    points = []
+    for idx, row in done.iterrows():
+        feasible = bool(row.get("feasible", True))
+        on_front = int(ranks[idx]) == 0
+        category = "infeasible" if not feasible else ("front" if on_front else "dominated")
+        hover = {"trial": int(row["number"])}
+        for col, v in row.items():
+            if col in _HOVER_SKIP or col == "number":
+                continue
+            pv = _plain(v)
+            if pv is not None:
+                hover[col] = pv
+        points.append({
+            "number": int(row["number"]),
+            "values": [float(row[n]) for n in names],
+            "category": category,
+            "on_front": on_front,
+            "feasible": feasible,
+            "estimated": row.get("latency_source") == "estimated",
+            "hover": hover,
+        })
+    if any(p["estimated"] for p in points):
+        notes.append("diamonds: latency estimated from BitOPs (no sub-8-bit kernels), not measured")
+    if done.shape[0] and not any(p["feasible"] for p in points):
+        notes.append("no trial meets the constraints: the front shows the least-violating trials")
+
+    front = done[(ranks[done.index] == 0).to_numpy()]
+    key, ascending = sort_key(front, objs)
+    front = front.sort_values([key, "number"], ascending=[ascending, True])
+    extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in front.columns and c not in names]
+    table_cols = ["number", *names, *extra_cols]
+    table_cols.append("feasible")
+    front_rows = [{c: _plain(r.get(c)) for c in table_cols} for r in front.to_dict("records")]
+
+    param_cols = [c for c in done.columns if c.startswith(PARAM_PREFIX)]
+    if not param_cols:
+        param_cols = [c for c in done.columns if c.startswith(CONFIG_PREFIX)]
+    dims = []
+    if len(done):
+        for c in param_cols:
+            col = done[c]
+            if col.isna().any():
+                continue
+            d = _param_dimension(c.removeprefix(PARAM_PREFIX), col)
+            if d is not None:
+                dims.append(d)
+        if dims:
+            dims += [{"name": n, "values": [float(v) for v in done[n]], "ticktext": None} for n in names]
+    if not dims:
+        notes.append("parallel coordinates skipped: no parameters set on every complete trial")
+    parallel = {
+        "numbers": [int(n) for n in done["number"]] if dims else [],
+        "dimensions": dims,
+        "color": {"name": names[0], "values": [float(v) for v in done[names[0]]] if dims else []},
+    }
+
+    hv = hypervolume_history(df, objs)
+    hv_info = {
+        "numbers": [int(n) for n in hv["number"]],
+        "values": [float(v) for v in hv["hypervolume"]],
+        "reference": hv.attrs.get("reference"),
+    }
+    importance, imp_notes = _importance(study, objs, len(done))
+    notes += imp_notes
+
+    single = []  # the front's single models, drawn next to the cascade curve
+    if {"latency_ms", "accuracy"} <= set(front_rows[0] if front_rows else {}):
+        single = [
+            {"number": r["number"], "latency_ms": r["latency_ms"], "accuracy": r["accuracy"]}
+            for r in front_rows
+            if r.get("feasible") and r["latency_ms"] is not None and r["accuracy"] is not None
+        ]
+    failures = [
+        {"number": int(r["number"]), "fail_reason": _plain(r.get("fail_reason")) or ""}
+        for r in df[df["state"] == "FAIL"].to_dict("records")
+    ] if "state" in df else []
+
+    return {
+        "study_name": df.attrs.get("study_name"),
+        "objectives": objs,
+        "constraints": dict(df.attrs.get("constraints") or {}),
+        "counts": _counts(df),
+        "points": points,
+        "front_numbers": [int(n) for n in front["number"]],
+        "front_table": {"columns": table_cols, "rows": front_rows},
+        "pairs": list(itertools.combinations(range(len(objs)), 2)),  # empty: one objective
+        "parallel": parallel,
+        "hypervolume": hv_info,
+        "importance": importance,
+        "cascade": _check_cascade(cascade_info),
+        "single_models": single,
+        "failures": failures,
+        "notes": notes,
+    }
+
+
+# ---- HTML ---------------------------------------------------------------------------------------------
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]], row_id: str | None = None) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        attr = f' id="{row_id}-{r["number"]}"' if row_id and "number" in r else ""
+        cells = "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns)
+        body.append(f"<tr{attr}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    return format_value(v)
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+h1{font-size:1.5em} h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:0.85em} td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+th{background:#f3f3f3} .note{color:#8a5a00} .counts span{margin-right:1.5em}
+"""
+
+
+def render_html(info: dict[str, Any]) -> str:
+    """The report page for `info`; plotly.js is embedded once, inline (no network needed)."""
+    from edgecompress.results import plots
+
+    figures = [
+        ("Pareto front", plots.front_figure(info)),
+        ("Parameters", plots.parallel_figure(info)),
+        ("Hypervolume over trials", plots.hypervolume_figure(info)),
+        ("Parameter importance", plots.importance_figure(info)),
+        ("Cascade", plots.cascade_figure(info)),
+    ]
+    title = f"edgecompress report: {info['study_name'] or 'study'}"
+    c = info["counts"]
+    counts = "".join(f"<span><b>{k}</b> {v}</span>" for k, v in c.items())
+    objs = ", ".join(f"{o['name']} ({o['direction']})" for o in info["objectives"])
+    cons = ", ".join(f"{k} = {v}" for k, v in info["constraints"].items()) or "none"
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>Objectives: {html.escape(objs)}. Constraints: {html.escape(cons)}.</p>",
+        f'<p class="counts">{counts}</p>',
+        *[f'<p class="note">{html.escape(n)}</p>' for n in info["notes"]],
+    ]
+    plotlyjs_done = False
+    for heading, fig in figures:
+        if fig is None:
+            continue
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        height = fig.layout.height or 450
+        parts.append(
+            fig.to_html(full_html=False, include_plotlyjs=not plotlyjs_done, default_height=f"{height}px")
+        )
+        plotlyjs_done = True
+        if heading == "Pareto front":
+            table = info["front_table"]
+            parts.append(f"<h2>Front ({len(table['rows'])} trials, sorted by latency)</h2>")
+            parts.append(_table(table["columns"], table["rows"], row_id="trial"))
+    if info["failures"]:
+        parts.append(f"<h2>Failed trials ({len(info['failures'])})</h2>")
+        parts.append(_table(["number", "fail_reason"], info["failures"], row_id="failed"))
+    body = "\n".join(parts)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )
+
+
+def build_report(
+    study: Any, path: str | os.PathLike[str], cascade_info: list[dict[str, Any]] | None = None
+) -> Path:
+    """Write the offline HTML report of `study` (Study, name, URL or frame) to `path` atomically."""
+    info = _get_report_info(study, cascade_info=cascade_info)
+    out = Path(path)
+    atomic_write_text(out, render_html(info))
+    return out
