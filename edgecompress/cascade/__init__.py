@@ -1,0 +1,45 @@
+"""Dynamic cascades: pick stages and confidence thresholds from validation logits, run and save them."""
+
+from __future__ import annotations
+
+from edgecompress.cascade.builder import (
+    as_stage_spec,
+    build_cascade,
+    cascade_front,
+    seed_rule_plan,
+    stage_spec_from_artefacts,
+)
+from edgecompress.cascade.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
+from edgecompress.cascade.plan import (
+    COMBINES,
+    SEED_ALPHA,
+    CascadePlan,
+    SimResult,
+    StagePlan,
+    StageSpec,
+    expected_latency,
+    simulate,
+)
+from edgecompress.cascade.runtime import CascadeModel, load_cascade, save_cascade
+
+__all__ = [
+    "COMBINES",
+    "CONFIDENCE_KINDS",
+    "SEED_ALPHA",
+    "CascadeModel",
+    "CascadePlan",
+    "SimResult",
+    "StagePlan",
+    "StageSpec",
+    "as_stage_spec",
+    "build_cascade",
+    "cascade_front",
+    "confidence",
+    "expected_latency",
+    "fit_temperature",
+    "load_cascade",
+    "save_cascade",
+    "seed_rule_plan",
+    "simulate",
+    "stage_spec_from_artefacts",
+]
