@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import yaml
 
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight
 from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.data import resize_batch
 
 FORMAT_NAME = "edgecompress-cascade"
 FORMAT_VERSION = 1
@@ -37,10 +37,9 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def resize(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize (antialias off) of N x C x H x W to size x size; identity when already there."""
-    if x.shape[-2] == size and x.shape[-1] == size:
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    """Bilinear resize of N x C x H x W to size x size, exactly as the data pipeline resizes (antialiased),
+    so a stage sees the same pixels it was fine-tuned and validated on; identity when already there."""
+    return resize_batch(x, size)
 
 
 def infer_in_chans(module: nn.Module) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -141,10 +142,10 @@ class CompressionEvaluator:
         if w < 8:  # no sub-8-bit kernels: scale the measured int8 latency by the BitOPs ratio
             for key in ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms",
                         "latency_batch_p90_ms"):
-                metrics[key] = estimate_latency(metrics[key], 8, w, a)
+                metrics[key] = estimate_latency(metrics[key], 32 if dep.base_precision == "fp32" else 8, w, a)
             metrics["latency_source"] = "estimated"
-            metrics["latency_note"] = (f"{w}/{a}-bit latency estimated from the measured int8 model x BitOPs "
-                                       "ratio (no sub-8-bit kernels on this runtime)")
+            metrics["latency_note"] = (f"{w}/{a}-bit latency estimated from the measured {dep.base_precision} "
+                                       "model x BitOPs ratio (no sub-8-bit kernels on this runtime)")
             metrics["size_bytes"] = int(round(metrics["size_bytes"] * w / 8))
         else:
             metrics["latency_source"] = "measured"

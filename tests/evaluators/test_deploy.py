@@ -1,0 +1,190 @@
+"""Deploy backends on a tiny real Fashion-MNIST model: ONNX Runtime fp32/int8, torch eager/int8/bf16."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgecompress.evaluators.deploy import deploy, estimate_latency
+from edgecompress.evaluators.latency import LatencyStats
+from edgecompress.evaluators.models import create_model
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+MEAN, STD = 0.2860, 0.3530
+
+
+def _read(prefix: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First n images/labels of a Fashion-MNIST IDX gzip pair (16-byte / 8-byte headers)."""
+    with gzip.open(FMNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
+        img = np.frombuffer(f.read(16 + n * 784)[16:], dtype=np.uint8).reshape(n, 1, 28, 28)
+    with gzip.open(FMNIST / f"{prefix}-labels-idx1-ubyte.gz") as f:
+        lab = np.frombuffer(f.read(8 + n)[8:], dtype=np.uint8)
+    x = (torch.from_numpy(img.copy()).float() / 255 - MEAN) / STD
+    return x, torch.from_numpy(lab.astype(np.int64))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One torch thread: on a shared 2-core machine two OpenMP threads ran training ~15x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fmnist_model(_one_thread) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """A narrow ResNet-8 trained for a few seconds on 2000 real training images; 500 held-out test images."""
+    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not found under /usr/share/datasets/fashion-mnist")
+    torch.manual_seed(0)
+    x_tr, y_tr = _read("train", 2000)
+    x_te, _ = _read("t10k", 500)
+    model = create_model("resnet8", num_classes=10, in_chans=1, widths=(8, 16, 32))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(3):
+        perm = torch.randperm(len(x_tr))
+        for i in range(0, len(x_tr), 100):
+            idx = perm[i:i + 100]
+            loss = F.cross_entropy(model(x_tr[idx]), y_tr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    return model, x_tr, x_te
+
+
+def _calib(x_tr: torch.Tensor) -> list[torch.Tensor]:
+    return [x_tr[i:i + 64] for i in range(0, 512, 64)]
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.argmax(1) == b.argmax(1)).float().mean().item()
+
+
+def test_ort_fp32_matches_torch_with_dynamic_batch(fmnist_model, tmp_path: Path) -> None:
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="onnxruntime", precision="fp32", workdir=tmp_path)
+    with torch.no_grad():
+        ref = model(x_te[:37])
+    assert torch.allclose(dep.run(x_te[:37]), ref, atol=1e-4)
+    assert torch.allclose(dep.run(x_te[:1]), ref[:1], atol=1e-4)
+    assert dep.precision == "fp32" and dep.provider == "CPUExecutionProvider"
+    assert dep.runtime_version.startswith("onnxruntime ")
+    assert dep.path is not None and Path(dep.path).stat().st_size == dep.size_bytes
+
+
+def test_ort_int8_agrees_with_fp32_on_fashion_mnist(fmnist_model, tmp_path: Path) -> None:
+    model, x_tr, x_te = fmnist_model
+    fp32 = deploy(model, x_te[:1], backend="onnxruntime", precision="fp32")
+    int8 = deploy(model, x_te[:1], backend="onnxruntime", precision="int8", calib_batches=_calib(x_tr),
+                  workdir=tmp_path)
+    assert int8.base_precision == "int8" and "QDQ" in int8.precision
+    assert _agreement(int8.run(x_te), fp32.run(x_te)) >= 0.97
+    assert int8.size_bytes < 0.6 * fp32.size_bytes  # int8 weights shipped (QDQ scales add some)
+    assert fp32.path is None and Path(int8.path).name == "model_int8.onnx"
+
+
+def test_torch_int8_agrees_with_fp32(fmnist_model) -> None:
+    model, x_tr, x_te = fmnist_model
+    # (x, y) pairs as a loader yields them are accepted for calibration
+    dep = deploy(model, x_te[:1], backend="torch", precision="int8",
+                 calib_batches=[(b, None) for b in _calib(x_tr)])
+    assert dep.base_precision == "int8" and ("FX" in dep.precision or "PT2E" in dep.precision)
+    with torch.no_grad():
+        ref = model(x_te)
+    assert _agreement(dep.run(x_te), ref) >= 0.97
+
+
+def test_torch_fp32_and_16bit_on_cpu(fmnist_model) -> None:
+    model, _, x_te = fmnist_model
+    with torch.no_grad():
+        ref = model(x_te[:64])
+    eager = deploy(model, x_te[:1], backend="torch", precision="fp32")
+    assert torch.equal(eager.run(x_te[:64]), ref)
+    assert eager.provider == "torch eager cpu" and eager.size_bytes > 0
+    half = deploy(model, x_te[:1], backend="torch", precision="fp16")
+    if half.base_precision == "bf16":
+        assert half.precision == "bf16 (fp16 unsupported on cpu)"
+        assert _agreement(half.run(x_te[:64]), ref) >= 0.9
+        assert half.run(x_te[:2]).dtype == torch.float32
+    else:
+        assert half.precision == "fp32 (fp16 unsupported on cpu)"
+    # the caller's model is untouched
+    assert next(model.parameters()).dtype == torch.float32 and not model.training
+
+
+def test_ort_16bit_on_cpu_says_it_falls_back(fmnist_model) -> None:
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="onnxruntime", precision="fp16")
+    assert dep.precision == "fp32 (fp16 unsupported on onnxruntime cpu)" and dep.base_precision == "fp32"
+
+
+def test_measure_records_backend(fmnist_model, tmp_path: Path) -> None:
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="onnxruntime", threads=1)
+    stats = dep.measure(x_te[:8], min_repeats=5, max_seconds=0.3, lock_path=tmp_path / "l")
+    assert isinstance(stats, LatencyStats)
+    assert stats.batch_size == 8 and stats.threads == 1 and stats.median_ms > 0
+    assert stats.backend == "onnxruntime" and stats.runtime_version == dep.runtime_version
+
+
+def test_bad_arguments_are_named(fmnist_model) -> None:
+    model, _, x_te = fmnist_model
+    with pytest.raises(ValueError, match="backend"):
+        deploy(model, x_te[:1], backend="tflite")
+    with pytest.raises(ValueError, match="precision"):
+        deploy(model, x_te[:1], precision="int4")
+    with pytest.raises(ValueError, match="calib_batches"):
+        deploy(model, x_te[:1], precision="int8")
+    with pytest.raises(ValueError, match="example_input"):
+        deploy(model, x_te[0])
+
+
+def test_estimate_latency_scales_by_bitops() -> None:
+    assert estimate_latency(2.0, 8, 4, 8) == pytest.approx(1.0)
+    assert estimate_latency(2.0, (8, 8), 4, 4) == pytest.approx(0.5)
+    assert estimate_latency(3.0, 32, 4, 4) == pytest.approx(3.0 * 16 / 1024)
+    with pytest.raises(ValueError, match="target_w_bits"):
+        estimate_latency(1.0, 8, 0, 8)
+    with pytest.raises(ValueError, match="measured_ms"):
+        estimate_latency(0.0, 8, 4, 4)
+
+
+@pytest.mark.slow
+def test_torch_compile_runs(fmnist_model) -> None:
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:4], backend="torch_compile", precision="fp32")
+    with torch.no_grad():
+        ref = model(x_te[:4])
+    assert torch.allclose(dep.run(x_te[:4]), ref, atol=1e-4)
+    assert dep.provider == "torch inductor cpu" and dep.build_seconds > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fp16_torch(fmnist_model) -> None:
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="torch", precision="fp16", device="cuda")
+    assert dep.precision == "fp16"
+    out = dep.run(x_te[:64].cuda())
+    assert out.device.type == "cuda" and out.dtype == torch.float32
+    with torch.no_grad():
+        assert _agreement(out.cpu(), model(x_te[:64])) >= 0.95
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_onnxruntime_provider(fmnist_model) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime without CUDAExecutionProvider")
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="onnxruntime", precision="fp16", device="cuda")
+    assert dep.precision == "fp16" and dep.provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+    with torch.no_grad():
+        assert _agreement(dep.run(x_te[:64]), model(x_te[:64])) >= 0.95
