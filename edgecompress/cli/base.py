@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -36,7 +35,7 @@ def step_progress(description: str) -> tuple[Progress, object]:
     return progress, task
 
 
-def train_base_cmd(config: Path, set_: Optional[list[str]], force: bool, as_json: bool) -> dict:
+def train_base_cmd(config: Path, set_: list[str] | None, force: bool, as_json: bool) -> dict:
     from edgecompress.evaluators.base import get_base_model
     from edgecompress.spaces import load_experiment
 
@@ -77,7 +76,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def download(name: str = typer.Argument(..., help="fashion_mnist or cifar10"),
-                 dest: Optional[Path] = typer.Option(None, help="folder (default ~/.cache/edgecompress)")) -> None:
+                 dest: Path | None = typer.Option(None, help="folder (default ~/.cache/edgecompress)")) -> None:
         """Download a public dataset with torchvision (needs the network)."""
         from edgecompress.evaluators.data import download as do_download
 
@@ -86,7 +85,7 @@ def register(app: typer.Typer) -> None:
     @app.command("train-base")
     def train_base(
         config: Path = typer.Argument(..., help="experiment YAML"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="override a key, e.g. --set base_training.epochs=2"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override a key, e.g. --set base_training.epochs=2"),
         force: bool = typer.Option(False, help="retrain even if a cached model exists"),
         as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON"),
     ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -43,9 +43,9 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def evaluate(
         config: Path = typer.Argument(..., help="experiment YAML"),
-        set_: Optional[list[str]] = typer.Option(None, "--set", help="compression setting, e.g. prune=0.5, bits=8"),
-        override: Optional[list[str]] = typer.Option(None, "--override", help="experiment key, e.g. finetune.epochs=2"),
-        out: Optional[Path] = typer.Option(None, "-o", "--out", help="write artefacts (model, logits) here"),
+        set_: list[str] | None = typer.Option(None, "--set", help="compression setting, e.g. prune=0.5, bits=8"),
+        override: list[str] | None = typer.Option(None, "--override", help="experiment key, e.g. finetune.epochs=2"),
+        out: Path | None = typer.Option(None, "-o", "--out", help="write artefacts (model, logits) here"),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:
         """Compress, fine-tune and measure one configuration; print its metrics."""

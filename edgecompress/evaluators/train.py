@@ -6,8 +6,9 @@ Loss that turns NaN/inf raises TrainingDivergedError (the search records the tri
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
