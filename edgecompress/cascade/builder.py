@@ -66,6 +66,7 @@ def stage_spec_from_artefacts(
             raise EdgeCompressError(f"cascade candidate artefact missing: {p}")
     try:
         metrics = json.loads(paths["metrics"].read_text())
+        metrics = metrics.get("metrics", metrics)  # the search writes EvalResult.to_dict(): metrics nested
         logits = np.load(paths["val_logits"], allow_pickle=False)
         labels = np.load(paths["val_labels"], allow_pickle=False)
     except (OSError, ValueError) as e:

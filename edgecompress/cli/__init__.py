@@ -11,6 +11,8 @@ import sys
 import typer
 
 from edgecompress.cli import base as _base
+from edgecompress.cli import cascade as _cascade
+from edgecompress.cli import demo as _demo
 from edgecompress.cli import evaluate as _evaluate
 from edgecompress.errors import EdgeCompressError
 
@@ -22,7 +24,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_base, _evaluate):
+for _module in (_base, _evaluate, _cascade, _demo):
     _module.register(app)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.data import DataBundle, list_datasets, load_data, make_loader, register_dataset
-from edgecompress.evaluators.evaluate import CompressionEvaluator, Evaluator, build_evaluator, evaluate
+from edgecompress.evaluators.evaluate import CompressionEvaluator, Evaluator, build_evaluator, evaluate_config
 from edgecompress.evaluators.models import create_model, list_models, register_model
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 
@@ -17,7 +17,7 @@ __all__ = [
     "Evaluator",
     "build_evaluator",
     "create_model",
-    "evaluate",
+    "evaluate_config",
     "get_base_model",
     "list_datasets",
     "list_models",

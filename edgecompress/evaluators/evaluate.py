@@ -218,7 +218,7 @@ def build_evaluator(exp: Any) -> CompressionEvaluator:
     return CompressionEvaluator(exp)
 
 
-def evaluate(config: CompressionConfig, exp: Any, artefact_dir: Path | None = None,
+def evaluate_config(config: CompressionConfig, exp: Any, artefact_dir: Path | None = None,
              on_epoch: EpochCallback | None = None) -> EvalResult:
     """One-shot convenience: evaluate `config` under experiment `exp`."""
     return build_evaluator(exp)(config, artefact_dir, on_epoch)

@@ -1,0 +1,262 @@
+"""Build a cascade from a study and measure it end to end on the test split.
+
+Thresholds are chosen on validation logits only; test logits are read here, after the plan is fixed, to
+report accuracy. Latency is measured on the runtime the single models were measured on (each stage is the
+trial's deploy form, e.g. ONNX Runtime fp32 or int8), with the same per-sample loop for the cascade and
+for the best single model, so the two numbers compare like for like.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from edgecompress.cascade.builder import build_cascade, cascade_front, seed_rule_plan
+from edgecompress.cascade.plan import CascadePlan, StageSpec, simulate
+from edgecompress.cascade.runtime import CascadeModel
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.result import ARTEFACT_FILES
+
+
+@dataclass
+class Candidate:
+    """A Pareto trial usable as a cascade stage: its StageSpec (val only) and where its files are."""
+
+    number: int
+    spec: StageSpec
+    artefact_dir: Path
+    val_accuracy: float
+    precision: str
+    config: dict[str, Any]
+
+
+def study_candidates(study: Any, include_estimated: bool = False) -> tuple[list[Candidate], np.ndarray, list[str]]:
+    """Pareto-optimal (accuracy, latency) trials with artefacts, sorted by latency; notes on what was left out.
+
+    Trials whose latency is estimated (sub-8-bit) are left out by default: a cascade's latency must be
+    measured, and no runtime here runs them.
+    """
+    from edgecompress.results import pareto_front, study_to_frame
+
+    df = study_to_frame(study)
+    notes: list[str] = []
+    df = df[(df["state"] == "COMPLETE") & df["feasible"].astype(bool)]
+    if not include_estimated and "latency_source" in df:
+        n_est = int((df["latency_source"] == "estimated").sum())
+        df = df[df["latency_source"] != "estimated"]
+        if n_est:
+            notes.append(f"{n_est} trials with estimated (sub-8-bit) latency left out")
+    if df.empty:
+        raise EdgeCompressError("cascade needs at least 2 Pareto models; the study has no usable complete trial")
+    objectives = [{"name": "accuracy", "direction": "maximize"}, {"name": "latency_ms", "direction": "minimize"}]
+    front = pareto_front(df, objectives)
+    cands: list[Candidate] = []
+    labels: np.ndarray | None = None
+    for _, row in front.iterrows():
+        folder = Path(str(row.get("artefact_dir") or ""))
+        if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
+            notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")
+            continue
+        logits = np.load(folder / ARTEFACT_FILES["val_logits"], allow_pickle=False)
+        lab = np.load(folder / ARTEFACT_FILES["val_labels"], allow_pickle=False)
+        if labels is None:
+            labels = lab
+        elif not np.array_equal(labels, lab):
+            raise EdgeCompressError(f"trial {int(row['number'])}: validation labels differ from the other trials'")
+        spec = StageSpec(name=f"trial-{int(row['number'])}", latency_ms=float(row["latency_ms"]),
+                         input_size=int(row["input_size"]), val_logits=logits.astype(np.float32),
+                         latency_batch_ms=_opt(row.get("latency_batch_ms")), batch_size=_opt_int(row.get("batch_size")))
+        cands.append(Candidate(int(row["number"]), spec, folder, float(row["accuracy"]),
+                               str(row.get("precision", "fp32")), dict(row.get("config") or {})))
+    if len(cands) < 2:
+        raise EdgeCompressError(f"cascade needs at least 2 Pareto models; the front has {len(cands)} "
+                                f"(trials {[c.number for c in cands]}); run more trials")
+    cands.sort(key=lambda c: c.spec.latency_ms)
+    assert labels is not None
+    return cands, labels, notes
+
+
+def _opt(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+def _opt_int(v: Any) -> int | None:
+    f = _opt(v)
+    return None if f is None else int(f)
+
+
+def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: float | None = None,
+                 max_latency: float | None = None, kind: str = "margin", combine: str = "last",
+                 max_stages: int = 4, batch: bool = False, calibrate: bool = False,
+                 routing_overhead_ms: float = 0.0) -> CascadePlan:
+    """Default target: validation accuracy within 0.2 pp of the most accurate candidate."""
+    if min_accuracy is None and max_latency is None:
+        min_accuracy = max(c.val_accuracy for c in cands) - 0.002
+    return build_cascade([c.spec for c in cands], labels, min_accuracy=min_accuracy, max_latency=max_latency,
+                         kind=kind, combine=combine, max_stages=max_stages, batch=batch, calibrate=calibrate,
+                         routing_overhead_ms=routing_overhead_ms)
+
+
+class DeployedStage(nn.Module):
+    """nn.Module face of a deployed model (ONNX Runtime session, int8, ...) so CascadeModel can run it."""
+
+    def __init__(self, deployed: Any) -> None:
+        super().__init__()
+        self.deployed = deployed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.deployed.run(x)
+
+
+def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data: Any,
+                  deployed: bool = True) -> list[nn.Module]:
+    """Stage models for `names`: each trial's deploy form (deployed=True) or its fp32 torch model."""
+    from edgecompress.evaluators.compress import load_compressed
+    from edgecompress.evaluators.deploy import deploy
+    from edgecompress.evaluators.evaluate import precision_for
+
+    mods: list[nn.Module] = []
+    for name in names:
+        c = cands[name]
+        model, _ = load_compressed(c.artefact_dir / ARTEFACT_FILES["model"])
+        if not deployed:
+            mods.append(model.eval())
+            continue
+        w_bits = int(c.config.get("w_bits", 32))
+        size = c.spec.input_size
+        precision = precision_for(w_bits)
+        calib = None
+        if precision == "int8":
+            from edgecompress.evaluators.data import make_loader
+
+            calib = [x for x, _ in make_loader(data.train, size, 32, shuffle=True, seed=exp.seed, limit=256)]
+        dep = deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
+                     precision=precision, calib_batches=calib, device="cpu", threads=exp.device.threads)
+        mods.append(DeployedStage(dep))
+    return mods
+
+
+def _per_call_ms(fn: Any, inputs: list[torch.Tensor], warmup: int = 30) -> float:
+    for x in inputs[:warmup]:
+        fn(x)
+    times = []
+    for x in inputs:
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.fmean(times)
+
+
+@dataclass
+class CascadeEvaluation:
+    """Test-split accuracy, escalation and measured latency of a cascade next to the best single model."""
+
+    plan: dict[str, Any]
+    stage_trials: list[int]
+    stage_precisions: list[str]
+    predicted_val_accuracy: float
+    predicted_latency_ms: float
+    predicted_test_accuracy: float
+    predicted_test_latency_ms: float
+    test_accuracy: float
+    test_escalation_rates: list[float]
+    measured_latency_b1_ms: float
+    measured_latency_batch_ms: float
+    batch_size: int
+    best_single: dict[str, Any]
+    latency_reduction_b1: float
+    latency_reduction_batch: float
+    accuracy_delta_pp: float
+    prediction_error: float
+    seed_rule: dict[str, Any] = field(default_factory=dict)
+    front: list[dict[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    samples_timed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_labels: np.ndarray, exp: Any,
+                     data: Any, samples: int = 1000, notes: list[str] | None = None) -> tuple[CascadeEvaluation,
+                                                                                            CascadeModel]:
+    """Measure `plan` end to end on the test split and compare with the best single model and the seed's rule."""
+    from edgecompress.evaluators.data import make_loader
+    from edgecompress.evaluators.latency import latency_lock
+
+    by_name = {c.spec.name: c for c in cands}
+    names = plan.names
+    test = {c.spec.name: np.load(c.artefact_dir / ARTEFACT_FILES["test_logits"]) for c in cands}
+    test_labels = np.load(cands[0].artefact_dir / ARTEFACT_FILES["test_labels"])
+    sim_test = simulate(plan, {n: test[n] for n in names}, test_labels)
+    # best single model: the most accurate candidate on validation (what a user would ship without a cascade)
+    best = max(cands, key=lambda c: (c.val_accuracy, -c.spec.latency_ms))
+    best_test_acc = float((test[best.spec.name].argmax(1) == test_labels).mean())
+
+    cascade = CascadeModel(stage_modules(by_name, names, exp, data), plan, in_chans=data.in_chans)
+    single = stage_modules(by_name, [best.spec.name], exp, data)[0]
+    native = data.native_size
+    # accuracy of the runtime itself on the whole test split
+    preds = []
+    for x, _ in make_loader(data.test, native, 256):
+        preds.append(cascade(x).argmax(1))
+    runtime_acc = float((torch.cat(preds).numpy() == test_labels).mean())
+    # latency: the same loop for both, batch 1 and serving batch, under the device lock
+    torch.set_num_threads(exp.device.threads)
+    n = min(samples, len(data.test))
+    xs = [x for x, _ in make_loader(data.test, native, 1, limit=n)]
+    bs = exp.device.batch_size
+    xb = [x for x, _ in make_loader(data.test, native, bs, limit=max(n, 4 * bs))]
+    xb = [x for x in xb if len(x) == bs]
+    from edgecompress.evaluators.data import resize_batch
+
+    single_fn = (lambda x: single(resize_batch(x, best.spec.input_size)))  # noqa: E731
+    with latency_lock(), torch.no_grad():
+        c_b1 = _per_call_ms(cascade, xs)
+        s_b1 = _per_call_ms(single_fn, xs)
+        c_bb = _per_call_ms(cascade, xb, warmup=3)
+        s_bb = _per_call_ms(single_fn, xb, warmup=3)
+    # the seed's rule at equal validation accuracy, and with its fixed threshold on the same two ends
+    seed: dict[str, Any] = {}
+    try:
+        seed_plan = build_cascade([c.spec for c in cands], val_labels, min_accuracy=plan.predicted_accuracy,
+                                  kind="margin", combine="seed_alpha", max_stages=2)
+        seed_test = simulate(seed_plan, {n_: test[n_] for n_ in seed_plan.names}, test_labels)
+        seed = {"plan": seed_plan.to_dict(), "predicted_latency_ms": seed_plan.predicted_latency_ms,
+                "test_accuracy": seed_test.accuracy, "test_expected_latency_ms": seed_test.expected_latency_ms,
+                "latency_reduction_vs_best_single": 1 - seed_test.expected_latency_ms / best.spec.latency_ms}
+    except EdgeCompressError as e:
+        seed = {"error": str(e)}
+    try:
+        fixed = seed_rule_plan(cands[0].spec, best.spec, threshold=0.03, alpha=1.6, labels=val_labels)
+        fixed_test = simulate(fixed, {n_: test[n_] for n_ in fixed.names}, test_labels)
+        seed["fixed_threshold_0.03"] = {"stages": fixed.names, "test_accuracy": fixed_test.accuracy,
+                                        "test_expected_latency_ms": fixed_test.expected_latency_ms}
+    except (EdgeCompressError, ValueError) as e:
+        seed["fixed_threshold_0.03"] = {"error": str(e)}
+    front = [{"expected_latency_ms": p.predicted_latency_ms, "accuracy": p.predicted_accuracy, "stages": p.names}
+             for p in cascade_front([c.spec for c in cands], val_labels, kind=plan.kind, combine=plan.combine)]
+    predicted = plan.predicted_latency_ms or 0.0
+    ev = CascadeEvaluation(
+        plan=plan.to_dict(), stage_trials=[by_name[n_].number for n_ in names],
+        stage_precisions=[by_name[n_].precision for n_ in names],
+        predicted_val_accuracy=float(plan.predicted_accuracy or 0.0), predicted_latency_ms=predicted,
+        predicted_test_accuracy=sim_test.accuracy, predicted_test_latency_ms=sim_test.expected_latency_ms,
+        test_accuracy=runtime_acc, test_escalation_rates=list(sim_test.escalation_rates),
+        measured_latency_b1_ms=c_b1, measured_latency_batch_ms=c_bb, batch_size=bs,
+        best_single={"trial": best.number, "val_accuracy": best.val_accuracy, "test_accuracy": best_test_acc,
+                     "latency_ms": best.spec.latency_ms, "measured_latency_b1_ms": s_b1,
+                     "measured_latency_batch_ms": s_bb},
+        latency_reduction_b1=1 - c_b1 / s_b1, latency_reduction_batch=1 - c_bb / s_bb,
+        accuracy_delta_pp=100 * (runtime_acc - best_test_acc),
+        prediction_error=abs(predicted - c_b1) / c_b1 if c_b1 > 0 else float("nan"),
+        seed_rule=seed, front=front, notes=list(notes or []), samples_timed=n,
+    )
+    return ev, cascade

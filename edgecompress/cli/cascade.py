@@ -1,0 +1,84 @@
+"""`edgecompress cascade STUDY (--min-accuracy A | --max-latency L) -o DIR`: build, measure and save a cascade."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from edgecompress.cli.base import console
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def cascade(
+        study: str = typer.Argument(..., help="study name (runs/<name>.db) or storage URL"),
+        out: Path = typer.Option(..., "-o", "--out", help="cascade directory to write"),
+        min_accuracy: float | None = typer.Option(None, help="minimum validation accuracy (default: best - 0.2 pp)"),
+        max_latency: str | None = typer.Option(None, help="latency budget, e.g. 0.2ms"),
+        storage: str | None = typer.Option(None, help="storage URL (default sqlite:///runs/<study>.db)"),
+        kind: str = typer.Option("margin", help="confidence: margin | max_softmax | entropy"),
+        combine: str = typer.Option("last", help="last | sum | seed_alpha (out1 + 1.6 out2)"),
+        max_stages: int = typer.Option(4, help="at most this many models"),
+        batch: bool = typer.Option(False, help="plan for the serving batch latency instead of batch 1"),
+        samples: int = typer.Option(1000, help="test images timed one by one"),
+    ) -> None:
+        """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
+        from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, stage_modules, study_candidates
+        from edgecompress.cascade.runtime import CascadeModel, save_cascade
+        from edgecompress.errors import EdgeCompressError
+        from edgecompress.evaluators.data import load_data
+        from edgecompress.results import load_study, parse_latency_ms
+        from edgecompress.spaces import parse_experiment
+        from edgecompress.utils import atomic_write_json
+
+        st = load_study(study, storage)
+        if "experiment" not in st.user_attrs:
+            raise EdgeCompressError(f"study {st.study_name!r} has no experiment config (not made by edgecompress)")
+        exp = parse_experiment(st.user_attrs["experiment"], f"study {st.study_name}")
+        cands, labels, notes = study_candidates(st)
+        plan = plan_cascade(cands, labels, min_accuracy=min_accuracy,
+                            max_latency=parse_latency_ms(max_latency) if max_latency else None,
+                            kind=kind, combine=combine, max_stages=max_stages, batch=batch)
+        data = load_data(exp.dataset, exp.seed)
+        if len(plan.stages) == 1:
+            notes.append(f"one model alone ({plan.names[0]}) meets the target: no cascade beats it")
+        with console.status("measuring the cascade end to end ..."):
+            ev, _ = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
+        by_name = {c.spec.name: c for c in cands}
+        torch_cascade = CascadeModel(stage_modules(by_name, plan.names, exp, data, deployed=False), plan,
+                                     in_chans=data.in_chans)
+        save_cascade(torch_cascade, out)
+        atomic_write_json(out / "evaluation.json", ev.to_dict())
+        atomic_write_json(out / "front.json", ev.front)
+
+        t = Table(title=f"cascade from study {st.study_name}")
+        for col in ("stage", "trial", "input px", "precision", "latency ms (b1)", "threshold", "escalated (test)"):
+            t.add_column(col)
+        for k, s in enumerate(plan.stages):
+            thr = f"{plan.thresholds[k]:.4g}" if k < len(plan.thresholds) else "-"
+            esc = f"{ev.test_escalation_rates[k]:.1%}" if k < len(ev.test_escalation_rates) else "-"
+            t.add_row(str(k + 1), str(ev.stage_trials[k]), str(s.input_size), ev.stage_precisions[k],
+                      f"{s.latency_ms:.4f}", thr, esc)
+        console.print(t)
+        b = ev.best_single
+        console.print(f"confidence {plan.kind}, combine {plan.combine}; predicted (val): accuracy "
+                      f"{ev.predicted_val_accuracy:.4f}, latency {ev.predicted_latency_ms:.4f} ms")
+        console.print(f"test accuracy {ev.test_accuracy:.4f} vs best single (trial {b['trial']}) "
+                      f"{b['test_accuracy']:.4f}: {ev.accuracy_delta_pp:+.2f} pp")
+        console.print(f"measured latency batch 1: {ev.measured_latency_b1_ms:.4f} ms vs "
+                      f"{b['measured_latency_b1_ms']:.4f} ms single ({ev.latency_reduction_b1:+.1%} lower); "
+                      f"predicted {ev.predicted_latency_ms:.4f} ms (error {ev.prediction_error:.1%})")
+        console.print(f"measured latency batch {ev.batch_size}: {ev.measured_latency_batch_ms:.3f} ms vs "
+                      f"{b['measured_latency_batch_ms']:.3f} ms single ({ev.latency_reduction_batch:+.1%} lower)")
+        if "test_expected_latency_ms" in ev.seed_rule:
+            console.print(f"seed's rule (2 stages, margin, out1 + 1.6 out2) at equal val accuracy: expected "
+                          f"{ev.seed_rule['test_expected_latency_ms']:.4f} ms, test accuracy "
+                          f"{ev.seed_rule['test_accuracy']:.4f}")
+        for n in ev.notes:
+            console.print(f"[yellow]note:[/] {n}")
+        if any(p != "fp32" and not p.startswith("fp32") for p in ev.stage_precisions):
+            console.print("[yellow]note:[/] the saved TorchScript stages are the fp32 sources; the measured "
+                          "runtime used each trial's deploy form (see evaluation.json stage_precisions)")
+        console.print(f"wrote {out}")

@@ -1,0 +1,204 @@
+"""Width compression: structured channel pruning through Torch-Pruning 1.6's dependency graph.
+
+Each stage of `model_stages` gets its own ratio (the stem conv, outside the stages, follows stage 0);
+every prunable layer in a stage is pruned locally by that ratio, coupled channels (residual additions,
+depthwise convs) are pruned together by the dependency graph, and the classifier is never pruned.
+`round_to` rounds kept channel counts DOWN to a multiple, so the achieved ratio is measured and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch_pruning as tp
+
+from edgecompress.errors import CompressionError
+from edgecompress.evaluators.models import classifier_layer, model_stages
+
+Importance = Literal["magnitude", "taylor"]
+
+
+@dataclass
+class PruneReport:
+    """MACs/params before and after, asked per-stage ratios and the achieved channel ratio."""
+
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    achieved_ratio: float  # 1 - kept/original output channels over the prunable layers of the stages
+    ratio_asked: list[float]
+    achieved_per_stage: list[float] = field(default_factory=list)
+    round_to: int | None = None
+    importance: str = "magnitude"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
+    """MACs (Torch-Pruning's counter: convs, linears, norms, pooling) and parameter count."""
+    was_training = model.training
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model, example_inputs)
+    model.train(was_training)
+    return int(macs), int(params)
+
+
+def stem_layers(model: nn.Module) -> list[nn.Module]:
+    """Prunable layers before the first stage that are not inside any stage (the stem conv)."""
+    inside = {id(m) for stage in model_stages(model) for m in stage.modules()}
+    inside |= {id(m) for m in classifier_layer(model).modules()}
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside]
+
+
+def _prunable(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _out_channels(m: nn.Module) -> int:
+    return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+
+
+def _stage_layer_groups(model: nn.Module) -> list[list[nn.Module]]:
+    """Prunable layers per stage; the stem conv(s) join stage 0."""
+    stages = model_stages(model)
+    classifier = {id(m) for m in classifier_layer(model).modules()}
+    groups = [[m for m in _prunable(stage) if id(m) not in classifier] for stage in stages]
+    groups[0] = stem_layers(model) + groups[0]
+    return groups
+
+
+def _importance(kind: str) -> tp.importance.Importance:
+    if kind == "magnitude":
+        return tp.importance.GroupMagnitudeImportance(p=2)
+    if kind == "taylor":
+        return tp.importance.GroupTaylorImportance()
+    raise CompressionError(f"unknown pruning importance {kind!r} (expected 'magnitude' or 'taylor')")
+
+
+def _taylor_gradients(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
+    """One cross-entropy backward pass on `batch` (eval mode, so BN statistics stay untouched)."""
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    x, y = batch
+    with torch.enable_grad():
+        F.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+def _kept_channels(n: int, ratio: float, round_to: int | None) -> int:
+    """Channels Torch-Pruning keeps of `n` at `ratio` (its formula: floor, then round down to round_to)."""
+    kept = int(n * (1 - ratio))
+    if round_to:
+        kept -= kept % round_to
+    return kept
+
+
+def _check_plan(
+    layer_groups: list[list[nn.Module]], ratios: list[float], round_to: int | None, names: dict[int, str]
+) -> None:
+    """Refuse a ratio that would remove every channel of a layer (Torch-Pruning would silently skip it)."""
+    for s, (layers, r) in enumerate(zip(layer_groups, ratios, strict=True)):
+        if r <= 0:
+            continue
+        for m in layers:
+            n = _out_channels(m)
+            if n > 1 and _kept_channels(n, r, round_to) < 1:
+                rt = f" with round_to={round_to}" if round_to else ""
+                raise CompressionError(
+                    f"pruning ratio {r}{rt} would remove all {n} output channels of layer "
+                    f"{names.get(id(m), type(m).__name__)!r} (stage {s})"
+                )
+
+
+def prune_model(
+    model: nn.Module,
+    example_inputs: torch.Tensor,
+    ratios: float | list[float],
+    round_to: int | None = None,
+    importance: Importance = "magnitude",
+    taylor_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> PruneReport:
+    """Prune `model` IN PLACE: `ratios` is one ratio or one per stage (stem follows stage 0).
+
+    Raises CompressionError naming the layer when a ratio would empty a layer or Torch-Pruning fails.
+    """
+    stages = model_stages(model)
+    if isinstance(ratios, (int, float)):
+        per_stage = [float(ratios)] * len(stages)
+    else:
+        per_stage = [float(r) for r in ratios]
+    if len(per_stage) != len(stages):
+        raise CompressionError(f"prune: {len(per_stage)} ratios given for a model with {len(stages)} stages")
+    for r in per_stage:
+        if not 0.0 <= r < 1.0:
+            raise CompressionError(f"prune: ratio must be in [0, 1), got {r}")
+    if round_to is not None and round_to < 1:
+        raise CompressionError(f"prune: round_to must be >= 1, got {round_to}")
+    if importance == "taylor" and taylor_batch is None:
+        raise CompressionError("prune: importance 'taylor' needs taylor_batch=(x, y)")
+    imp = _importance(importance)
+
+    layer_groups = _stage_layer_groups(model)
+    before_ch = [[_out_channels(m) for m in g] for g in layer_groups]
+    macs_before, params_before = count_macs_params(model, example_inputs)
+    names = {id(m): n for n, m in model.named_modules()}
+    _check_plan(layer_groups, per_stage, round_to, names)
+
+    if any(r > 0 for r in per_stage):
+        ratio_dict: dict[nn.Module, float] = {}
+        for layers, r in zip(layer_groups, per_stage, strict=True):
+            for m in layers:
+                ratio_dict[m] = r
+        was_training = model.training
+        model.eval()
+        try:
+            pruner = tp.pruner.BasePruner(
+                model,
+                example_inputs,
+                importance=imp,
+                pruning_ratio=0.0,
+                pruning_ratio_dict=ratio_dict,
+                ignored_layers=[classifier_layer(model)],
+                round_to=round_to,
+            )
+            if importance == "taylor":
+                assert taylor_batch is not None
+                _taylor_gradients(model, taylor_batch)
+            groups = list(pruner.step(interactive=True))
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot trace / handle this model
+            raise CompressionError(
+                f"Torch-Pruning cannot prune model {getattr(model, 'zoo_name', type(model).__name__)}: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        try:
+            for group in groups:
+                group.prune()
+        except Exception as e:  # noqa: BLE001
+            raise CompressionError(f"Torch-Pruning failed while pruning: {type(e).__name__}: {e}") from None
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+
+    after_ch = [[_out_channels(m) for m in g] for g in layer_groups]
+    macs_after, params_after = count_macs_params(model, example_inputs)
+    achieved = [1.0 - sum(a) / sum(b) if sum(b) else 0.0 for a, b in zip(after_ch, before_ch, strict=True)]
+    total_b = sum(sum(b) for b in before_ch)
+    total_a = sum(sum(a) for a in after_ch)
+    return PruneReport(
+        macs_before=macs_before,
+        macs_after=macs_after,
+        params_before=params_before,
+        params_after=params_after,
+        achieved_ratio=1.0 - total_a / total_b if total_b else 0.0,
+        ratio_asked=per_stage,
+        achieved_per_stage=achieved,
+        round_to=round_to,
+        importance=importance,
+    )
