@@ -1,0 +1,297 @@
+"""Result commands: `pareto` (front table), `report` (HTML), `export` (checked model files), `retarget`."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from edgecompress.cli.base import console
+
+EST = " (est.)"
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fmt_ms(v: Any, estimated: bool = False) -> str:
+    """'0.123 ms', or '~0.123 ms (est.)' for an estimated latency; '-' when missing."""
+    f = _num(v)
+    if math.isnan(f):
+        return "-"
+    text = f"{f:.3g} ms" if f < 100 else f"{f:.0f} ms"
+    return f"~{text}{EST}" if estimated else text
+
+
+def fmt_count(v: Any) -> str:
+    """MACs/bytes with an SI suffix: 1.2M, 35.1k."""
+    f = _num(v)
+    if math.isnan(f):
+        return "-"
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(f) >= div:
+            return f"{f / div:.3g}{suffix}"
+    return f"{f:.0f}"
+
+
+def _bits(r: dict[str, Any]) -> str:
+    w, a = r.get("cfg_w_bits", r.get("w_bits")), r.get("cfg_a_bits", r.get("a_bits"))
+    if w is None or (isinstance(w, float) and math.isnan(w)):
+        return "-"
+    return f"{int(w)}" if w == a or a is None else f"w{int(w)}/a{int(a)}"
+
+
+def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | None = None,
+               all_trials: bool = False) -> list[dict[str, Any]]:
+    """Rows of the pareto table (front, or all complete trials), filtered, sorted by latency; plain data."""
+    from edgecompress.results.frame import frame_objectives
+    from edgecompress.results.pareto import completed, pareto_front, sort_key
+
+    if all_trials:
+        objs = frame_objectives(df)
+        rows = completed(df, objs)
+        key, asc = sort_key(rows, objs)
+        rows = rows.sort_values([key, "number"], ascending=[asc, True], kind="stable")
+    else:
+        rows = pareto_front(df)
+    out = []
+    for r in rows.to_dict("records"):
+        lat, acc = _num(r.get("latency_ms")), _num(r.get("accuracy"))
+        if max_latency is not None and not lat <= max_latency:
+            continue
+        if min_accuracy is not None and not acc >= min_accuracy:
+            continue
+        est = r.get("latency_source") == "estimated"
+        out.append({
+            "trial": int(r["number"]), "accuracy": acc, "test_accuracy": _num(r.get("test_accuracy")),
+            "latency_ms": lat, "latency_p90_ms": _num(r.get("latency_p90_ms")),
+            "latency_batch_ms": _num(r.get("latency_batch_ms")), "macs": _num(r.get("macs")),
+            "size_bytes": _num(r.get("size_bytes")), "bits": _bits(r), "input_size": _num(r.get("input_size")),
+            "achieved_prune": _num(r.get("achieved_prune", r.get("cfg_prune"))),
+            "estimated": est, "feasible": bool(r.get("feasible", True)),
+            "latency_source": r.get("latency_source") or "-",
+        })
+    return out
+
+
+def fmt_lat(p50: Any, p90: Any, estimated: bool) -> str:
+    """'0.0848 / 0.0863', or '~0.0187 / 0.0191 (est.)' for an estimated latency (ms)."""
+    a, b = _num(p50), _num(p90)
+    if math.isnan(a):
+        return "-"
+    text = f"{a:.3g}" + ("" if math.isnan(b) else f" / {b:.3g}")
+    return f"~{text}{EST}" if estimated else text
+
+
+def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The front as a rich table; estimated latencies read '~x (est.)' and the row is yellow."""
+    t = Table(title=title)
+    cols = ["trial", "accuracy", "test acc", "latency ms p50 / p90", "batch ms", "MACs", "size", "bits", "px",
+            "pruned", "latency"]
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("bits", "latency") else "right")
+    has_test = any(not math.isnan(r["test_accuracy"]) for r in rows)
+    for r in rows:
+        est = r["estimated"]
+        mark = "" if r["feasible"] else " [red](infeasible)[/]"
+        batch = _num(r["latency_batch_ms"])
+        t.add_row(
+            f"{r['trial']}{mark}", f"{r['accuracy']:.4f}",
+            f"{r['test_accuracy']:.4f}" if has_test and not math.isnan(r["test_accuracy"]) else "-",
+            fmt_lat(r["latency_ms"], r["latency_p90_ms"], est),
+            "-" if math.isnan(batch) else (f"~{batch:.3g}" if est else f"{batch:.3g}"),
+            fmt_count(r["macs"]), fmt_count(r["size_bytes"]) + ("B" if not math.isnan(r["size_bytes"]) else ""),
+            r["bits"], "-" if math.isnan(r["input_size"]) else str(int(r["input_size"])),
+            "-" if math.isnan(r["achieved_prune"]) else f"{r['achieved_prune']:.2f}",
+            "estimated" if est else r["latency_source"],
+            style="yellow" if est else None,
+        )
+    return t
+
+
+def print_wide(renderable: Any) -> None:
+    """Print a table; when stdout is not a terminal (pipes, CI logs) do not squeeze it to 80 columns."""
+    if console.is_terminal:
+        console.print(renderable)
+    else:
+        from rich.console import Console
+
+        Console(width=max(console.width, 160)).print(renderable)
+
+
+def _counts_line(df: Any) -> str:
+    from edgecompress.results.report import _counts
+
+    c = _counts(df)
+    return (f"{c['total']} trials: {c['feasible']} feasible, {c['infeasible']} infeasible, {c['failed']} failed, "
+            f"{c['pruned']} pruned" + (f", {c['running']} running" if c["running"] else ""))
+
+
+def _cascade_info(folder: Path) -> list[dict[str, Any]]:
+    """Cascade points for the report from a cascade folder (cascade.yaml plan, optional front.json)."""
+    import json
+
+    import yaml
+
+    from edgecompress.errors import EdgeCompressError
+
+    points: list[dict[str, Any]] = []
+    front = folder / "front.json"
+    if front.is_file():
+        data = json.loads(front.read_text())
+        points += [dict(p) for p in (data if isinstance(data, list) else data.get("front", []))]
+    spec = folder / "cascade.yaml"
+    if spec.is_file():
+        plan = (yaml.safe_load(spec.read_text()) or {}).get("plan") or {}
+        if plan.get("predicted_latency_ms") is not None and plan.get("predicted_accuracy") is not None:
+            points.append({"expected_latency_ms": plan["predicted_latency_ms"],
+                           "accuracy": plan["predicted_accuracy"],
+                           "models": [s.get("name") for s in plan.get("stages", [])], "chosen": True})
+    if not points:
+        raise EdgeCompressError(f"--cascade {folder}: no cascade.yaml plan or front.json with "
+                                "expected_latency_ms and accuracy")
+    return points
+
+
+def _checks_table(result: Any) -> Table:
+    t = Table(title=f"checks of the exported files (trial {result.number})")
+    for c in ("file", "precision", "top-1 agreement", "max logit diff", "latency b1", "latency batch", "ok"):
+        t.add_column(c, justify="left" if c in ("file", "precision") else "right")
+    for c in result.checks:
+        est = c.latency_source == "estimated"
+        need = f" (>= {c.min_agreement:.2f})" if c.min_agreement is not None else ""
+        t.add_row(c.file, c.precision.split(" (")[0], f"{c.agreement:.4f}{need}", f"{c.max_abs_diff:.3g}",
+                  fmt_ms(c.latency_ms, est), fmt_ms(c.latency_batch_ms, est) + f" (x{c.batch_size})",
+                  "[green]yes[/]" if c.passed else "[red]NO[/]")
+    return t
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def pareto(
+        study: str = typer.Argument(..., help="study name (runs/NAME.db), .db/.journal path or storage URL"),
+        storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
+        csv: Path | None = typer.Option(None, "--csv", help="write every trial (full frame) as CSV"),
+        max_latency: str | None = typer.Option(None, "--max-latency", help="keep rows under, e.g. 2ms"),
+        min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="keep rows at or above"),
+        all_: bool = typer.Option(False, "--all", help="every complete trial, not only the front"),
+    ) -> None:
+        """Pareto front of a study as a table sorted by latency (estimated latencies marked ~ (est.))."""
+        from edgecompress.results import load_study, parse_latency_ms, select, study_to_frame
+        from edgecompress.results.pareto import pareto_front
+        from edgecompress.utils import atomic_path
+
+        max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
+        st = load_study(study, storage)
+        df = study_to_frame(st)
+        if csv is not None:
+            with atomic_path(csv) as tmp:
+                df.drop(columns=["config"], errors="ignore").to_csv(tmp, index=False)
+        console.print(_counts_line(df))
+        has_complete = bool((df["state"] == "COMPLETE").any()) if len(df) else False
+        if not has_complete:
+            console.print("no complete trials yet")
+        else:
+            rows = front_rows(df, max_ms, min_accuracy, all_)
+            what = "complete trials" if all_ else "Pareto front"
+            if rows or (max_ms is None and min_accuracy is None):
+                print_wide(pareto_table(rows, f"{st.study_name}: {what} ({len(rows)} rows)"))
+            if any(r["estimated"] for r in rows):
+                console.print("[yellow]~x (est.)[/]: sub-8-bit latency estimated from the int8 measurement x "
+                              "BitOPs ratio (no real kernels)")
+            if not rows and (max_ms is not None or min_accuracy is not None):
+                sel = select(pareto_front(df), max_latency=max_ms, min_accuracy=min_accuracy)
+                console.print(f"[red]{sel.reason}[/]")
+        if csv is not None:
+            console.print(f"wrote {len(df)} trials to {csv}")
+
+    @app.command()
+    def report(
+        study: str = typer.Argument(..., help="study name, .db/.journal path or storage URL"),
+        out: Path = typer.Option(..., "-o", "--out", help="HTML file to write"),
+        storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
+        cascade: Path | None = typer.Option(None, "--cascade", help="cascade folder to draw its curve"),
+    ) -> None:
+        """Write a self-contained offline HTML report (front, projections, hypervolume, importance)."""
+        from edgecompress.results import build_report, load_study
+
+        st = load_study(study, storage)
+        info = _cascade_info(cascade) if cascade is not None else None
+        path = build_report(st, out, cascade_info=info)
+        console.print(f"report: {path.resolve()}")
+
+    @app.command("export")
+    def export_cmd(
+        study: str = typer.Argument(..., help="study name, .db/.journal path or storage URL"),
+        out: Path = typer.Option(..., "-o", "--out", help="output folder"),
+        trial: int | None = typer.Option(None, "--trial", help="trial number to export"),
+        max_latency: str | None = typer.Option(None, "--max-latency", help="most accurate under, e.g. 2ms"),
+        min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="fastest at or above"),
+        knee: bool = typer.Option(False, "--knee", help="the knee point of the front"),
+        formats: str = typer.Option("yaml,torchscript,onnx", "--format", help="comma list: yaml,torchscript,onnx"),
+        force: bool = typer.Option(False, "--force", help="export even when infeasible or a check fails"),
+        storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
+        device: str = typer.Option("cpu", "--device", help="device to check and time on: cpu or cuda"),
+    ) -> None:
+        """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed."""
+        from edgecompress.results.export import ExportError, export_trial
+        from edgecompress.results.pareto import parse_latency_ms
+
+        max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
+        try:
+            with console.status("exporting and checking ..."):
+                result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
+                                      knee=knee, formats=formats, force=force, storage=storage, device=device)
+        except ExportError as e:
+            if e.result is not None:
+                print_wide(_checks_table(e.result))
+            typer.echo(f"error: {e}", err=True)
+            # SystemExit, not typer.Exit: click returns (drops) typer.Exit's code under standalone_mode=False
+            raise SystemExit(1) from None
+        console.print(f"trial {result.number}: {result.selection.reason}")
+        print_wide(_checks_table(result))
+        for p in result.problems:
+            console.print(f"[red]forced despite:[/] {p}")
+        console.print(f"exported to {result.out_dir.resolve()}: {', '.join(result.files)}")
+
+    @app.command()
+    def retarget(
+        study: str = typer.Argument(..., help="study name, .db/.journal path or storage URL"),
+        device: str = typer.Option(..., "--device", help="cpu or cuda: the device to re-measure on"),
+        backend: str | None = typer.Option(None, "--backend", help="onnxruntime, torch or torch_compile"),
+        new_study: str | None = typer.Option(None, "--new-study", help="name of the new study"),
+        storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
+        threads: int | None = typer.Option(None, "--threads", help="CPU threads for latency"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing new study"),
+    ) -> None:
+        """Re-measure latency of every complete trial on this device (no retraining) into a new study."""
+        from edgecompress.cli.base import step_progress
+        from edgecompress.results.retarget import retarget_study
+
+        progress, task = step_progress(f"re-measuring on {device}")
+        with progress:
+            summary = retarget_study(
+                study, device=device, backend=backend, new_study=new_study, storage=storage, threads=threads,
+                overwrite=overwrite,
+                progress=lambda done, total, n: progress.update(task, completed=done, total=total))
+        t = Table(title=f"{summary.source_study} -> {summary.study} on {summary.device_name or summary.device} "
+                        f"({summary.backend})")
+        for c in ("trial", "new trial", "accuracy", "old latency", "new latency", "state", "note"):
+            t.add_column(c, justify="left" if c in ("state", "note") else "right")
+        for r in summary.trials:
+            est = r.latency_source == "estimated"
+            t.add_row(str(r.source_number), str(r.number), "-" if r.accuracy is None else f"{r.accuracy:.4f}",
+                      fmt_ms(r.old_latency_ms, est), fmt_ms(r.latency_ms, est), r.state_detail, r.note)
+        print_wide(t)
+        for n, why in summary.skipped:
+            console.print(f"[yellow]skipped trial {n}:[/] {why}")
+        console.print(f"new study {summary.study!r} in {summary.storage}: `edgecompress pareto {summary.study}"
+                      + ("" if summary.storage.endswith(f"{summary.study}.db") else f" --storage {summary.storage}")
+                      + "`")

@@ -1,0 +1,129 @@
+"""`edgecompress search`: launch or resume a multi-objective compression search (Optuna or Ray Tune)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgecompress.cli.base import parse_sets
+
+console = Console()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "/".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def print_summary(summary: Any) -> None:
+    """Counts, where the study is, and the feasible Pareto front as a table."""
+    from edgecompress.search.progress import describe, format_seconds
+
+    for w in summary.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(
+        f"study [bold]{summary.study_name}[/] ({summary.backend}, sampler {summary.sampler}) in {summary.storage}: "
+        f"{summary.new_trials} new trial(s) in {format_seconds(summary.elapsed_s)}"
+    )
+    console.print(describe(summary.stats))
+    if not summary.front:
+        console.print("no feasible completed trial yet")
+        return
+    names = list(summary.front[0]["values"])
+    table = Table(title=f"Pareto front ({len(summary.front)} trials)")
+    table.add_column("trial", justify="right")
+    for n in names:
+        table.add_column(n, justify="right")
+    for col in ("prune", "depth", "bits w/a", "res"):
+        table.add_column(col, justify="right")
+    for row in summary.front:
+        c = row["config"]
+        cached = f" (={row['cached_from']})" if row.get("cached_from") is not None else ""
+        table.add_row(
+            f"{row['number']}{cached}", *(_fmt(row["values"][n]) for n in names), _fmt(c.get("prune")),
+            _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}", _fmt(c.get("resolution")),
+        )
+    console.print(table)
+
+
+def search_cmd(
+    config: Path, study: str, trials: int | None = None, timeout: float | None = None,
+    sampler: str | None = None, backend: str = "optuna", workers: int = 1, storage: str | None = None,
+    seed: int | None = None, address: str | None = None, set_: list[str] | None = None,
+    cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True, as_json: bool = False,
+) -> Any:
+    """Load the experiment, run the search with a live progress line, print the summary."""
+    import optuna
+
+    from edgecompress.errors import ConfigError
+    from edgecompress.search.progress import RichProgress
+    from edgecompress.spaces import load_experiment
+
+    if backend not in ("optuna", "ray"):
+        raise ConfigError(f"--backend {backend!r}: expected optuna or ray")
+    if address and backend != "ray":
+        raise ConfigError("--address needs --backend ray")
+    exp = load_experiment(config, parse_sets(set_))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    display = RichProgress(Console(stderr=True), title=study) if progress and not as_json else None
+    kwargs: dict[str, Any] = dict(storage=storage, trials=trials, timeout=timeout, sampler=sampler, seed=seed,
+                                  progress=display)
+    if display is not None:
+        display.__enter__()
+    try:
+        if backend == "ray":
+            from edgecompress.search.ray_runner import run_ray_search
+
+            summary = run_ray_search(exp, study, max_concurrent=workers, address=address,
+                                     cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, **kwargs)
+        else:
+            from edgecompress.search.optuna_runner import run_search
+
+            summary = run_search(exp, study, workers=workers, **kwargs)
+    finally:
+        if display is not None:
+            display.__exit__(None, None, None)
+    if as_json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(summary), indent=2, default=str))
+    else:
+        print_summary(summary)
+    if summary.interrupted:
+        console.print("interrupted: run the same command again to resume")
+        raise typer.Exit(130)
+    return summary
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def search(
+        config: Path = typer.Argument(..., help="experiment YAML"),
+        study: str = typer.Option(..., "--study", help="study name (runs/<study>.db; rerun to resume)"),
+        trials: int | None = typer.Option(None, "--trials", help="total trials to reach (default: budget)"),
+        timeout: float | None = typer.Option(None, "--timeout", help="stop starting trials after S seconds"),
+        sampler: str | None = typer.Option(None, "--sampler", help="auto|nsga2|tpe|random|grid|qmc"),
+        backend: str = typer.Option("optuna", "--backend", help="optuna or ray"),
+        workers: int = typer.Option(1, "--workers", help="parallel worker processes (ray: concurrent trials)"),
+        storage: str | None = typer.Option(None, "--storage", help="sqlite:///x.db, postgresql://..., x.journal"),
+        seed: int | None = typer.Option(None, "--seed", help="sampler seed (default: the config's seed)"),
+        address: str | None = typer.Option(None, "--address", help="existing Ray cluster (HOST:PORT or auto)"),
+        set_: list[str] | None = typer.Option(None, "--set", help="override a config key: a.b=value"),
+        cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="ray: CPUs per trial"),
+        gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs per trial"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+        as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+    ) -> None:
+        """Search compressed models (launch or resume a study); prints the Pareto front at the end."""
+        search_cmd(config, study, trials, timeout, sampler, backend, workers, storage, seed, address, set_,
+                   cpus_per_trial, gpus_per_trial, not no_progress, as_json)

@@ -1,0 +1,277 @@
+"""The Optuna objective: trial -> CompressionConfig -> evaluation -> objective values + user attributes.
+
+Trial user attrs (the contract the results package reads): every metric of EvalResult.metrics flat by its
+key, "config", "config_hash", "state_detail" (EvalResult.state, or "interrupted"), "fail_reason" (failed
+trials), "violations", "artefact_dir", "cached_from" (trial number, when served from the config cache) and
+"val_accuracy_curve" (per-epoch validation accuracy, when the evaluator reported it).
+Constraints are recorded with `trial.set_constraint` (Optuna 5; <= 0 feasible) for every configured one.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.spaces.config import CompressionConfig
+from edgecompress.spaces.space import SearchSpace
+from edgecompress.utils import atomic_write_json, atomic_write_text
+
+# constraint key -> (metric key, sign): violation = sign * (metric - bound)
+CONSTRAINT_METRICS: dict[str, tuple[str, int]] = {
+    "max_latency_ms": ("latency_ms", 1),
+    "max_latency_batch_ms": ("latency_batch_ms", 1),
+    "min_accuracy": ("accuracy", -1),
+    "max_size_bytes": ("size_bytes", 1),
+    "max_macs": ("macs", 1),
+}
+COUNTED_DETAILS = ("complete", "infeasible", "failed", "pruned")
+BOOKKEEPING_ATTRS = frozenset(
+    {"config", "config_hash", "state_detail", "fail_reason", "violations", "artefact_dir", "cached_from",
+     "val_accuracy_curve"}
+)
+
+
+class Evaluator(Protocol):
+    """What the objective calls (edgecompress.evaluators.evaluate.build_evaluator returns one)."""
+
+    def __call__(
+        self,
+        config: CompressionConfig,
+        artefact_dir: Path | None = None,
+        on_epoch: Callable[[int, float], None] | None = None,
+    ) -> EvalResult: ...
+
+
+class TrialFailed(EdgeCompressError):
+    """The evaluation of a trial failed (NaN loss, OOM, exception); the study records FAIL and goes on."""
+
+
+def active_constraints(constraints: Any) -> dict[str, float]:
+    """The configured constraint bounds (None ones dropped) from a Constraints model or a dict."""
+    raw = constraints.model_dump() if hasattr(constraints, "model_dump") else dict(constraints or {})
+    unknown = [k for k in raw if k not in CONSTRAINT_METRICS]
+    if unknown:
+        raise EdgeCompressError(f"constraints: unknown key(s) {unknown}; valid: {sorted(CONSTRAINT_METRICS)}")
+    return {k: float(v) for k, v in raw.items() if v is not None}
+
+
+def constraint_values(
+    constraints: dict[str, float], metrics: dict[str, Any], violations: dict[str, float]
+) -> dict[str, float]:
+    """Value per configured constraint, <= 0 when satisfied (the evaluator's violation when it gave one)."""
+    out: dict[str, float] = {}
+    for name, bound in constraints.items():
+        if name in violations and _finite(violations[name]):
+            out[name] = float(violations[name])
+            continue
+        key, sign = CONSTRAINT_METRICS[name]
+        value = metrics.get(key)
+        if _finite(value):
+            out[name] = sign * (float(value) - bound)
+    return out
+
+
+def objective_values(
+    objectives: Sequence[Any], metrics: dict[str, Any], state: str
+) -> tuple[float, ...]:
+    """Objective values in order; an infeasible trial without accuracy scores 0 for it (worst possible)."""
+    values = []
+    for obj in objectives:
+        name, direction = _obj(obj)
+        v = metrics.get(name)
+        if v is None and state == "infeasible" and direction == "maximize" and name == "accuracy":
+            v = 0.0
+        if not _finite(v):
+            raise TrialFailed(f"objective {name!r} is missing or not finite ({v!r}) in the evaluation result")
+        values.append(float(v))
+    return tuple(values)
+
+
+def _obj(obj: Any) -> tuple[str, str]:
+    if isinstance(obj, dict):
+        return obj["name"], obj["direction"]
+    return obj.name, obj.direction
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _plain(v: Any) -> Any:
+    """JSON-friendly value for a user attribute."""
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
+def trial_dir(study_dir: Path, number: int) -> Path:
+    return Path(study_dir) / "trials" / str(number)
+
+
+def find_cached(study: optuna.Study, config_hash: str, exclude: int | None = None) -> FrozenTrial | None:
+    """The first COMPLETE trial of `study` whose config has this hash."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get("config_hash") == config_hash and t.number != exclude:
+            return t
+    return None
+
+
+def write_trial_files(folder: Path, config: CompressionConfig, record: dict[str, Any]) -> None:
+    """config.yaml and metrics.json of one trial, written atomically."""
+    atomic_write_text(folder / ARTEFACT_FILES["config"], config.to_yaml())
+    atomic_write_json(folder / ARTEFACT_FILES["metrics"], record)
+
+
+def link_artefacts(src: Path, dst: Path) -> None:
+    """Hard-link (or copy) the weights and logits of a cached trial into another trial's folder."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for key, name in ARTEFACT_FILES.items():
+        if key in ("config", "metrics") or not (src / name).is_file():
+            continue
+        target = dst / name
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(src / name, target)
+        except OSError:
+            shutil.copy2(src / name, target)
+
+
+def result_attrs(result: EvalResult, artefact_dir: Path) -> dict[str, Any]:
+    """User attrs describing an evaluation (metrics flat, then the bookkeeping keys)."""
+    attrs: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
+    attrs.update(
+        config=result.config.to_dict(),
+        config_hash=result.config.config_hash(),
+        state_detail=result.state,
+        violations={k: float(v) for k, v in result.violations.items()},
+        artefact_dir=str(artefact_dir),
+    )
+    if result.state == "failed":
+        attrs["fail_reason"] = result.fail_reason or "evaluation failed"
+    return attrs
+
+
+def make_objective(
+    space: SearchSpace,
+    evaluator: Evaluator,
+    study_dir: str | os.PathLike[str],
+    objectives: Sequence[Any],
+    constraints: Any = None,
+    cache: bool = True,
+) -> Callable[[optuna.Trial], tuple[float, ...]]:
+    """Objective for `study.optimize` or an ask/tell loop.
+
+    Returns the objective values in `objectives` order. Raises TrialFailed (trial must be FAIL; attrs are
+    already set) or optuna.TrialPruned. Artefacts go to `study_dir`/trials/<number>/.
+    """
+    study_dir = Path(study_dir)
+    bounds = active_constraints(constraints)
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        config = space.suggest(trial)
+        folder = trial_dir(study_dir, trial.number)
+        folder.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("config_hash", config.config_hash())
+        trial.set_user_attr("artefact_dir", str(folder))
+
+        source = find_cached(trial.study, config.config_hash(), exclude=trial.number) if cache else None
+        if source is not None:
+            return _serve_from_cache(trial, source, config, folder, bounds)
+
+        curve: list[float] = []
+        single = len(trial.study.directions) == 1
+
+        def on_epoch(epoch: int, val_accuracy: float) -> None:
+            curve.append(float(val_accuracy))
+            if single:  # Optuna pruners only support single-objective studies
+                trial.report(float(val_accuracy), epoch)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+
+        try:
+            result = evaluator(config, artefact_dir=folder, on_epoch=on_epoch)
+        except optuna.TrialPruned:
+            result = EvalResult(config=config, state="pruned")
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - failures are data: record and go on
+            result = EvalResult(config=config, state="failed", fail_reason=f"{type(e).__name__}: {e}")
+        if curve:
+            trial.set_user_attr("val_accuracy_curve", curve)
+        return _record(trial, result, config, folder, objectives, bounds)
+
+    return objective
+
+
+def _record(
+    trial: optuna.Trial,
+    result: EvalResult,
+    config: CompressionConfig,
+    folder: Path,
+    objectives: Sequence[Any],
+    bounds: dict[str, float],
+) -> tuple[float, ...]:
+    result.config = config
+    result.artefact_dir = str(folder)
+    values: tuple[float, ...] | None = None
+    if result.state in ("complete", "infeasible"):
+        try:
+            values = objective_values(objectives, result.metrics, result.state)
+        except TrialFailed as e:
+            result.state, result.fail_reason = "failed", str(e)
+    for key, value in result_attrs(result, folder).items():
+        trial.set_user_attr(key, value)
+    record = {**result.to_dict(), "trial": trial.number, "values": list(values) if values else None}
+    write_trial_files(folder, config, record)
+    if result.state == "pruned":
+        raise optuna.TrialPruned(result.fail_reason or "pruned")
+    if result.state == "failed" or values is None:
+        raise TrialFailed(result.fail_reason or "evaluation failed")
+    for name, v in constraint_values(bounds, result.metrics, result.violations).items():
+        trial.set_constraint(name, v)
+    return values
+
+
+def _serve_from_cache(
+    trial: optuna.Trial, source: FrozenTrial, config: CompressionConfig, folder: Path, bounds: dict[str, float]
+) -> tuple[float, ...]:
+    """Copy the values, attrs and artefacts of an identical, already evaluated config."""
+    for key, value in source.user_attrs.items():
+        if key not in ("artefact_dir", "cached_from"):
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("artefact_dir", str(folder))
+    trial.set_user_attr("cached_from", source.number)
+    src_dir = Path(source.user_attrs.get("artefact_dir", ""))
+    if src_dir.is_dir():
+        link_artefacts(src_dir, folder)
+    metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
+    record = {
+        "config": config.to_dict(), "config_hash": config.config_hash(),
+        "state": source.user_attrs.get("state_detail", "complete"), "metrics": metrics,
+        "violations": source.user_attrs.get("violations", {}), "fail_reason": None,
+        "artefact_dir": str(folder), "trial": trial.number, "cached_from": source.number,
+        "values": list(source.values),
+    }
+    write_trial_files(folder, config, record)
+    for name, v in source.constraints.items():
+        trial.set_constraint(name, v)
+    if not source.constraints:  # constraints configured after the source ran
+        for name, v in constraint_values(bounds, metrics, record["violations"]).items():
+            trial.set_constraint(name, v)
+    return tuple(source.values)

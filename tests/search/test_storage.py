@@ -1,0 +1,64 @@
+"""Storage: default locations, URL handling, dead-owner recovery, heartbeat configuration."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import JournalStorage, RDBStorage
+from optuna.trial import TrialState
+
+from edgecompress.errors import ConfigError
+from edgecompress.search.storage import (
+    HEARTBEAT_INTERVAL_S,
+    default_storage_url,
+    make_storage,
+    mark_owner,
+    open_study,
+    recover_dead_trials,
+)
+
+
+def test_default_storage_sqlite_or_journal(runs: Path) -> None:
+    assert default_storage_url("a") == f"sqlite:///{runs / 'a.db'}"
+    assert default_storage_url("a", workers=2) == str(runs / "a.journal")
+    (runs / "b.db").write_bytes(b"")
+    assert default_storage_url("b", workers=2).startswith("sqlite:///")  # an existing study keeps its storage
+    (runs / "c.journal").write_bytes(b"")
+    assert default_storage_url("c") == str(runs / "c.journal")
+    with pytest.raises(ConfigError, match="--study"):
+        default_storage_url("x/y")
+
+
+def test_make_storage_kinds(runs: Path) -> None:
+    rdb = make_storage(f"sqlite:///{runs / 'h.db'}")
+    assert isinstance(rdb, RDBStorage) and rdb.get_heartbeat_interval() == HEARTBEAT_INTERVAL_S
+    assert isinstance(make_storage(str(runs / "j.journal")), JournalStorage)
+    with pytest.raises(ConfigError, match="--storage 'nonsense'"):
+        make_storage("nonsense")
+    with pytest.raises(ConfigError, match="not found"):
+        open_study("missing")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_running_trial_of_dead_process_is_failed_and_requeued(runs: Path, kind: str) -> None:
+    url = f"sqlite:///{runs / 'd.db'}" if kind == "sqlite" else str(runs / "d.journal")
+    study = optuna.create_study(study_name="d", storage=make_storage(url))
+    dead = study.ask()
+    dead.suggest_float("x", 0, 1)
+    mark_owner(study, dead._trial_id)
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a reaped process: its pid is free
+    study._storage.set_trial_system_attr(dead._trial_id, "ec:pid", gone.pid)
+    alive = study.ask()
+    mark_owner(study, alive._trial_id)  # this process: alive, must be left alone
+    assert recover_dead_trials(study) == [dead.number]
+    trials = study.get_trials()
+    assert trials[dead.number].state == TrialState.FAIL
+    assert trials[alive.number].state == TrialState.RUNNING
+    retry = trials[-1]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
+    assert retry.params == trials[dead.number].params
+    assert recover_dead_trials(study) == []
