@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -13,3 +15,46 @@ torch.set_num_threads(1)
 def _isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("EDGECOMPRESS_RUNS", str(runs))
+
+
+TINY_PIPELINE = {
+    "name": "tiny-pipeline",
+    "seed": 0,
+    "dataset": {"name": "fashion_mnist", "train_subset": 600, "val_subset": 300, "test_subset": 300},
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
+    "base_training": {"epochs": 2, "batch_size": 64, "lr": 0.1},
+    "finetune": {"epochs": 1, "batch_size": 64, "train_subset": 300},
+    "space": {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 8]},
+              "resolution": {"choices": [0.5, 1.0]}, "round_to": 2},
+    "budget": {"trials": 5, "sampler": "random",
+               "enqueue": [{"prune": 0.5, "resolution": 0.5}, {"prune": 0.0, "resolution": 0.5}]},
+    "device": {"device": "cpu", "threads": 1, "min_repeats": 5, "max_seconds": 0.3, "batch_size": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A real 5-trial study on a Fashion-MNIST subset (real evaluator, SQLite), built once per session.
+
+    Returns {"name", "storage", "runs", "config"}; tests pass `--storage` explicitly.
+    """
+    import yaml
+
+    from edgecompress.search import run_search
+    from edgecompress.spaces import parse_experiment
+
+    runs = tmp_path_factory.mktemp("tiny-study-runs")
+    old = os.environ.get("EDGECOMPRESS_RUNS")
+    os.environ["EDGECOMPRESS_RUNS"] = str(runs)
+    try:
+        exp = parse_experiment(TINY_PIPELINE)
+        storage = f"sqlite:///{runs}/tiny.db"
+        run_search(exp, "tiny", storage=storage, trials=5, seed=0)
+    finally:
+        if old is None:
+            os.environ.pop("EDGECOMPRESS_RUNS", None)
+        else:
+            os.environ["EDGECOMPRESS_RUNS"] = old
+    cfg = runs / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY_PIPELINE))
+    return {"name": "tiny", "storage": storage, "runs": runs, "config": cfg}

@@ -1,0 +1,70 @@
+"""`edgecompress cascade` on a real study: stages from the front, measured end to end, saved and reloadable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from edgecompress.cascade import load_cascade
+from edgecompress.cascade.evaluate import study_candidates
+from edgecompress.cli import main
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.data import load_data, make_loader
+from edgecompress.spaces import parse_experiment
+
+
+def test_cascade_cli_end_to_end(tiny_study: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cascade"
+    main(["cascade", tiny_study["name"], "--storage", tiny_study["storage"], "-o", str(out), "--samples", "40",
+          "--min-accuracy", "0.0"])
+    printed = capsys.readouterr().out
+    assert "measured latency batch 1" in printed and "wrote" in printed
+    ev = json.loads((out / "evaluation.json").read_text())
+    for key in ("latency_reduction_b1", "latency_reduction_batch", "accuracy_delta_pp", "prediction_error",
+                "test_accuracy", "best_single", "seed_rule"):
+        assert key in ev
+    # with min accuracy 0 the cheapest single model suffices: the plan is its first stage alone
+    assert len(ev["plan"]["stages"]) >= 1
+    assert ev["measured_latency_b1_ms"] > 0 and ev["best_single"]["measured_latency_b1_ms"] > 0
+    # the runtime's test accuracy matches what the stored test logits predict (same deploy forms)
+    assert ev["test_accuracy"] == pytest.approx(ev["predicted_test_accuracy"], abs=0.02)
+    front = json.loads((out / "front.json").read_text())
+    assert front and all("expected_latency_ms" in p for p in front)
+    # the saved directory loads with one call and classifies real images
+    model = load_cascade(out)
+    exp = parse_experiment(json.loads(json.dumps(optuna.load_study(
+        study_name=tiny_study["name"], storage=tiny_study["storage"]).user_attrs["experiment"])))
+    data = load_data(exp.dataset, exp.seed)
+    x, y = next(iter(make_loader(data.test, data.native_size, 64)))
+    with torch.no_grad():
+        logits = model(x)
+    assert logits.shape == (64, 10) and torch.isfinite(logits).all()
+
+
+def test_candidates_are_the_measured_front(tiny_study: dict) -> None:
+    study = optuna.load_study(study_name=tiny_study["name"], storage=tiny_study["storage"])
+    cands, labels, _ = study_candidates(study)
+    lat = [c.spec.latency_ms for c in cands]
+    acc = [c.val_accuracy for c in cands]
+    assert lat == sorted(lat)
+    # on a Pareto front sorted by latency, accuracy never falls as latency grows
+    assert all(a2 >= a1 for a1, a2 in zip(acc, acc[1:]))
+    assert labels.shape[0] == cands[0].spec.val_logits.shape[0]
+
+
+def test_one_model_front_is_a_clear_message(tiny_study: dict, tmp_path: Path) -> None:
+    src = optuna.load_study(study_name=tiny_study["name"], storage=tiny_study["storage"])
+    storage = f"sqlite:///{tmp_path}/one.db"
+    one = optuna.create_study(study_name="one", storage=storage, directions=src.directions)
+    for k, v in src.user_attrs.items():
+        one.set_user_attr(k, v)
+    best = max((t for t in src.trials if t.values), key=lambda t: t.values[0])
+    one.add_trial(best)
+    with pytest.raises(EdgeCompressError, match="cascade needs at least 2 Pareto models; the front has 1"):
+        study_candidates(one)
+    assert np.isfinite(best.values[1])
