@@ -14,6 +14,7 @@ from edgecompress.cli import base as _base
 from edgecompress.cli import cascade as _cascade
 from edgecompress.cli import demo as _demo
 from edgecompress.cli import evaluate as _evaluate
+from edgecompress.cli import results as _results
 from edgecompress.cli import search as _search
 from edgecompress.errors import EdgeCompressError
 
@@ -25,14 +26,16 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_base, _evaluate, _search, _cascade, _demo):
+for _module in (_base, _evaluate, _search, _results, _cascade, _demo):
     _module.register(app)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: one-line errors, non-zero exit codes."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)  # non-standalone click returns typer.Exit codes
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except EdgeCompressError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

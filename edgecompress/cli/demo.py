@@ -15,13 +15,16 @@ from edgecompress.cli.base import console
 def _step(app: typer.Typer, title: str, args: list[str]) -> None:
     console.rule(f"[bold]{title}[/]  edgecompress {' '.join(args)}")
     try:
-        app(args=args, standalone_mode=False)
+        rc = app(args=args, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except SystemExit as e:  # a step's own non-zero exit stops the demo with that code
         if e.code not in (0, None):
             raise
+        return
     except typer.Exit as e:
-        if e.exit_code not in (0, None):
-            raise
+        rc = e.exit_code
+    if isinstance(rc, int) and rc:
+        console.print(f"[red]step failed:[/] edgecompress {' '.join(args)} (exit {rc})")
+        raise SystemExit(rc)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,19 @@ def _checks_table(result: Any) -> Table:
     return t
 
 
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad option values (ValueError from the library) become one-line EdgeCompressErrors (exit 2)."""
+    from edgecompress.errors import EdgeCompressError
+
+    try:
+        yield
+    except ValueError as e:
+        if isinstance(e, EdgeCompressError):
+            raise
+        raise EdgeCompressError(str(e)) from None
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def pareto(
@@ -188,7 +203,10 @@ def register(app: typer.Typer) -> None:
         from edgecompress.results.pareto import pareto_front
         from edgecompress.utils import atomic_path
 
-        max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
+        with user_errors():
+            max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
+            if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+                raise ValueError(f"--min-accuracy: must be in [0, 1], got {min_accuracy}")
         st = load_study(study, storage)
         df = study_to_frame(st)
         if csv is not None:
@@ -244,9 +262,9 @@ def register(app: typer.Typer) -> None:
         from edgecompress.results.export import ExportError, export_trial
         from edgecompress.results.pareto import parse_latency_ms
 
-        max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
         try:
-            with console.status("exporting and checking ..."):
+            with user_errors(), console.status("exporting and checking ..."):
+                max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
                                       knee=knee, formats=formats, force=force, storage=storage, device=device)
         except ExportError as e:
@@ -276,7 +294,7 @@ def register(app: typer.Typer) -> None:
         from edgecompress.results.retarget import retarget_study
 
         progress, task = step_progress(f"re-measuring on {device}")
-        with progress:
+        with user_errors(), progress:
             summary = retarget_study(
                 study, device=device, backend=backend, new_study=new_study, storage=storage, threads=threads,
                 overwrite=overwrite,

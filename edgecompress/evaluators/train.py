@@ -89,6 +89,8 @@ def train_model(
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
     sched = _scheduler(opt, settings, settings.epochs * steps_per_epoch)
+    # channels-last is ~1.6x faster for conv training on CPU here (and on CUDA with AMP); undone at the end
+    model.to(memory_format=torch.channels_last)
     use_kd = teacher is not None and settings.distill_weight > 0
     if use_kd:
         teacher.eval()
@@ -98,7 +100,7 @@ def train_model(
         total, count = 0.0, 0
         for step, (x, y) in enumerate(loader):
             x, y = x.to(device), y.to(device)
-            out = model(x)
+            out = model(x.contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
             if use_kd:
                 with torch.no_grad():
@@ -125,6 +127,7 @@ def train_model(
             hist.val_accuracy.append(acc)
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc)
+    model.to(memory_format=torch.contiguous_format)
     model.eval()
     return hist
 

@@ -99,3 +99,59 @@ def study_db(_study_template, tmp_path, monkeypatch):
     shutil.copyfile(_study_template, tmp_path / "fm.db")
     url = f"sqlite:///{tmp_path / 'fm.db'}"
     return optuna.load_study(study_name="fm", storage=url), url
+
+
+# ---- a real study: the search's objective + the real evaluator on a Fashion-MNIST subset ---------------
+REAL_STUDY = "fmx"
+REAL_EXPERIMENT = {
+    "name": "results-real",
+    "dataset": {"train_subset": 256, "val_subset": 200, "test_subset": 100},
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
+    "base_training": {"epochs": 1, "batch_size": 64},
+    "finetune": {"epochs": 1, "train_subset": 128, "batch_size": 64},
+    "device": {"device": "cpu", "max_seconds": 0.2, "min_repeats": 5, "batch_size": 8},
+    "space": {"prune": {"choices": [0.0, 0.25, 0.5]}, "bits": {"choices": [32, 8, 4]},
+              "resolution": {"choices": [0.5, 0.75, 1.0]}},
+    "budget": {"trials": 3, "sampler": "random", "enqueue_uncompressed": True, "enqueue": [
+        {"prune": 0.5, "w_bits": 8, "a_bits": 8, "resolution": 0.75},
+        {"prune": 0.25, "w_bits": 4, "a_bits": 4, "resolution": 0.5},
+    ]},
+}
+
+
+@pytest.fixture(scope="session")
+def real_study_template(tmp_path_factory):
+    """(folder, study name, DataBundle): 3 real trials (fp32, int8, 4-bit estimated) in folder/fmx.db.
+
+    Artefacts live under folder/fmx/trials/<n>/ with absolute paths, so copies of the .db stay valid.
+    """
+    from edgecompress.evaluators.data import load_data
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.search import run_search
+    from edgecompress.spaces import parse_experiment
+
+    folder = tmp_path_factory.mktemp("realstudy").resolve()
+    exp = parse_experiment(REAL_EXPERIMENT)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EDGECOMPRESS_RUNS", str(folder))
+        data = load_data(exp.dataset, exp.seed)
+        ev = CompressionEvaluator(exp, data=data)
+        summary = run_search(exp, REAL_STUDY, storage=f"sqlite:///{folder / 'fmx.db'}", trials=3, evaluator=ev)
+    assert summary.stats.finished == 3, summary
+    return folder, REAL_STUDY, data
+
+
+@pytest.fixture
+def real_db(real_study_template, tmp_path, monkeypatch):
+    """A private copy of the real study at <EDGECOMPRESS_RUNS>/fmx.db (url, name, data, runs, template folder)."""
+    import sqlite3
+
+    folder, name, data = real_study_template
+    src, dst = sqlite3.connect(folder / "fmx.db"), sqlite3.connect(tmp_path / "fmx.db")
+    with dst:
+        src.backup(dst)  # the search's SQLite runs in WAL mode: a file copy may miss committed rows
+    src.close()
+    dst.close()
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    return types.SimpleNamespace(url=f"sqlite:///{tmp_path / 'fmx.db'}", name=name, data=data, runs=tmp_path,
+                                 template=folder)

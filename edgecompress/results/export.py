@@ -1,0 +1,485 @@
+"""Export one trial of a study: config.yaml to reproduce it, TorchScript and ONNX (fp32, int8 QDQ) models.
+
+Nothing is written under the final name until every exported model has been reloaded, compared with the
+in-memory model on a validation batch (top-1 agreement, max logit difference) and re-timed on this
+device: the files are built in a temp folder next to the output folder, which then replaces it
+(os.replace), so an interrupted export leaves no half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+import os
+import platform
+import shutil
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+
+import edgecompress
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.evaluators.data import DataBundle, load_data, make_loader
+from edgecompress.evaluators.deploy import deploy, estimate_latency, export_onnx
+from edgecompress.evaluators.latency import device_name, measure_latency
+from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.results.frame import load_study, study_to_frame
+from edgecompress.results.pareto import Selection, knee_point, pareto_front, select
+from edgecompress.spaces.config import CompressionConfig
+from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+
+FORMAT = "edgecompress.export"
+FORMAT_VERSION = 1
+FORMATS = ("yaml", "torchscript", "onnx")
+FILES = {"config": "config.yaml", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
+         "onnx_int8": "model_int8.onnx"}
+FP32_MIN_AGREEMENT = 0.99  # fp32 exports must give the same top-1 as the in-memory model
+CHECK_SAMPLES = 256  # validation images used to compare an exported model with the in-memory one
+_METRIC_TYPES = (int, float, str, bool)
+
+
+class ExportError(EdgeCompressError):
+    """The export cannot proceed or did not pass its checks; `result` holds the checks when they ran."""
+
+    def __init__(self, message: str, result: ExportResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass
+class ModelCheck:
+    """One exported file reloaded, compared with the in-memory model and re-timed on this device."""
+
+    name: str  # torchscript | onnx | onnx_int8
+    file: str
+    precision: str
+    samples: int
+    agreement: float  # top-1 agreement with the in-memory fp32 model
+    max_abs_diff: float  # max |logit difference|
+    min_agreement: float | None  # None: informational (int8 is expected to differ a little)
+    latency_ms: float  # median batch 1 (scaled by BitOPs for sub-8-bit trials, see latency_source)
+    latency_p90_ms: float
+    latency_batch_ms: float
+    batch_size: int
+    latency_source: str  # measured | estimated
+    passed: bool
+    note: str = ""
+
+
+@dataclass
+class ExportResult:
+    """What was exported where, the checks, and whether the re-measured latency meets the budget."""
+
+    out_dir: Path
+    study: str
+    number: int
+    selection: Selection
+    config: CompressionConfig
+    files: list[str] = field(default_factory=list)
+    checks: list[ModelCheck] = field(default_factory=list)
+    latency_check: str | None = None  # the check whose latency is compared with the budget
+    max_latency_ms: float | None = None
+    problems: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_device(device: str) -> None:
+    """`device` is cpu or cuda, and CUDA is there when asked (one-line error otherwise)."""
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgeCompressError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__})")
+
+
+def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
+    """'yaml,torchscript,onnx' (or a list) -> validated tuple; config.yaml is always written."""
+    items = formats.split(",") if isinstance(formats, str) else list(formats)
+    out = []
+    for f in (str(x).strip().lower() for x in items):
+        if not f:
+            continue
+        if f not in FORMATS:
+            raise ValueError(f"--format: unknown format {f!r} (choose from {', '.join(FORMATS)})")
+        if f not in out:
+            out.append(f)
+    if not out:
+        raise ValueError(f"--format: no format given (choose from {', '.join(FORMATS)})")
+    return tuple(out)
+
+
+def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = None,
+                 min_accuracy: float | None = None, knee: bool = False) -> Selection:
+    """The trial to export: `trial` N, the knee of the front, or `select` over the front by the budgets.
+
+    With `trial` or `knee`, budgets are checked against the chosen point (not used to choose).
+    """
+    if trial is not None and knee:
+        raise ValueError("export: give either --trial or --knee, not both")
+    if trial is None and not knee and max_latency is None and min_accuracy is None:
+        raise ValueError("export: choose a trial with --trial N, --max-latency X, --min-accuracy Y or --knee")
+    if trial is not None:
+        rows = df[df["number"] == trial]
+        if not len(rows):
+            raise EdgeCompressError(f"export: study {df.attrs.get('study_name')!r} has no trial {trial}")
+        row = rows.iloc[0]
+        if row["state"] != "COMPLETE":
+            why = row.get("fail_reason") or row.get("state_detail")
+            raise EdgeCompressError(f"export: trial {trial} is {row['state']} ({why}); only complete trials export")
+        one = rows.copy()
+        one.attrs = dict(df.attrs)
+        sel = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
+        return Selection(sel.number, sel.feasible, sel.row, sel.violations,
+                         f"trial {trial}" + ("" if sel.feasible else f": {sel.reason}"))
+    front = pareto_front(df)
+    if knee:
+        sel = knee_point(front)
+        if max_latency is None and min_accuracy is None:
+            return sel
+        one = front[front["number"] == sel.number]
+        chk = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
+        return Selection(sel.number, chk.feasible, sel.row, chk.violations,
+                         sel.reason + ("" if chk.feasible else f"; {chk.reason}"))
+    return select(front, max_latency=max_latency, min_accuracy=min_accuracy)
+
+
+def experiment_of(study: Any) -> ExperimentConfig:
+    """The study's ExperimentConfig (user attr "experiment", written by the search)."""
+    raw = study.user_attrs.get("experiment")
+    if not isinstance(raw, dict):
+        raise EdgeCompressError(f"study {study.study_name!r} has no 'experiment' user attribute (not an "
+                                "edgecompress search study?)")
+    return parse_experiment(raw, f"study {study.study_name!r} experiment")
+
+
+def trial_model_path(row: Any, number: int | None) -> Path:
+    """model.pt of a trial's artefacts, or a one-line error saying why there is none."""
+    folder = row.get("artefact_dir") if hasattr(row, "get") else None
+    if not isinstance(folder, str) or not folder:
+        raise EdgeCompressError(f"trial {number} has no artefact_dir: nothing to export")
+    path = Path(folder) / ARTEFACT_FILES["model"]
+    if not path.is_file():
+        raise EdgeCompressError(f"trial {number}: no saved model at {path} (stopped before fine-tuning, "
+                                "or its artefacts were moved)")
+    return path
+
+
+def calibration_batches(data: DataBundle, size: int, seed: int) -> list[torch.Tensor]:
+    """Int8 calibration images: the same draw as CompressionEvaluator.calib_batches (8 x 32 train images)."""
+    return [x for x, _ in make_loader(data.train, size, 32, shuffle=True, seed=seed, limit=8 * 32)]
+
+
+def validation_batch(data: DataBundle, size: int, n: int = CHECK_SAMPLES) -> torch.Tensor:
+    """The first `n` validation images at `size` (normalised NCHW float)."""
+    n = min(n, len(data.val))
+    return data.val.batch(torch.arange(n), size)
+
+
+def ort_session(path: str | os.PathLike[str], device: str = "cpu", threads: int = 2) -> Any:
+    """A fresh ONNX Runtime session on a file (CUDA provider first when device is cuda)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
+
+
+def compare_logits(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """(top-1 agreement, max |difference|) of two logit arrays of the same shape."""
+    if ref.shape != out.shape:
+        raise EdgeCompressError(f"exported model gives logits of shape {out.shape}, expected {ref.shape}")
+    agree = float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0
+    return agree, float(np.max(np.abs(ref - out))) if ref.size else 0.0
+
+
+def _timing(fn_for: Any, exp: ExperimentConfig, device: str, threads: int, backend: str,
+            runtime: str, in_shape: tuple[int, ...]) -> tuple[float, float, float]:
+    """(batch-1 median, batch-1 p90, serving-batch median) in ms; fn_for(x) -> zero-arg callable."""
+    d = exp.device
+    kw = dict(device=device, threads=threads, backend=backend, runtime_version=runtime,
+              min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv,
+              clock="host" if backend == "onnxruntime" else "auto")
+    x1 = torch.randn(1, *in_shape[1:])
+    xb = torch.randn(d.batch_size, *in_shape[1:])
+    s1 = measure_latency(fn_for(x1), batch_size=1, **kw)
+    sb = measure_latency(fn_for(xb), batch_size=d.batch_size, **kw)
+    return s1.median_ms, s1.p90_ms, sb.median_ms
+
+
+def _check_torchscript(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: ExperimentConfig,
+                       device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
+        loaded = torch.jit.load(str(path), map_location=device).eval()
+    with torch.no_grad():
+        out = loaded(xval.to(device)).float().cpu().numpy()
+    agree, diff = compare_logits(ref, out)
+
+    def fn_for(x: torch.Tensor) -> Any:
+        xd = x.to(device)
+        return lambda: loaded(xd)
+
+    return agree, diff, _timing(fn_for, exp, device, threads, "torch", f"torch {torch.__version__}",
+                                tuple(xval.shape))
+
+
+def _check_onnx(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: ExperimentConfig,
+                device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
+    import onnxruntime as ort
+
+    sess = ort_session(path, device, threads)
+    name = sess.get_inputs()[0].name
+    out = np.asarray(sess.run(None, {name: xval.numpy()})[0], dtype=np.float32)
+    agree, diff = compare_logits(ref, out)
+
+    def fn_for(x: torch.Tensor) -> Any:
+        feed = {name: x.numpy()}
+        return lambda: sess.run(None, feed)
+
+    return agree, diff, _timing(fn_for, exp, device, threads, "onnxruntime", f"onnxruntime {ort.__version__}",
+                                tuple(xval.shape))
+
+
+def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size: int, in_chans: int,
+                 cfg: CompressionConfig, calib: list[torch.Tensor] | None) -> list[tuple[str, str]]:
+    """Write the model files into `staging`; returns [(check name, precision)]."""
+    example = torch.randn(2, in_chans, size, size)
+    built: list[tuple[str, str]] = []
+    if "torchscript" in formats:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(model, example, check_trace=False)
+            torch.jit.save(traced, str(staging / FILES["torchscript"]))
+        built.append(("torchscript", "fp32"))
+    if "onnx" in formats:
+        export_onnx(model, example, staging / FILES["onnx"])
+        built.append(("onnx", "fp32"))
+        if cfg.w_bits <= 8 and calib is not None:  # int8 deploy form: onnxruntime static QDQ, as the search
+            work = staging / ".int8"
+            deploy(model, example[:1], backend="onnxruntime", precision="int8", calib_batches=calib,
+                   workdir=work)
+            os.replace(work / "model_int8.onnx", staging / FILES["onnx_int8"])
+            shutil.rmtree(work, ignore_errors=True)
+            built.append(("onnx_int8", "int8 (onnxruntime static QDQ, per-channel weights)"))
+    return built
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, str):
+        return str(v)  # str subclasses (torch's TorchVersion) are not safe_dump-able
+    return v if isinstance(v, _METRIC_TYPES) or v is None else str(v)
+
+
+def versions() -> dict[str, str]:
+    """Versions of the runtimes an exported model was built and checked with."""
+    out = {"edgecompress": edgecompress.__version__, "torch": torch.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    for mod in ("onnxruntime", "onnx"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "not installed"
+    return out
+
+
+def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle, row: dict[str, Any],
+                  size: int, device: str, threads: int, staging: Path) -> dict[str, Any]:
+    """The config.yaml content: everything needed to reproduce and to use the exported model."""
+    metric_keys = [k for k, v in row.items() if isinstance(v, _METRIC_TYPES) and not k.startswith(
+        ("params_", "cfg_", "violation_", "datetime"))]
+    metrics = {k: _plain(row[k]) for k in sorted(metric_keys)}
+    files = {}
+    for name in result.files:
+        p = staging / name
+        files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
+    split = data.val
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "study": result.study,
+        "trial": result.number,
+        "selection": {"reason": result.selection.reason, "feasible": result.selection.feasible,
+                      "violations": _plain(result.selection.violations)},
+        "compression": result.config.to_dict(),
+        "config_hash": result.config.config_hash(),
+        "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
+        "seed": exp.seed,
+        "input": {"size": size, "channels": data.in_chans, "layout": "NCHW", "dtype": "float32",
+                  "preprocess": "pixels / 255, bilinear resize to size, then (x - mean) / std",
+                  "mean": _plain(list(getattr(split, "mean", []) or [])),
+                  "std": _plain(list(getattr(split, "std", []) or [])), "classes": list(data.classes)},
+        "metrics": metrics,
+        "device": {"export_device": device, "export_device_name": device_name(device), "threads": threads,
+                   "search_device": metrics.get("device"), "search_device_name": metrics.get("device_name"),
+                   "search_backend": metrics.get("backend")},
+        "versions": versions(),
+        "files": files,
+        "checks": [_plain(asdict(c)) for c in result.checks],
+        "budget": {"max_latency_ms": result.max_latency_ms, "latency_check": result.latency_check},
+        "problems": list(result.problems),
+        "notes": precision_notes(result.config),
+        "experiment": exp.to_dict(),
+    }
+
+
+def precision_notes(cfg: CompressionConfig) -> list[str]:
+    """What the exported files are, relative to the precision the trial was scored at."""
+    w, a = cfg.w_bits, cfg.a_bits
+    if w < 8:
+        return [f"the trial's accuracy is the {w}/{a}-bit fake-quantised model's; no runtime has {w}-bit kernels, "
+                "so the files are fp32 and int8 (QDQ) and the int8 latency is scaled by the BitOPs ratio"]
+    if w == 16:
+        return ["16-bit trial: the files are fp32 (cast to fp16/bf16 at load time where the device supports it)"]
+    return []
+
+
+def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig, dict[str, Any]]:
+    """Read an export's config.yaml (a file or its folder) -> (CompressionConfig, the whole document)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / FILES["config"]
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise EdgeCompressError(f"cannot read export config {path}: {e}".splitlines()[0]) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise EdgeCompressError(f"{path} is not an edgecompress export config")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise EdgeCompressError(f"{path}: export format version {doc.get('format_version')!r} is not "
+                                f"{FORMAT_VERSION}")
+    return CompressionConfig.from_dict(doc["compression"], str(path)), doc
+
+
+def _replace_dir(staging: Path, out_dir: Path) -> None:
+    """Move the finished staging folder to `out_dir` (an existing export folder there is replaced)."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | None = None,
+                 max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
+                 formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
+                 device: str = "cpu", threads: int | None = None, storage: Any = None) -> ExportResult:
+    """Choose a trial, export it to `out_dir`, check every file; raise ExportError when a check fails.
+
+    `max_latency` is in ms. With `force`, an infeasible choice or a failed check is recorded in
+    `result.problems` and the export is still written. `data` skips reloading the study's dataset.
+    """
+    fmts = parse_formats(formats)
+    check_device(device)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
+                                                     and not (out_dir / FILES["config"]).is_file())):
+        raise ExportError(f"refusing to overwrite {out_dir}: it exists and is not an export folder")
+    st = load_study(study, storage)
+    df = study_to_frame(st)
+    sel = choose_trial(df, trial, max_latency, min_accuracy, knee)
+    problems: list[str] = []
+    if not sel.feasible:
+        if not force:
+            raise ExportError(f"{sel.reason} (pass --force to export it anyway)")
+        problems.append(sel.reason)
+    exp = experiment_of(st)
+    path = trial_model_path(sel.row, sel.number)
+    model, meta = load_compressed(path)
+    cfg = CompressionConfig.from_dict(meta.get("config") or sel.row["config"], str(path))
+    data = data if data is not None else load_data(exp.dataset, exp.seed)
+    size = int(meta.get("input_size") or cfg.input_size(data.native_size))
+    threads = threads or exp.device.threads
+    result = ExportResult(out_dir, st.study_name, int(sel.number), sel, cfg, forced=force,
+                          max_latency_ms=max_latency, problems=problems)
+    xval = validation_batch(data, size)
+    with torch.no_grad():
+        ref = model(xval).float().numpy()
+    calib = calibration_batches(data, size, exp.seed) if cfg.w_bits <= 8 and "onnx" in fmts else None
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib)
+        for name, precision in built:
+            file = FILES[name]
+            check = _check_torchscript if name == "torchscript" else _check_onnx
+            agree, diff, (lat, p90, lat_b) = check(staging / file, ref, xval, exp, device, threads)
+            source, note = "measured", ""
+            if cfg.w_bits < 8 and name == "onnx_int8":
+                lat, p90, lat_b = (estimate_latency(v, 8, cfg.w_bits, cfg.a_bits) for v in (lat, p90, lat_b))
+                source = "estimated"
+                note = (f"{cfg.w_bits}/{cfg.a_bits}-bit latency estimated from this int8 model x BitOPs ratio; "
+                        "the file itself is int8")
+            need = FP32_MIN_AGREEMENT if precision == "fp32" else None
+            passed = need is None or agree >= need
+            result.checks.append(ModelCheck(name, file, precision, len(ref), agree, diff, need, lat, p90, lat_b,
+                                            exp.device.batch_size, source, passed, note))
+            if not passed:
+                result.problems.append(f"{file}: top-1 agreement {agree:.4f} with the in-memory model is below "
+                                       f"{need:.2f} (max logit diff {diff:.3g})")
+            result.files.append(file)
+        _budget_check(result, exp, cfg)
+        if result.problems and not force and result.checks:
+            raise ExportError(f"export of trial {result.number} failed its checks: {'; '.join(result.problems)} "
+                              "(pass --force to write it anyway)", result)
+        doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging)
+        with open(staging / FILES["config"], "w") as f:
+            yaml.safe_dump(_plain(doc), f, sort_keys=False)
+        _replace_dir(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    result.files.insert(0, FILES["config"])
+    return result
+
+
+def _budget_check(result: ExportResult, exp: ExperimentConfig, cfg: CompressionConfig) -> None:
+    """Compare the latency of the file matching the search's deploy form with the requested budget."""
+    by_name = {c.name: c for c in result.checks}
+    if exp.device.backend == "onnxruntime":
+        order = ["onnx_int8", "onnx", "torchscript"] if cfg.w_bits <= 8 else ["onnx", "torchscript"]
+    else:
+        order = ["torchscript", "onnx", "onnx_int8"]
+    main = next((by_name[n] for n in order if n in by_name), None)
+    result.latency_check = main.name if main else None
+    if main is not None and result.max_latency_ms is not None and main.latency_ms > result.max_latency_ms:
+        result.problems.append(
+            f"re-measured latency of {main.file} on this device is {main.latency_ms:.4g} ms "
+            f"({main.latency_source}), over the budget of {result.max_latency_ms:g} ms")

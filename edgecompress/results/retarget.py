@@ -1,0 +1,290 @@
+"""Re-measure a study's latency on another device or backend (no retraining) into a new study.
+
+Accuracy does not depend on the device, latency does: every complete trial's saved model (model.pt) is
+rebuilt, deployed at the trial's precision on this device/backend and timed at batch 1 and at the serving
+batch. The new study has the same params and user attrs with the latency/device keys replaced, objective
+values recomputed in the study's objective order and latency constraints re-checked, so `pareto`,
+`report` and `cascade` work on it unchanged. Trials stopped before fine-tuning (no model.pt) are
+re-timed from the cached base model when it exists (latency depends only on the architecture); they stay
+infeasible because they were never trained. Failed and pruned trials are copied as they are.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState, create_trial
+
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.evaluators.data import DataBundle, load_data
+from edgecompress.evaluators.deploy import deploy, estimate_latency
+from edgecompress.evaluators.evaluate import (
+    CompressionEvaluator,
+    constraint_violations,
+    precision_for,
+)
+from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.results.export import check_device, experiment_of
+from edgecompress.results.frame import JOURNAL_SUFFIXES, _storage_for_path, load_study, study_objectives
+from edgecompress.spaces.config import CompressionConfig
+from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.utils import runs_dir
+
+#: user attrs that describe the device/latency of a measurement (replaced by the new measurement)
+LATENCY_KEYS = (
+    "latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_cv", "latency_repeats", "latency_batch_ms",
+    "latency_batch_p90_ms", "latency_batch_cv", "batch_size", "device", "device_name", "threads", "backend",
+    "runtime_version", "torch_version", "precision", "provider", "latency_source", "latency_note",
+    "size_bytes", "measure_seconds",
+)
+_SCALED = ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms", "latency_batch_p90_ms")
+_DEVICE_CONSTRAINTS = ("max_latency_ms", "max_latency_batch_ms", "max_size_bytes")
+NOT_TRAINED = "not_trained"  # violation recorded on re-timed trials that were never fine-tuned
+ProgressFn = Callable[[int, int, int], None]  # (done, total, source trial number)
+
+
+@dataclass
+class RetargetedTrial:
+    """One source trial in the new study: old and new latency, and what changed."""
+
+    source_number: int
+    number: int
+    state_detail: str
+    accuracy: float | None
+    old_latency_ms: float | None
+    latency_ms: float | None
+    latency_source: str | None
+    note: str = ""
+
+
+@dataclass
+class RetargetSummary:
+    """Where the new study is and what happened to each trial."""
+
+    source_study: str
+    study: str
+    storage: str
+    device: str
+    device_name: str
+    backend: str
+    trials: list[RetargetedTrial] = field(default_factory=list)
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (source trial number, why)
+
+
+def retargeted_experiment(exp: ExperimentConfig, device: str, backend: str | None,
+                          threads: int | None) -> ExperimentConfig:
+    """`exp` with its device section pointed at the new device / backend / threads."""
+    d = exp.to_dict()
+    d["device"] = {**d["device"], "device": device}
+    if backend is not None:
+        d["device"]["backend"] = backend
+    if threads is not None:
+        d["device"]["threads"] = threads
+    return parse_experiment(d, "retarget")
+
+
+def target_storage(source: Any, storage: Any, new_name: str) -> Any:
+    """Where the new study goes: the source's explicit storage, else runs/<new_name>.db for a bare name."""
+    if storage is not None:
+        if isinstance(storage, str) and "://" not in storage and not storage.startswith("journal:"):
+            return _storage_for_path(Path(storage))
+        return storage
+    if isinstance(source, optuna.Study):
+        return source._storage  # noqa: SLF001 - the same storage object the study lives in
+    text = str(source)
+    if "://" in text or text.startswith("journal:"):
+        return text
+    if text.endswith((".db", *JOURNAL_SUFFIXES)) or os.sep in text:
+        return _storage_for_path(Path(text))
+    return f"sqlite:///{runs_dir() / new_name}.db"
+
+
+def _storage_label(store: Any) -> str:
+    return store if isinstance(store, str) else type(store).__name__
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class _Remeasurer:
+    """Deploys and times models on the new device with the experiment's latency settings."""
+
+    def __init__(self, exp: ExperimentConfig, data: DataBundle) -> None:
+        self.exp = exp
+        self.ev = CompressionEvaluator(exp, data=data)  # measure_latency / calib_batches, as in the search
+        self._base: Any = None
+
+    def measure(self, model: torch.nn.Module, cfg: CompressionConfig, size: int) -> dict[str, Any]:
+        ev, d = self.ev, self.exp.device
+        precision = precision_for(cfg.w_bits)
+        example = torch.randn(1, ev.data.in_chans, size, size)
+        calib = ev.calib_batches(size) if precision == "int8" else None
+        dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
+                     device=ev.device, threads=d.threads)
+        m = ev.measure_latency(dep, size)
+        if cfg.w_bits < 8:  # same estimate as the evaluator: int8 measurement x BitOPs ratio
+            for key in _SCALED:
+                m[key] = estimate_latency(m[key], 8, cfg.w_bits, cfg.a_bits)
+            m["latency_source"] = "estimated"
+            m["latency_note"] = (f"{cfg.w_bits}/{cfg.a_bits}-bit latency estimated from the int8 model measured "
+                                 f"on {m.get('device_name')} x BitOPs ratio (no sub-8-bit kernels)")
+            m["size_bytes"] = int(round(m["size_bytes"] * cfg.w_bits / 8))
+        else:
+            m["latency_source"] = "measured"
+        return m
+
+    def base_model(self) -> torch.nn.Module | None:
+        """The cached base model, or None when it was never trained here (no training in retarget)."""
+        from edgecompress.evaluators.base import base_dir, get_base_model
+
+        if self._base is None:
+            if not (base_dir(self.exp) / "model.pt").is_file():
+                return None
+            self._base = get_base_model(self.exp, self.ev.data).model
+        return self._base
+
+
+def _new_violations(old: dict[str, Any], metrics: dict[str, Any], exp: ExperimentConfig) -> dict[str, float]:
+    """Old violations with the device-dependent ones recomputed from the new metrics."""
+    out = {k: float(v) for k, v in (old or {}).items() if _finite(v) and k not in _DEVICE_CONSTRAINTS}
+    new = constraint_violations(metrics, exp.constraints, "pre")
+    out.update({k: v for k, v in new.items() if k in _DEVICE_CONSTRAINTS})
+    return out
+
+
+def _objective_values(objectives: list[dict[str, str]], attrs: dict[str, Any]) -> list[float]:
+    values = []
+    for o in objectives:
+        v = attrs.get(o["name"])
+        if not _finite(v):
+            if o["name"] == "accuracy":
+                v = 0.0  # never fine-tuned: worst accuracy, as the search records it
+            else:
+                raise EdgeCompressError(f"objective {o['name']!r} missing after re-measurement")
+        values.append(float(v))
+    return values
+
+
+def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, str]], device_label: str,
+                  source_name: str) -> tuple[FrozenTrial, RetargetedTrial] | str:
+    """The re-measured copy of a complete trial, or the reason it is skipped."""
+    ua = dict(t.user_attrs)
+    try:
+        cfg = CompressionConfig.from_dict(ua["config"], f"trial {t.number} config")
+    except (KeyError, TypeError):
+        return "no 'config' user attribute"
+    folder = ua.get("artefact_dir")
+    weights = Path(folder) / ARTEFACT_FILES["model"] if isinstance(folder, str) and folder else None
+    trained = weights is not None and weights.is_file()
+    note = ""
+    if trained:
+        model, meta = load_compressed(weights)
+        size = int(meta.get("input_size") or cfg.input_size(rm.ev.data.native_size))
+    else:
+        base = rm.base_model()
+        if base is None:
+            return "no saved model and no cached base model to rebuild its architecture"
+        from edgecompress.evaluators.compress import compress_model
+
+        size = cfg.input_size(rm.ev.data.native_size)
+        model, _ = compress_model(base, cfg, torch.randn(1, rm.ev.data.in_chans, size, size))
+        note = "architecture re-timed; never fine-tuned"
+    metrics = rm.measure(model, cfg, size)
+    old_latency = ua.get("latency_ms")
+    attrs = {k: v for k, v in ua.items() if k not in LATENCY_KEYS}
+    attrs.update(metrics)
+    attrs["retargeted_from"] = {"study": source_name, "trial": t.number, "latency_ms": old_latency,
+                                "device": ua.get("device"), "device_name": ua.get("device_name"),
+                                "backend": ua.get("backend")}
+    violations = _new_violations(ua.get("violations") or {}, attrs, rm.exp)
+    if not trained:
+        violations[NOT_TRAINED] = 1.0
+    broken = [k for k, v in violations.items() if v > 0]
+    attrs["violations"] = violations
+    attrs["state_detail"] = "infeasible" if broken else "complete"
+    attrs.pop("fail_reason", None)
+    if broken:
+        attrs["fail_reason"] = f"constraint violated on {device_label}: {', '.join(broken)}"
+    values = _objective_values(objectives, attrs)
+    configured = {k for k, v in rm.exp.constraints.model_dump().items() if v is not None}
+    constraints = {k: v for k, v in violations.items() if k in configured or k == NOT_TRAINED}
+    frozen = create_trial(state=TrialState.COMPLETE, values=values, params=t.params,
+                          distributions=t.distributions, user_attrs=attrs,
+                          intermediate_values=t.intermediate_values, constraints=constraints or None)
+    acc = attrs.get("accuracy")
+    info = RetargetedTrial(t.number, -1, attrs["state_detail"], float(acc) if _finite(acc) else None,
+                           float(old_latency) if _finite(old_latency) else None, float(attrs["latency_ms"]),
+                           attrs["latency_source"], note)
+    return frozen, info
+
+
+def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = None,
+                   new_study: str | None = None, storage: Any = None, new_storage: Any = None,
+                   threads: int | None = None, data: DataBundle | None = None, overwrite: bool = False,
+                   progress: ProgressFn | None = None) -> RetargetSummary:
+    """Re-measure every complete trial of `source` on `device`/`backend` into a new study (no retraining).
+
+    The new study is named `new_study` (default `<source>-<device>`); it lives in `new_storage`, else in the
+    source's explicit storage, else at runs/<new name>.db. An existing study of that name is an error
+    unless `overwrite`.
+    """
+    check_device(device)
+    src = load_study(source, storage)
+    exp = retargeted_experiment(experiment_of(src), device, backend, threads)
+    name = new_study or f"{src.study_name}-{device}"
+    if name == src.study_name and new_storage is None:
+        raise EdgeCompressError(f"--new-study: {name!r} is the source study; choose another name")
+    store = new_storage if new_storage is not None else target_storage(source, storage, name)
+    if name in optuna.get_all_study_names(store):
+        if not overwrite:
+            raise EdgeCompressError(f"study {name!r} already exists in {_storage_label(store)}: choose "
+                                    "--new-study NAME or delete it")
+        optuna.delete_study(study_name=name, storage=store)
+    data = data if data is not None else load_data(exp.dataset, exp.seed)
+    rm = _Remeasurer(exp, data)
+    objectives = study_objectives(src)
+    device_label = f"{rm.ev.device} ({exp.device.backend})"
+    frozen: list[tuple[FrozenTrial, RetargetedTrial | None]] = []
+    skipped: list[tuple[int, str]] = []
+    trials = sorted(src.get_trials(deepcopy=False), key=lambda t: t.number)
+    for i, t in enumerate(trials):
+        if t.state == TrialState.COMPLETE:
+            out = _retarget_one(t, rm, objectives, device_label, src.study_name)
+            if isinstance(out, str):
+                skipped.append((t.number, out))
+            else:
+                frozen.append(out)
+        elif t.state in (TrialState.FAIL, TrialState.PRUNED):
+            frozen.append((create_trial(state=t.state, params=t.params, distributions=t.distributions,
+                                        user_attrs=dict(t.user_attrs),
+                                        intermediate_values=t.intermediate_values), None))
+        else:
+            skipped.append((t.number, f"{t.state.name.lower()} (unfinished)"))
+        if progress is not None:
+            progress(i + 1, len(trials), t.number)
+    # create the study only once everything is measured: an interrupted retarget leaves no half study
+    new = optuna.create_study(study_name=name, storage=store, directions=src.directions)
+    for k, v in src.user_attrs.items():
+        new.set_user_attr(k, v)
+    new.set_user_attr("experiment", exp.to_dict())
+    new.set_user_attr("retargeted_from", {"study": src.study_name, "device": device,
+                                          "backend": exp.device.backend})
+    first = len(new.trials)
+    summary = RetargetSummary(src.study_name, name, _storage_label(store), rm.ev.device,
+                              str(next((f.user_attrs.get("device_name") for f, i in frozen if i), "")),
+                              exp.device.backend, skipped=skipped)
+    for k, (ft, info) in enumerate(frozen):
+        new.add_trial(ft)
+        if info is not None:
+            info.number = first + k
+            summary.trials.append(info)
+    return summary

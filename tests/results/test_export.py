@@ -1,0 +1,152 @@
+"""Export of a real trial: checked ONNX/TorchScript files, reproducible config.yaml, atomic writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import edgecompress.results.export as export_mod
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.results import load_study, study_to_frame
+from edgecompress.results.export import (
+    ExportError,
+    ExportResult,
+    ModelCheck,
+    choose_trial,
+    export_trial,
+    load_export_config,
+    parse_formats,
+)
+from edgecompress.results.pareto import Selection
+from edgecompress.spaces import CompressionConfig, parse_experiment
+
+
+def _trial_with(df, w_bits: int) -> int:
+    rows = df[(df["state"] == "COMPLETE") & (df["cfg_w_bits"] == w_bits)]
+    assert len(rows), f"the real study has no {w_bits}-bit trial"
+    return int(rows["number"].iloc[0])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated, still the portable format
+def test_int8_trial_exports_checked_onnx_and_torchscript(real_db, tmp_path: Path) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 8)
+    row = df[df["number"] == n].iloc[0]
+    out = tmp_path / "out"
+    res = export_trial(real_db.url, out, trial=n, data=real_db.data)
+    assert res.ok and res.number == n
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model.onnx", "model.torchscript.pt",
+                                                     "model_int8.onnx"]
+    checks = {c.name: c for c in res.checks}
+    assert set(checks) == {"torchscript", "onnx", "onnx_int8"}
+    for c in checks.values():
+        assert c.latency_ms > 0 and c.latency_batch_ms > 0 and c.samples == 200
+    assert checks["onnx"].agreement >= 0.99 and checks["torchscript"].agreement >= 0.99
+    assert res.latency_check == "onnx_int8"  # the search's deploy form of an 8-bit trial
+
+    # independently: ONNX Runtime on the written file vs the in-memory torch model, on validation images
+    model, meta = load_compressed(Path(row["artefact_dir"]) / "model.pt")
+    x = real_db.data.val.batch(torch.arange(100, 200), int(meta["input_size"]))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.99
+    assert np.abs(got - ref).max() < 1e-3
+    scripted = torch.jit.load(str(out / "model.torchscript.pt"))
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), torch.from_numpy(ref), atol=1e-4)
+
+    cfg, doc = load_export_config(out)
+    assert cfg == CompressionConfig.from_dict(row["config"])  # round-trips to the trial's config
+    assert doc["trial"] == n and doc["format_version"] == 1
+    exp = parse_experiment(doc["experiment"])
+    assert doc["base_model"]["key"] == exp.base_key() and doc["seed"] == exp.seed
+    assert doc["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
+    assert set(doc["versions"]) >= {"torch", "onnxruntime", "edgecompress"}
+    assert doc["input"]["size"] == meta["input_size"] and doc["files"]["model.onnx"]["bytes"] > 0
+    assert not list(tmp_path.glob(".out.*"))  # staging folder gone
+
+
+def test_interrupted_export_leaves_no_final_file(real_db, tmp_path: Path, monkeypatch) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 32)
+    seen: list[Path] = []
+
+    def crash(model, example, path, exporter="legacy"):
+        Path(path).write_bytes(b"half an onnx file")  # the temp file exists, then the process dies
+        seen.append(Path(path))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "export_onnx", crash)
+    parent = tmp_path / "exports"
+    out = parent / "exp"
+    with pytest.raises(KeyboardInterrupt):
+        export_trial(real_db.url, out, trial=n, data=real_db.data)
+    assert seen and seen[0].name == "model.onnx" and not seen[0].exists()  # temp file removed
+    assert not out.exists()
+    assert list(parent.iterdir()) == []  # no staging leftovers
+
+
+def test_interrupted_reexport_keeps_the_previous_export(real_db, tmp_path: Path, monkeypatch) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 32)
+    out = tmp_path / "exp"
+    export_trial(real_db.url, out, trial=n, data=real_db.data, formats="yaml")
+    before = (out / "config.yaml").read_text()
+    monkeypatch.setattr(export_mod, "export_onnx", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        export_trial(real_db.url, out, trial=n, data=real_db.data, formats="onnx")
+    assert (out / "config.yaml").read_text() == before and sorted(p.name for p in out.iterdir()) == ["config.yaml"]
+
+
+def test_infeasible_budget_refuses_then_force_exports(real_db, tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match=r"nearest is trial \d+, missing max_latency_ms"):
+        export_trial(real_db.url, tmp_path / "a", max_latency=1e-6, data=real_db.data)
+    assert not (tmp_path / "a").exists()
+    res = export_trial(real_db.url, tmp_path / "b", max_latency=1e-6, data=real_db.data, force=True,
+                       formats="yaml")
+    assert res.forced and not res.selection.feasible and res.problems
+    _, doc = load_export_config(tmp_path / "b")
+    assert doc["problems"] and doc["selection"]["feasible"] is False
+
+
+def test_choose_trial_rules(real_db) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    best = df.loc[df["accuracy"].idxmax(), "number"]
+    assert choose_trial(df, max_latency=1e9).number == best
+    fastest = df.loc[df["latency_ms"].idxmin()]
+    assert choose_trial(df, min_accuracy=0.0).number == fastest["number"]
+    assert choose_trial(df, knee=True).number in set(df["number"])
+    with pytest.raises(ValueError, match="--trial"):
+        choose_trial(df)
+    with pytest.raises(Exception, match="no trial 99"):
+        choose_trial(df, trial=99)
+
+
+def test_budget_check_uses_the_deploy_form_and_flags_a_slow_file() -> None:
+    def check(name: str, lat: float) -> ModelCheck:
+        return ModelCheck(name, name, "fp32", 10, 1.0, 0.0, 0.99, lat, lat, lat, 8, "measured", True)
+
+    res = ExportResult(Path("x"), "s", 1, Selection(1, True, {}), CompressionConfig(w_bits=8, a_bits=8),
+                       checks=[check("onnx", 0.5), check("onnx_int8", 3.0)], max_latency_ms=2.0)
+    export_mod._budget_check(res, parse_experiment({}), res.config)
+    assert res.latency_check == "onnx_int8" and "over the budget of 2 ms" in res.problems[0]
+
+
+def test_parse_formats() -> None:
+    assert parse_formats("onnx, torchscript,onnx") == ("onnx", "torchscript")
+    with pytest.raises(ValueError, match="unknown format 'tflite'"):
+        parse_formats("onnx,tflite")
+
+
+def test_refuses_to_overwrite_a_folder_that_is_not_an_export(tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="refusing to overwrite"):
+        export_trial("any-study", tmp_path / "mine", trial=0)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
