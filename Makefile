@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data demo test test-slow lint bench bench-gpu clean
+.PHONY: install data browser demo test test-slow lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -24,14 +24,22 @@ data: install
 	     echo "Fashion-MNIST installed from the Debian package"; \
 	else $(BIN)/edgecompress download fashion_mnist; fi
 
+# Headless Chromium for the report-rendering tests (Debian package; tests skip with a reason without it).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	     (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	     && echo "chromium installed" || echo "chromium not installable here: report-rendering tests will skip"; \
+	else echo "no chromium: report-rendering tests will skip"; fi
+
 demo: data
 	$(BIN)/edgecompress demo configs/fmnist-quick.yaml
 
-test: data
+test: data browser
 	$(BIN)/python -m pytest -q
 
 # exit code 5 = no test selected: not a failure when no test is marked slow
-test-slow: data
+test-slow: data browser
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: install
