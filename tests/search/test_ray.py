@@ -31,7 +31,8 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
             return out
 
     exp = fakes.small_experiment(budget={"sampler": "random"})
-    evaluator = Timed(tmp_path / "calls.log", delay=1.5, epochs=1)
+    # 4 s per trial: long enough that the two concurrent workers overlap even when their start-up is slow
+    evaluator = Timed(tmp_path / "calls.log", delay=4.0, epochs=1)
     summary = run_ray_search(exp, "ray", trials=4, max_concurrent=2, evaluator=evaluator, seed=0)
     study = open_study("ray")
     reasons = [t.user_attrs.get("fail_reason") for t in study.trials if t.state == TrialState.FAIL]
