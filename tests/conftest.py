@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see edgecompress/__init__.py
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # one thread: tests run beside each other on 2 cores, and 1 thread is faster for tiny models there
 torch.set_num_threads(1)
