@@ -224,7 +224,8 @@ def run_search(
     interrupted = False
     try:
         if workers == 1:
-            built, warns = make_sampler(sampler_name, seed + offset, total, exp.budget.population, space)
+            built, warns = make_sampler(sampler_name, run_seed(sampler_name, seed, offset), total,
+                                         exp.budget.population, space)
             notes += warns
             study.sampler = built
             evaluator = evaluator or _build_evaluator(exp)
@@ -234,7 +235,8 @@ def run_search(
             run_loop(study, objective, total, deadline, lock_path, on_trial=report)
         else:
             notes += make_sampler(sampler_name, seed, total, exp.budget.population, space)[1]
-            _run_workers(exp, study_name, url, total, deadline, sampler_name, seed + offset, workers,
+            _run_workers(exp, study_name, url, total, deadline, sampler_name, run_seed(sampler_name, seed, offset),
+                         workers,
                          evaluator, report)
     except KeyboardInterrupt:
         interrupted = True
@@ -283,6 +285,16 @@ def _worker_main(
         pass
 
 
+SEED_STABLE_SAMPLERS = ("grid", "qmc")
+
+
+def run_seed(sampler_name: str, seed: int, offset: int) -> int:
+    """Seed for a (resumed or parallel) run: random-draw samplers get a fresh stream, while grid and QMC
+    keep the study's seed, because their order of points is a function of it and a resume or a second
+    worker must continue the same sequence (else points are visited twice and others never)."""
+    return seed if sampler_name in SEED_STABLE_SAMPLERS else seed + offset
+
+
 def _run_workers(
     exp: ExperimentConfig, study_name: str, url: str, total: int, deadline: float | None, sampler_name: str,
     seed: int, workers: int, evaluator: Evaluator | None, report: Callable[[], None],
@@ -296,7 +308,8 @@ def _run_workers(
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(exp.to_dict(), study_name, url, total, deadline, sampler_name, seed + 1000 * i, evaluator),
+            args=(exp.to_dict(), study_name, url, total, deadline, sampler_name,
+                  run_seed(sampler_name, seed, 1000 * i), evaluator),
             name=f"edgecompress-worker-{i}",
         )
         for i in range(workers)

@@ -2,7 +2,7 @@
 
 `auto` rule (multi-objective):
   1. the discrete space has no more points than the budget        -> grid (exhaustive is optimal)
-  2. budget >= AUTO_NSGA2_POPULATIONS x population (100 by default) -> NSGA-II
+  2. budget >= AUTO_NSGA2_POPULATIONS x population (300 by default) -> NSGA-II
   3. otherwise                                                     -> multi-objective TPE
 Single objective: TPE (or grid by rule 1). NSGA-II's first generation is random, so it needs several
 populations to beat TPE; with fewer than 2 populations of trials a warning is returned.
@@ -18,7 +18,10 @@ from edgecompress.errors import ConfigError
 from edgecompress.spaces.space import SearchSpace
 
 SAMPLERS = ("auto", "nsga2", "tpe", "random", "grid", "qmc")
-AUTO_NSGA2_POPULATIONS = 10
+# 30, not 10: on the tabular benchmark (bench/search.py, 156 real configs, 100 seeds) NSGA-II from 100
+# trials reached 0.992 of the true front's hypervolume vs TPE's 0.9997; it re-samples duplicates in a
+# small discrete space. TPE stays cheap (~9 ms/trial at 500 trials), so it keeps the budget longer.
+AUTO_NSGA2_POPULATIONS = 30
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):

@@ -103,6 +103,17 @@ def test_grid_sampler_stops_at_space_size(fakes, fake_evaluator) -> None:
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 4
 
 
+def test_resumed_grid_visits_every_point_once(fakes, fake_evaluator) -> None:
+    """A grid study stopped and resumed must continue the same grid (its order depends on the seed)."""
+    exp = fakes.small_experiment()
+    run_search(exp, "grid-resume", trials=5, sampler="grid", evaluator=fake_evaluator, seed=3)
+    run_search(exp, "grid-resume", trials=9, sampler="grid", evaluator=fake_evaluator, seed=3)
+    run_search(exp, "grid-resume", trials=16, sampler="grid", evaluator=fake_evaluator, seed=3)
+    study = open_study("grid-resume")
+    hashes = [t.user_attrs["config_hash"] for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(hashes) == 16 and len(set(hashes)) == 16  # all 16 points, none twice
+
+
 def test_ctrl_c_leaves_study_resumable(fakes, tmp_path: Path) -> None:
     class Interrupting(fakes.FakeEvaluator):
         def __call__(self, config, artefact_dir=None, on_epoch=None):  # noqa: ANN001, ANN204
