@@ -90,6 +90,7 @@ def deploy(
     threads: int = 2,
     workdir: str | Path | None = None,
     exporter: str = "legacy",
+    spinning: bool = True,
 ) -> Deployed:
     """Build `model` for `backend` at `precision` on `device`; the caller's model is not modified.
 
@@ -120,11 +121,11 @@ def deploy(
     t0 = time.perf_counter()
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="edgecompress-deploy-") as tmp:
-            dep = _build(model, example, backend, precision, calib, dev, threads, Path(tmp), exporter)
+            dep = _build(model, example, backend, precision, calib, dev, threads, Path(tmp), exporter, spinning)
             dep.path = None  # the temp folder is gone; the session holds the model in memory
     else:
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        dep = _build(model, example, backend, precision, calib, dev, threads, Path(workdir), exporter)
+        dep = _build(model, example, backend, precision, calib, dev, threads, Path(workdir), exporter, spinning)
     dep.build_seconds = time.perf_counter() - t0
     return dep
 
@@ -156,9 +157,9 @@ def _calib_tensor(batch: Any) -> torch.Tensor:
 
 
 def _build(model: nn.Module, example: torch.Tensor, backend: str, precision: str, calib: list[torch.Tensor],
-           dev: torch.device, threads: int, workdir: Path, exporter: str) -> Deployed:
+           dev: torch.device, threads: int, workdir: Path, exporter: str, spinning: bool = True) -> Deployed:
     if backend == "onnxruntime":
-        return _build_ort(model, example, precision, calib, dev, threads, workdir, exporter)
+        return _build_ort(model, example, precision, calib, dev, threads, workdir, exporter, spinning)
     return _build_torch(model, example, backend, precision, calib, dev, threads, workdir)
 
 
@@ -216,7 +217,7 @@ def _calib_reader(batches: list[torch.Tensor]) -> Any:
 
 
 def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: list[torch.Tensor],
-               dev: torch.device, threads: int, workdir: Path, exporter: str) -> Deployed:
+               dev: torch.device, threads: int, workdir: Path, exporter: str, spinning: bool = True) -> Deployed:
     import numpy as np
     import onnxruntime as ort
 
@@ -255,6 +256,8 @@ def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: l
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if not spinning:  # several sessions called in turn (a cascade): idle threads must not spin on the cores
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sess = ort.InferenceSession(str(path), sess_options=so, providers=_ort_providers(dev))
 
     def prepare(x: torch.Tensor) -> dict[str, Any]:
