@@ -19,7 +19,7 @@ import torch
 
 from edgecompress.cascade.builder import build_cascade, cascade_front, seed_rule_plan
 from edgecompress.cascade.lean import LeanCascade, deployed_stage, resize_array
-from edgecompress.cascade.plan import CascadePlan, StageSpec, simulate
+from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 
@@ -91,16 +91,65 @@ def _opt_int(v: Any) -> int | None:
     return None if f is None else int(f)
 
 
+def measure_routing_overhead_ms(num_classes: int, kind: str = "margin", batch_size: int = 1,
+                                repeats: int = 200) -> float:
+    """Measured cost of one routing decision (confidence + threshold test) at `batch_size`, in ms.
+
+    The builder adds it per escalation so a cascade must save more than it costs to route.
+    """
+    from edgecompress.cascade.confidence import confidence
+
+    z = np.random.default_rng(0).standard_normal((batch_size, num_classes)).astype(np.float32)
+    for _ in range(20):
+        confidence(z, kind)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        _ = confidence(z, kind) < 0.5
+    return (time.perf_counter() - t0) / repeats * 1e3
+
+
 def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: float | None = None,
                  max_latency: float | None = None, kind: str = "margin", combine: str = "last",
                  max_stages: int = 4, batch: bool = False, calibrate: bool = False,
-                 routing_overhead_ms: float = 0.0) -> CascadePlan:
-    """Default target: validation accuracy within 0.2 pp of the most accurate candidate."""
+                 routing_overhead_ms: float | None = None) -> CascadePlan:
+    """Default target: validation accuracy within 0.2 pp of the most accurate candidate; default routing
+    overhead: measured on this machine (measure_routing_overhead_ms())."""
     if min_accuracy is None and max_latency is None:
         min_accuracy = max(c.val_accuracy for c in cands) - 0.002
-    return build_cascade([c.spec for c in cands], labels, min_accuracy=min_accuracy, max_latency=max_latency,
+    if routing_overhead_ms is None:
+        bs = cands[0].spec.batch_size or 1
+        routing_overhead_ms = measure_routing_overhead_ms(cands[0].spec.val_logits.shape[1], kind,
+                                                          bs if batch else 1)
+    plan = build_cascade([c.spec for c in cands], labels, min_accuracy=min_accuracy, max_latency=max_latency,
                          kind=kind, combine=combine, max_stages=max_stages, batch=batch, calibrate=calibrate,
                          routing_overhead_ms=routing_overhead_ms)
+    single = _best_single(cands, min_accuracy, max_latency, batch)
+    if single is not None and len(plan.stages) > 1:
+        lat = _latency(single, batch)
+        cascade_better = (plan.predicted_latency_ms or 0.0) < lat if min_accuracy is not None else (
+            (plan.predicted_accuracy or 0.0) > single.val_accuracy)
+        if not cascade_better:  # one model alone is at least as good: no cascade
+            return CascadePlan(stages=[StagePlan(single.spec.name, single.spec.input_size, single.spec.latency_ms,
+                                                 single.spec.latency_batch_ms, single.spec.batch_size,
+                                                 single.val_accuracy)],
+                               thresholds=[], kind=kind, combine=combine, batch=batch,
+                               predicted_accuracy=single.val_accuracy, predicted_latency_ms=lat,
+                               escalation_rates=[], constraint=dict(plan.constraint))
+    return plan
+
+
+def _latency(c: Candidate, batch: bool) -> float:
+    return float(c.spec.latency_batch_ms) if batch and c.spec.latency_batch_ms else c.spec.latency_ms
+
+
+def _best_single(cands: list[Candidate], min_accuracy: float | None, max_latency: float | None,
+                 batch: bool) -> Candidate | None:
+    """The single model a cascade must beat: cheapest meeting the accuracy floor, or most accurate in budget."""
+    if min_accuracy is not None:
+        ok = [c for c in cands if c.val_accuracy >= min_accuracy]
+        return min(ok, key=lambda c: _latency(c, batch)) if ok else None
+    ok = [c for c in cands if _latency(c, batch) <= (max_latency or 0.0)]
+    return max(ok, key=lambda c: c.val_accuracy) if ok else None
 
 
 def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data: Any,

@@ -10,6 +10,10 @@ from rich.table import Table
 from edgecompress.cli.base import console
 
 
+def _change(reduction: float) -> str:
+    return f"{reduction:.1%} lower" if reduction >= 0 else f"{-reduction:.1%} higher"
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def cascade(
@@ -59,7 +63,7 @@ def register(app: typer.Typer) -> None:
         for k, s in enumerate(plan.stages):
             thr = f"{plan.thresholds[k]:.4g}" if k < len(plan.thresholds) else "-"
             esc = f"{ev.test_escalation_rates[k]:.1%}" if k < len(ev.test_escalation_rates) else "-"
-            t.add_row(str(k + 1), str(ev.stage_trials[k]), str(s.input_size), ev.stage_precisions[k],
+            t.add_row(str(k + 1), str(ev.stage_trials[k]), str(s.input_size), ev.stage_precisions[k].split()[0],
                       f"{s.latency_ms:.4f}", thr, esc)
         console.print(t)
         b = ev.best_single
@@ -68,10 +72,10 @@ def register(app: typer.Typer) -> None:
         console.print(f"test accuracy {ev.test_accuracy:.4f} vs best single (trial {b['trial']}) "
                       f"{b['test_accuracy']:.4f}: {ev.accuracy_delta_pp:+.2f} pp")
         console.print(f"measured latency batch 1: {ev.measured_latency_b1_ms:.4f} ms vs "
-                      f"{b['measured_latency_b1_ms']:.4f} ms single ({ev.latency_reduction_b1:+.1%} lower); "
+                      f"{b['measured_latency_b1_ms']:.4f} ms single ({_change(ev.latency_reduction_b1)}); "
                       f"predicted {ev.predicted_latency_ms:.4f} ms (error {ev.prediction_error:.1%})")
         console.print(f"measured latency batch {ev.batch_size}: {ev.measured_latency_batch_ms:.3f} ms vs "
-                      f"{b['measured_latency_batch_ms']:.3f} ms single ({ev.latency_reduction_batch:+.1%} lower)")
+                      f"{b['measured_latency_batch_ms']:.3f} ms single ({_change(ev.latency_reduction_batch)})")
         if "test_expected_latency_ms" in ev.seed_rule:
             console.print(f"seed's rule (2 stages, margin, out1 + 1.6 out2) at equal val accuracy: expected "
                           f"{ev.seed_rule['test_expected_latency_ms']:.4f} ms, test accuracy "
