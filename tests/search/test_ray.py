@@ -25,12 +25,25 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
     class Timed(fakes.FakeEvaluator):
         def __call__(self, config, artefact_dir=None, on_epoch=None):  # noqa: ANN001, ANN204
             start = time.time()
-            out = super().__call__(config, artefact_dir, on_epoch)
-            with open(spans, "a") as f:
-                f.write(json.dumps([start, time.time()]) + "\n")
+            written = []
+
+            def record() -> None:
+                if not written:  # ASHA may stop the trial inside on_epoch: record the span before that
+                    written.append(1)
+                    with open(spans, "a") as f:
+                        f.write(json.dumps([start, time.time()]) + "\n")
+
+            def epoch_cb(epoch, acc):  # noqa: ANN001, ANN202
+                record()
+                if on_epoch is not None:
+                    on_epoch(epoch, acc)
+
+            out = super().__call__(config, artefact_dir, epoch_cb)
+            record()
             return out
 
-    exp = fakes.small_experiment(budget={"sampler": "random"})
+    # continuous prune ratio: no duplicate configs, so all 4 trials really run (none served from the cache)
+    exp = fakes.small_experiment(budget={"sampler": "random"}, space={"prune": {"low": 0.0, "high": 0.7}})
     # 4 s per trial: long enough that the two concurrent workers overlap even when their start-up is slow
     evaluator = Timed(tmp_path / "calls.log", delay=4.0, epochs=1)
     summary = run_ray_search(exp, "ray", trials=4, max_concurrent=2, evaluator=evaluator, seed=0)
@@ -51,4 +64,4 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
     assert study.user_attrs["objectives"][0]["name"] == "accuracy" and study.user_attrs["backend"] == "ray"
     intervals = [json.loads(line) for line in spans.read_text().splitlines()]
     overlap = max(sum(s <= t0 < e for s, e in intervals) for t0, _ in intervals)
-    assert overlap == 2  # two trials ran at the same time, never three
+    assert overlap == 2, (intervals, [(t.params, t.user_attrs.get("cached_from")) for t in study.trials])

@@ -87,7 +87,9 @@ def test_auto_sampler_rule_and_nsga2_warning(fakes) -> None:
     assert resolve_sampler_name("auto", 2, 20, 10, space) == "grid"
     big = space_for(fakes.small_experiment(space={"prune": {"low": 0.0, "high": 0.7}}))
     assert resolve_sampler_name("auto", 2, 30, 10, big) == "tpe"
-    assert resolve_sampler_name("auto", 2, 100, 10, big) == "nsga2"
+    assert resolve_sampler_name("auto", 2, 100, 10, big) == "tpe"  # NSGA-II only from 30 populations
+    assert resolve_sampler_name("auto", 2, 299, 10, big) == "tpe"
+    assert resolve_sampler_name("auto", 2, 300, 10, big) == "nsga2"
     assert resolve_sampler_name("auto", 1, 500, 10, big) == "tpe"
     _, warns = make_sampler("nsga2", 0, 15, 10, big)
     assert warns and "2 populations" in warns[0]
