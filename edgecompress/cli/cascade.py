@@ -80,6 +80,10 @@ def register(app: typer.Typer) -> None:
             console.print(f"seed's rule (2 stages, margin, out1 + 1.6 out2) at equal val accuracy: expected "
                           f"{ev.seed_rule['test_expected_latency_ms']:.4f} ms, test accuracy "
                           f"{ev.seed_rule['test_accuracy']:.4f}")
+        if len(plan.stages) > 1 and ev.latency_reduction_b1 <= 0 and ev.latency_reduction_batch <= 0:
+            console.print(f"[bold yellow]warning:[/] measured here, the cascade is slower than the best single model "
+                          f"at batch 1 and {ev.batch_size}: ship trial {b['trial']} alone, or rebuild with "
+                          "larger stage models (routing and session switches cost more than the saving)")
         for n in ev.notes:
             console.print(f"[yellow]note:[/] {n}")
         if any(p != "fp32" and not p.startswith("fp32") for p in ev.stage_precisions):
