@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +39,19 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move a finished staging folder to `target`, replacing an existing folder there (rename, then delete
+    the old one), so readers see either the old folder or the complete new one, never a half-written one."""
+    staging, target = Path(staging), Path(target)
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old.{os.getpid()}")
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

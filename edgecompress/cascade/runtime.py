@@ -22,6 +22,7 @@ from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import resize_batch
+from edgecompress.utils import replace_dir
 
 FORMAT_NAME = "edgecompress-cascade"
 FORMAT_VERSION = 1
@@ -150,13 +151,7 @@ def save_cascade(model: CascadeModel, directory: str | os.PathLike[str]) -> Path
             "plan": model.plan.to_dict(),
         }
         (tmp / SPEC_FILE).write_text(yaml.safe_dump(spec, sort_keys=False))
-        old = None
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old.{os.getpid()}")
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, directory)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

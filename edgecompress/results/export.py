@@ -37,6 +37,7 @@ from edgecompress.results.frame import load_study, study_to_frame
 from edgecompress.results.pareto import Selection, knee_point, pareto_front, select
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.utils import replace_dir
 
 FORMAT = "edgecompress.export"
 FORMAT_VERSION = 1
@@ -386,17 +387,6 @@ def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig,
     return CompressionConfig.from_dict(doc["compression"], str(path)), doc
 
 
-def _replace_dir(staging: Path, out_dir: Path) -> None:
-    """Move the finished staging folder to `out_dir` (an existing export folder there is replaced)."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old.{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | None = None,
                  max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
                  formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
@@ -462,7 +452,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
         doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging)
         with open(staging / FILES["config"], "w") as f:
             yaml.safe_dump(_plain(doc), f, sort_keys=False)
-        _replace_dir(staging, out_dir)
+        replace_dir(staging, out_dir)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
