@@ -28,3 +28,7 @@ class TrainingDivergedError(EdgeCompressError):
 
 class CompressionError(EdgeCompressError):
     """A compression operator cannot be applied to a model (the message names the layer)."""
+
+
+class TrialTimeoutError(EdgeCompressError):
+    """A trial's work ran past its wall-clock budget (finetune.max_seconds)."""

@@ -65,8 +65,9 @@ def get_base_model(
         seed_everything(exp.seed)
         model = build_model(exp, data).to(device)
         settings = TrainSettings.from_recipe(exp.base_training, exp.seed)
+        settings.memory_format = exp.device.train_memory_format
         start = time.perf_counter()
-        train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device)
+        hist = train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device)
         train_seconds = time.perf_counter() - start
         model = model.cpu().eval()
         metrics = {
@@ -80,6 +81,8 @@ def get_base_model(
             "train_images": len(data.train),
             "key": exp.base_key(),
             "threads": torch.get_num_threads(),
+            "memory_format": hist.memory_format,
+            "memory_format_reason": hist.memory_format_reason,
         }
         with atomic_path(weights) as tmp:
             torch.save({"format_version": FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError
+from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
 from edgecompress.evaluators.cost import count_costs
@@ -114,6 +114,8 @@ class CompressionEvaluator:
             return self._evaluate(config, artefact_dir, on_epoch)
         except TrainingDivergedError as e:
             return EvalResult(config, state="failed", fail_reason=f"diverged: {e}")
+        except TrialTimeoutError as e:
+            return EvalResult(config, state="failed", fail_reason=f"timed out: {e} (finetune.max_seconds)")
         except CompressionError as e:
             return EvalResult(config, state="failed", fail_reason=f"compression: {e}")
         except torch.OutOfMemoryError as e:
@@ -160,13 +162,17 @@ class CompressionEvaluator:
         settings = TrainSettings.from_recipe(ft, exp.seed)
         settings.epochs = ft.epochs if config.finetune_epochs is None else config.finetune_epochs
         settings.augment = False
+        settings.memory_format = exp.device.train_memory_format
+        settings.max_seconds = max(0.0, ft.max_seconds - (time.perf_counter() - t0))
         if w < 8 and ft.qat:
             apply_fake_quant(model, w, a, qat=True)
             calibrate(model, self.calib_batches(size))
         t1 = time.perf_counter()
         if settings.epochs > 0:
-            train_model(model, data.train, size, settings, val=data.val, teacher=self.base.model,
-                        teacher_size=native, on_epoch=on_epoch, device=self.device)
+            hist = train_model(model, data.train, size, settings, val=data.val, teacher=self.base.model,
+                               teacher_size=native, on_epoch=on_epoch, device=self.device)
+            metrics["train_memory_format"] = hist.memory_format
+            metrics["train_memory_format_reason"] = hist.memory_format_reason
         metrics["finetune_seconds"] = round(time.perf_counter() - t1, 3)
         metrics["finetune_epochs"] = settings.epochs
         # 3. the shipped form gives the accuracy

@@ -6,6 +6,7 @@ Loss that turns NaN/inf raises TrainingDivergedError (the search records the tri
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,8 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecompress.errors import TrainingDivergedError
+from edgecompress.errors import TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.data import Split, make_loader
+from edgecompress.evaluators.memformat import (
+    MemoryFormatChoice,
+    cached_memory_format,
+    choose_memory_format,
+    in_format,
+    worth_probing,
+)
 
 EpochCallback = Callable[[int, float], None]
 
@@ -37,6 +45,8 @@ class TrainSettings:
     distill_weight: float = 0.0
     temperature: float = 4.0
     seed: int = 0
+    memory_format: str = "auto"  # auto (probed per model shape, see memformat.py), contiguous, channels_last
+    max_seconds: float | None = None  # wall-clock budget from the start of training (TrialTimeoutError)
 
     @classmethod
     def from_recipe(cls, recipe: Any, seed: int = 0) -> TrainSettings:
@@ -52,6 +62,8 @@ class TrainHistory:
     losses: list[float] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
     steps: int = 0
+    memory_format: str = "contiguous"
+    memory_format_reason: str = ""
 
 
 def _scheduler(opt: torch.optim.Optimizer, s: TrainSettings, total_steps: int) -> Any:
@@ -89,8 +101,15 @@ def train_model(
     opt = torch.optim.SGD(model.parameters(), lr=settings.lr, momentum=settings.momentum,
                           weight_decay=settings.weight_decay, nesterov=settings.momentum > 0)
     sched = _scheduler(opt, settings, settings.epochs * steps_per_epoch)
-    # channels-last is ~1.6x faster for conv training on CPU here (and on CUDA with AMP); undone at the end
-    model.to(memory_format=torch.channels_last)
+    # channels-last only where a probe in a child process showed it safe and faster (its backward crashes
+    # or hangs on AVX2-only CPUs for small pruned layers); undecided runs start contiguous and probe after
+    # a few steps if the run is long enough to repay the probe. Undone at the end.
+    threads = torch.get_num_threads()
+    in_shape: tuple[int, ...] = ()
+    choice: MemoryFormatChoice | None = None
+    fmt = torch.contiguous_format
+    warm_times: list[float] = []
+    started = time.monotonic()
     use_kd = teacher is not None and settings.distill_weight > 0
     if use_kd:
         teacher.eval()
@@ -99,8 +118,17 @@ def train_model(
         model.train()
         total, count = 0.0, 0
         for step, (x, y) in enumerate(loader):
+            t_step = time.perf_counter()
             x, y = x.to(device), y.to(device)
-            out = model(x.contiguous(memory_format=torch.channels_last))
+            if not in_shape:  # the first batch: a forced or cached choice applies from the start
+                in_shape = tuple(x.shape)
+                choice = cached_memory_format(model, in_shape, threads, str(device), settings.memory_format)
+                fmt = choice.torch_format if choice is not None else torch.contiguous_format
+                model.to(memory_format=fmt)
+            if settings.max_seconds is not None and time.monotonic() - started > settings.max_seconds:
+                raise TrialTimeoutError(f"training exceeded max_seconds={settings.max_seconds:g} "
+                                        f"at epoch {epoch + 1}, step {step + 1}")
+            out = model(in_format(x, fmt))
             loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
             if use_kd:
                 with torch.no_grad():
@@ -119,6 +147,13 @@ def train_model(
             total += loss_value * len(y)
             count += len(y)
             hist.steps += 1
+            if choice is None and len(y) == in_shape[0]:
+                warm_times.append(time.perf_counter() - t_step)
+                if len(warm_times) == 4:  # the first step allocates and picks kernels
+                    choice = _decide_format(model, in_shape, threads, str(device), sorted(warm_times[1:])[1],
+                                            settings.epochs * steps_per_epoch - hist.steps)
+                    fmt = choice.torch_format
+                    model.to(memory_format=fmt)
             if on_step is not None:
                 on_step(epoch * steps_per_epoch + step + 1, settings.epochs * steps_per_epoch)
         hist.losses.append(total / max(1, count))
@@ -127,9 +162,21 @@ def train_model(
             hist.val_accuracy.append(acc)
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc)
+    if choice is None:
+        choice = MemoryFormatChoice("contiguous", "run too short to probe channels-last")
+    hist.memory_format, hist.memory_format_reason = choice.format, choice.reason
     model.to(memory_format=torch.contiguous_format)
     model.eval()
     return hist
+
+
+def _decide_format(model: nn.Module, in_shape: tuple[int, ...], threads: int, device: str, step_s: float,
+                   remaining_steps: int) -> MemoryFormatChoice:
+    """Probe channels-last (in a child process) when the rest of the run can repay the probe."""
+    if worth_probing(step_s, remaining_steps):
+        return choose_memory_format(model, in_shape, threads, device)
+    return MemoryFormatChoice("contiguous", f"not probed: {remaining_steps} steps of {step_s * 1e3:.0f} ms "
+                              "left would not repay a channels-last probe")
 
 
 @torch.no_grad()

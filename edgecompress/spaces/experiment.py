@@ -58,6 +58,8 @@ class FinetuneRecipe(_Strict):
     distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the KD term")
     temperature: float = Field(4.0, gt=0)
     qat: bool = Field(False, description="fake-quantise during fine-tune for sub-8-bit configs")
+    max_seconds: float = Field(3600.0, gt=0, description="wall-clock budget of one trial's evaluation "
+                               "(compress, measure, fine-tune, evaluate); past it the trial fails")
 
 
 class ParamSpec(_Strict):
@@ -128,6 +130,9 @@ class Budget(_Strict):
     population: int = Field(10, ge=2, description="NSGA-II population size")
     enqueue_uncompressed: bool = True
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="extra configs tried first")
+    isolation: Literal["process", "none"] = Field(
+        "process", description="process: each trial runs in a child process, so a native crash or hang "
+        "fails that trial only; none: in the search process (debugging)")
 
 
 class DeviceConfig(_Strict):
@@ -139,6 +144,8 @@ class DeviceConfig(_Strict):
     max_seconds: float = Field(2.0, gt=0, description="time cap for one latency measurement")
     target_cv: float = Field(0.02, gt=0)
     eval_batch_size: int = Field(512, ge=1)
+    train_memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
+        "auto", description="auto: channels-last only where a child-process probe shows it safe and faster")
 
 
 def _default_objectives() -> list[Objective]:

@@ -1,0 +1,243 @@
+"""Choose the training memory format (channels-last or contiguous) per model shape, safely.
+
+Channels-last can be faster for conv training, but oneDNN's channels-last backward for small,
+oddly-sized layers crashes (SIGSEGV, 1 thread) or hangs (2 threads) on AVX2-only CPUs (reproduced here
+with ONEDNN_MAX_CPU_ISA=AVX2 on a 75%-pruned ResNet-8). So "auto" never tries it in the training
+process: a short probe in a child process times a few steps of each format with a timeout, and
+channels-last is used only when the probe finished and it was clearly faster. Choices are cached by
+model shape, input, batch, threads, device and CPU (in memory and under runs/cache/).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import select
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from edgecompress.utils import atomic_write_json, runs_dir, stable_hash
+
+MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
+PROBE_STEPS = 4  # timed steps per format (after 1 warm-up step)
+PROBE_TIMEOUT_S = 60.0
+SPEEDUP_NEEDED = 0.9  # channels-last must take <= 0.9x the contiguous step time to be chosen
+
+_MEMORY: dict[str, MemoryFormatChoice] = {}
+
+
+@dataclass
+class MemoryFormatChoice:
+    """The format training uses and why (recorded in the trial's metrics)."""
+
+    format: str  # "contiguous" or "channels_last"
+    reason: str
+    contiguous_step_s: float | None = None
+    channels_last_step_s: float | None = None
+
+    @property
+    def torch_format(self) -> torch.memory_format:
+        return torch.channels_last if self.format == "channels_last" else torch.contiguous_format
+
+
+def cpu_signature() -> str:
+    """CPU model and ISA flags that change which kernels run (AVX2, AVX-512, VNNI, AMX, oneDNN cap)."""
+    model, flags = platform.processor(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not model:
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = " ".join(sorted(f for f in line.split(":", 1)[1].split()
+                                        if f.startswith(("avx", "amx", "fma", "sse4"))))
+                break
+    except OSError:
+        pass
+    return f"{model}|{flags}|isa_cap={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"
+
+
+def shape_signature(model: nn.Module) -> list[Any]:
+    """Conv/linear weight shapes with stride and groups: what decides which kernels run."""
+    sig: list[Any] = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            sig.append(["conv", list(m.weight.shape), list(m.stride), m.groups])
+        elif isinstance(m, nn.Linear):
+            sig.append(["linear", list(m.weight.shape)])
+    return sig
+
+
+def _cache_file() -> Path:
+    return runs_dir() / "cache" / "memory_format.json"
+
+
+def _key(model: nn.Module, in_shape: tuple[int, ...], threads: int, device: str) -> str:
+    return stable_hash({"shapes": shape_signature(model), "input": list(in_shape), "threads": threads,
+                        "device": device, "cpu": cpu_signature(), "torch": torch.__version__})
+
+
+def cached_memory_format(
+    model: nn.Module, in_shape: tuple[int, ...], threads: int, device: str = "cpu", mode: str = "auto"
+) -> MemoryFormatChoice | None:
+    """The choice without probing: forced by `mode`, trivial, or cached; None when a probe would be needed."""
+    if mode not in MEMORY_FORMATS:
+        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {mode!r}")
+    if mode != "auto":
+        return MemoryFormatChoice(mode, "set in the config")
+    if not any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return MemoryFormatChoice("contiguous", "no conv layers")
+    key = _key(model, in_shape, threads, device)
+    if key not in _MEMORY:
+        cached = _read_table(_cache_file()).get(key)
+        if not cached:
+            return None
+        _MEMORY[key] = MemoryFormatChoice(**cached)
+    return _MEMORY[key]
+
+
+def choose_memory_format(
+    model: nn.Module, in_shape: tuple[int, ...], threads: int, device: str = "cpu", mode: str = "auto"
+) -> MemoryFormatChoice:
+    """The training memory format for `model` on inputs `in_shape` (N, C, H, W), probing if not cached."""
+    choice = cached_memory_format(model, in_shape, threads, device, mode)
+    if choice is None:
+        choice = probe_memory_format(model, in_shape, threads, device)
+        remember(model, in_shape, threads, device, choice)
+    return choice
+
+
+def worth_probing(contiguous_step_s: float, remaining_steps: int) -> bool:
+    """A probe (~2 s of process start-up + 10 steps) pays for itself only on runs long enough to repay it,
+    even if channels-last were twice as fast."""
+    probe_cost = 3.0 + 2 * (PROBE_STEPS + 1) * contiguous_step_s
+    return 0.5 * contiguous_step_s * remaining_steps > probe_cost
+
+
+def remember(model: nn.Module, in_shape: tuple[int, ...], threads: int, device: str,
+             choice: MemoryFormatChoice) -> None:
+    """Cache a choice in memory and under runs/cache/ (a read-only runs folder only costs a re-probe)."""
+    key = _key(model, in_shape, threads, device)
+    _MEMORY[key] = choice
+    path = _cache_file()
+    table = _read_table(path)
+    table[key] = asdict(choice)
+    try:
+        atomic_write_json(path, table)
+    except OSError:
+        pass
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def probe_memory_format(model: nn.Module, in_shape: tuple[int, ...], threads: int,
+                        device: str = "cpu", timeout: float = PROBE_TIMEOUT_S) -> MemoryFormatChoice:
+    """Time training steps of both formats in a child process; a crash or hang there means contiguous.
+
+    Contiguous runs first (it is the safe format); channels-last then gets max(10 s, 50x its time) before
+    it counts as hung.
+    """
+    t0 = time.monotonic()
+    times: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="edgecompress-memformat-") as tmp:
+        mpath = Path(tmp) / "model.pt"
+        torch.save(model, mpath)
+        cmd = [sys.executable, "-m", "edgecompress.evaluators.memformat", str(mpath),
+               ",".join(map(str, in_shape)), str(threads), device]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = t0 + timeout
+        hung = False
+        assert proc.stdout is not None
+        while len(times) < 2:
+            ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                hung = True
+                break
+            line = proc.stdout.readline()
+            if not line:
+                break  # the child exited
+            if line.startswith("step "):
+                _, fmt, secs = line.split()
+                times[fmt] = float(secs)
+                if fmt == "contiguous":
+                    deadline = time.monotonic() + max(10.0, 50 * (PROBE_STEPS + 1) * float(secs))
+        if hung:
+            proc.kill()
+        rc = proc.wait()
+        proc.stdout.close()
+    cf, cl = times.get("contiguous"), times.get("channels_last")
+    what = "channels-last" if cf is not None else "training"
+    if hung:
+        return MemoryFormatChoice("contiguous", f"{what} probe hung (killed after "
+                                  f"{time.monotonic() - t0:.0f} s)", cf, cl)
+    if rc != 0:
+        how = f"signal {-rc}" if rc < 0 else f"exit {rc}"
+        return MemoryFormatChoice("contiguous", f"{what} probe process died ({how})", cf, cl)
+    if cf is None or cl is None:
+        return MemoryFormatChoice("contiguous", "probe gave no timing", cf, cl)
+    if cl <= SPEEDUP_NEEDED * cf:
+        return MemoryFormatChoice("channels_last", f"probe: {cl / cf:.2f}x the contiguous step time", cf, cl)
+    return MemoryFormatChoice("contiguous", f"probe: channels-last {cl / cf:.2f}x the contiguous step time", cf, cl)
+
+
+def in_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """`x` with the canonical strides of `fmt`. With one channel (or 1x1 images) a tensor is "contiguous"
+    in both formats, so `.contiguous()` keeps whatever strides it has, and kernels pick their path from
+    the strides: an augmented Fashion-MNIST batch (784, 1, 28, 1) took the channels-last path that crashes."""
+    want = torch.empty_like(x, memory_format=fmt)
+    if x.stride() == want.stride():
+        return x
+    return want.copy_(x)
+
+
+def time_train_steps(model: nn.Module, x: torch.Tensor, fmt: torch.memory_format, steps: int = PROBE_STEPS) -> float:
+    """Median seconds of one SGD training step (forward, backward, update) of `model` on `x` in format `fmt`."""
+    import torch.nn.functional as F
+
+    model = model.to(memory_format=fmt).train()
+    x = in_format(x, fmt)
+    y = torch.arange(x.shape[0], device=x.device) % 2
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    times = []
+    for i in range(steps + 1):
+        t = time.perf_counter()
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        if i:  # the first step allocates and picks kernels
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def _probe_main(argv: list[str]) -> None:
+    """Child process: contiguous first (safe), then channels-last; one 'step FORMAT SECONDS' line each."""
+    import copy
+
+    mpath, shape, threads, device = argv
+    torch.set_num_threads(int(threads))
+    model = torch.load(mpath, weights_only=False).to(device)
+    x = torch.randn(*[int(s) for s in shape.split(",")], device=device)
+    for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+        secs = time_train_steps(copy.deepcopy(model), x, fmt)
+        print(f"step {name} {secs:.6f}", flush=True)
+
+
+if __name__ == "__main__":
+    _probe_main(sys.argv[1:])
