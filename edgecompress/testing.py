@@ -27,3 +27,38 @@ def tiny_model(name: str) -> tuple[nn.Module, torch.Tensor]:
         model.train()
         model(torch.randn(4, *x.shape[1:]))
     return model.eval(), x
+
+
+class FaultyEvaluator:
+    """The real evaluator, except that configs matching `crash_on` die of SIGSEGV and configs matching
+    `hang_on` sleep forever: the native failures a trial worker must survive (used in tests, in a child)."""
+
+    def __init__(self, exp: object, crash_on: dict | None = None, hang_on: dict | None = None) -> None:
+        from edgecompress.evaluators.evaluate import build_evaluator
+
+        self.inner = build_evaluator(exp)
+        self.crash_on, self.hang_on = crash_on, hang_on
+
+    def prepare(self) -> None:
+        self.inner.prepare()
+
+    @staticmethod
+    def _matches(config: object, spec: dict | None) -> bool:
+        return spec is not None and all(getattr(config, k) == v for k, v in spec.items())
+
+    def __call__(self, config, artefact_dir=None, on_epoch=None):  # noqa: ANN001, ANN204
+        import os
+        import signal
+        import time
+
+        if self._matches(config, self.crash_on):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if self._matches(config, self.hang_on):
+            while True:
+                time.sleep(1)
+        return self.inner(config, artefact_dir, on_epoch)
+
+
+def faulty_evaluator(exp: object, crash_on: dict | None = None, hang_on: dict | None = None) -> FaultyEvaluator:
+    """Picklable factory for IsolatedEvaluator (functools.partial of this)."""
+    return FaultyEvaluator(exp, crash_on, hang_on)

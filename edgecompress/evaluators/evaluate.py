@@ -83,6 +83,10 @@ class CompressionEvaluator:
             self._base = get_base_model(self.exp, self.data)
         return self._base
 
+    def prepare(self) -> None:
+        """Load the data and the base model now (a trial worker does this before its first time budget)."""
+        _ = self.base
+
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
         loader = make_loader(self.data.train, size, batch_size, shuffle=True, seed=self.exp.seed,
                              limit=n * batch_size)

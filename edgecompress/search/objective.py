@@ -130,6 +130,17 @@ def find_cached(study: optuna.Study, config_hash: str, exclude: int | None = Non
     return None
 
 
+DIED_PREFIXES = ("process died", "timed out")
+MAX_DEATHS = 2  # a config whose process died (or was killed) this often is not evaluated again
+
+
+def deaths_of(study: optuna.Study, config_hash: str, exclude: int | None = None) -> list[int]:
+    """Numbers of FAIL trials of this config whose worker process died or was killed for time."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+            if t.user_attrs.get("config_hash") == config_hash and t.number != exclude
+            and str(t.user_attrs.get("fail_reason", "")).startswith(DIED_PREFIXES)]
+
+
 def write_trial_files(folder: Path, config: CompressionConfig, record: dict[str, Any]) -> None:
     """config.yaml and metrics.json of one trial, written atomically."""
     atomic_write_text(folder / ARTEFACT_FILES["config"], config.to_yaml())
@@ -193,6 +204,12 @@ def make_objective(
         source = find_cached(trial.study, config.config_hash(), exclude=trial.number) if cache else None
         if source is not None:
             return _serve_from_cache(trial, source, config, folder, bounds)
+        died = deaths_of(trial.study, config.config_hash(), exclude=trial.number)
+        if len(died) >= MAX_DEATHS:
+            reason = (f"not retried: this config's process died or timed out {len(died)} times "
+                      f"(trials {', '.join(map(str, died))})")
+            return _record(trial, EvalResult(config=config, state="failed", fail_reason=reason), config, folder,
+                           objectives, bounds)
 
         curve: list[float] = []
         single = len(trial.study.directions) == 1

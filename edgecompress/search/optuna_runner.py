@@ -8,6 +8,8 @@ Failed evaluations are FAIL trials (the study goes on); Ctrl-C marks the running
 
 from __future__ import annotations
 
+import functools
+
 import multiprocessing as mp
 import os
 import time
@@ -232,7 +234,10 @@ def run_search(
             objective = make_objective(
                 space, evaluator, study_dir(study_name), exp.objectives, exp.constraints, cache=True
             )
-            run_loop(study, objective, total, deadline, lock_path, on_trial=report)
+            try:
+                run_loop(study, objective, total, deadline, lock_path, on_trial=report)
+            finally:
+                _close(evaluator)
         else:
             notes += make_sampler(sampler_name, seed, total, exp.budget.population, space)[1]
             _run_workers(exp, study_name, url, total, deadline, sampler_name, run_seed(sampler_name, seed, offset),
@@ -262,9 +267,15 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 
 def _build_evaluator(exp: ExperimentConfig) -> Evaluator:
+    """The real evaluator; with budget.isolation "process" it runs each trial in a worker process, so a
+    native crash or hang fails that trial only, and finetune.max_seconds is enforced by a kill."""
     from edgecompress.evaluators.evaluate import build_evaluator
 
-    return build_evaluator(exp)
+    if exp.budget.isolation == "none":
+        return build_evaluator(exp)
+    from edgecompress.evaluators.isolated import IsolatedEvaluator
+
+    return IsolatedEvaluator(functools.partial(build_evaluator, exp), max_seconds=exp.finetune.max_seconds)
 
 
 # ---- local worker processes -----------------------------------------------------------------------
@@ -283,6 +294,15 @@ def _worker_main(
         run_loop(study, objective, total, deadline, runs_dir() / f"{study_name}.lock")
     except KeyboardInterrupt:
         pass
+    finally:
+        _close(evaluator)
+
+
+def _close(evaluator: Any) -> None:
+    """Stop an evaluator's worker process, if it has one."""
+    close = getattr(evaluator, "close", None)
+    if callable(close):
+        close()
 
 
 SEED_STABLE_SAMPLERS = ("grid", "qmc")

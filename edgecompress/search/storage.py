@@ -33,7 +33,7 @@ from edgecompress.utils import runs_dir
 
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
-MAX_RETRY = 2
+MAX_RETRY = 1  # a trial whose search process died is re-queued once: a config that died twice is not
 _JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 
 
@@ -168,6 +168,9 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if not _owner_dead(t.system_attrs):
             continue
         try:
+            storage.set_trial_user_attr(t._trial_id, "state_detail", "failed")
+            storage.set_trial_user_attr(t._trial_id, "fail_reason",
+                                        f"process died (search process {t.system_attrs.get('ec:pid')} is gone)")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:

@@ -1,0 +1,91 @@
+"""Trial isolation: a native crash or a runaway fine-tune fails one trial of a real study, not the study."""
+
+from __future__ import annotations
+
+import functools
+import signal
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from edgecompress.evaluators.evaluate import build_evaluator
+from edgecompress.evaluators.isolated import IsolatedEvaluator, describe_exit
+from edgecompress.search import run_search
+from edgecompress.search.objective import MAX_DEATHS
+from edgecompress.search.storage import open_study
+from edgecompress.spaces import parse_experiment
+from edgecompress.spaces.config import CompressionConfig
+from edgecompress.testing import faulty_evaluator
+
+TINY = {
+    "name": "isolation",
+    "seed": 0,
+    "dataset": {"name": "fashion_mnist", "train_subset": 600, "val_subset": 200, "test_subset": 200},
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
+    "base_training": {"epochs": 3, "batch_size": 32, "lr": 0.1},
+    "finetune": {"epochs": 1, "batch_size": 64, "train_subset": 128},
+    "space": {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32]}, "resolution": {"choices": [1.0]}},
+    "budget": {"trials": 3, "sampler": "grid", "enqueue_uncompressed": False},
+    "device": {"device": "cpu", "threads": 1, "min_repeats": 3, "max_seconds": 0.2, "batch_size": 4},
+}
+
+
+def test_segfault_in_one_trial_fails_that_trial_only() -> None:
+    exp = parse_experiment(TINY)
+    ev = IsolatedEvaluator(functools.partial(faulty_evaluator, exp, crash_on={"prune": 0.5}), max_seconds=600)
+    summary = run_search(exp, "crash", trials=2, evaluator=ev)
+    study = open_study("crash")
+    by_prune = {t.params["prune"]: t for t in study.trials}
+    crashed, fine = by_prune[0.5], by_prune[0.0]
+    assert crashed.state == TrialState.FAIL
+    assert crashed.user_attrs["fail_reason"] == "process died (signal 11, SIGSEGV)"
+    assert fine.state == TrialState.COMPLETE and fine.values[0] > 0.2  # trained above chance (0.1)
+    assert summary.stats.finished == 2 and not summary.interrupted
+
+
+def test_runaway_trial_is_killed_after_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgecompress.evaluators.isolated as iso
+
+    monkeypatch.setattr(iso, "KILL_GRACE_S", 0.0)
+    exp = parse_experiment(TINY)
+    ev = IsolatedEvaluator(functools.partial(faulty_evaluator, exp, hang_on={"prune": 0.5}), max_seconds=3)
+    res = ev(CompressionConfig(prune=0.5))
+    assert res.state == "failed" and res.fail_reason.startswith("timed out: killed after 3 s")
+    assert "finetune.max_seconds=3" in res.fail_reason
+    ok = ev(CompressionConfig(prune=0.0))  # a fresh worker takes the next trial
+    assert ok.state == "complete" and ev.starts == 2
+    ev.close()
+
+
+def test_finetune_past_max_seconds_fails_the_trial() -> None:
+    cfg = dict(TINY, finetune={"epochs": 200, "batch_size": 16, "train_subset": 400, "max_seconds": 4})
+    exp = parse_experiment(cfg)
+    run_search(exp, "slow", trials=1)  # the real path: budget.isolation "process" by default
+    (trial,) = open_study("slow").trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"].startswith("timed out: training exceeded max_seconds=")
+
+
+def test_config_that_died_twice_is_not_retried() -> None:
+    exp = parse_experiment(dict(TINY, budget=dict(TINY["budget"], sampler="random", enqueue=[{"prune": 0.5}] * 3)))
+    ev = IsolatedEvaluator(functools.partial(faulty_evaluator, exp, crash_on={"prune": 0.5}), max_seconds=600)
+    run_search(exp, "twice", trials=3, evaluator=ev)
+    trials = open_study("twice").trials
+    reasons = [t.user_attrs["fail_reason"] for t in trials]
+    assert reasons[:MAX_DEATHS] == ["process died (signal 11, SIGSEGV)"] * MAX_DEATHS
+    assert reasons[2].startswith("not retried: this config's process died or timed out 2 times")
+    assert ev.starts == 2  # the third trial never reached a worker
+
+
+def test_describe_exit() -> None:
+    assert describe_exit(-signal.SIGKILL) == "process died (signal 9, SIGKILL)"
+    assert describe_exit(3) == "process died (exit code 3)"
+
+
+def test_setup_error_is_one_line(tmp_path: Path) -> None:
+    exp = parse_experiment(dict(TINY, dataset=dict(TINY["dataset"], root=str(tmp_path / "missing"))))
+    ev = IsolatedEvaluator(functools.partial(build_evaluator, exp))
+    with pytest.raises(Exception, match="trial worker could not start: .*missing") as e:
+        ev(CompressionConfig())
+    assert "\n" not in str(e.value)
