@@ -257,6 +257,9 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="export even when infeasible or a check fails"),
         storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
         device: str = typer.Option("cpu", "--device", help="device to check and time on: cpu or cuda"),
+        int8_scheme: str = typer.Option("auto", "--int8-scheme",
+                                        help="int8 file for the target CPU: auto (this CPU), u8s8 (VNNI or ARM), "
+                                        "u8u8 (x86 without VNNI)"),
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed."""
         from edgecompress.results.export import ExportError, export_trial
@@ -266,7 +269,8 @@ def register(app: typer.Typer) -> None:
             with user_errors(), console.status("exporting and checking ..."):
                 max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
-                                      knee=knee, formats=formats, force=force, storage=storage, device=device)
+                                      knee=knee, formats=formats, force=force, storage=storage, device=device,
+                                      int8_scheme=int8_scheme)
         except ExportError as e:
             if e.result is not None:
                 print_wide(_checks_table(e.result))

@@ -110,6 +110,8 @@ class CompressionEvaluator:
         m.update({"latency_batch_ms": sb.median_ms, "latency_batch_p90_ms": sb.p90_ms,
                   "latency_batch_cv": sb.cv, "batch_size": d.batch_size,
                   "precision": dep.precision, "provider": dep.provider, "size_bytes": dep.size_bytes})
+        if dep.int8_scheme is not None:
+            m["int8_scheme"] = dep.int8_scheme
         return m
 
     def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,

@@ -28,7 +28,7 @@ import torch.nn as nn
 from edgecompress.utils import atomic_write_json, runs_dir, stable_hash
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-PROBE_STEPS = 6  # timed steps per format (after 1 warm-up step)
+PROBE_STEPS = 8  # timed steps per format (after 1 warm-up step)
 PROBE_TIMEOUT_S = 60.0
 SPEEDUP_NEEDED = 0.85  # channels-last must take <= 0.85x the contiguous step time to be chosen
 
@@ -178,7 +178,7 @@ def probe_memory_format(model: nn.Module, in_shape: tuple[int, ...], threads: in
             proc.kill()
         rc = proc.wait()
         proc.stdout.close()
-    cf, cl = times.get("contiguous"), times.get("channels_last")
+    cf, cl, ratio = times.get("contiguous"), times.get("channels_last"), times.get("ratio")
     what = "channels-last" if cf is not None else "training"
     if hung:
         return MemoryFormatChoice("contiguous", f"{what} probe hung (killed after "
@@ -186,11 +186,11 @@ def probe_memory_format(model: nn.Module, in_shape: tuple[int, ...], threads: in
     if rc != 0:
         how = f"signal {-rc}" if rc < 0 else f"exit {rc}"
         return MemoryFormatChoice("contiguous", f"{what} probe process died ({how})", cf, cl)
-    if cf is None or cl is None:
+    if cf is None or cl is None or ratio is None:
         return MemoryFormatChoice("contiguous", "probe gave no timing", cf, cl)
-    if cl <= SPEEDUP_NEEDED * cf:
-        return MemoryFormatChoice("channels_last", f"probe: {cl / cf:.2f}x the contiguous step time", cf, cl)
-    return MemoryFormatChoice("contiguous", f"probe: channels-last {cl / cf:.2f}x the contiguous step time", cf, cl)
+    if ratio <= SPEEDUP_NEEDED:
+        return MemoryFormatChoice("channels_last", f"probe: {ratio:.2f}x the contiguous step time", cf, cl)
+    return MemoryFormatChoice("contiguous", f"probe: channels-last {ratio:.2f}x the contiguous step time", cf, cl)
 
 
 def in_format(x: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
@@ -227,8 +227,8 @@ class _Stepper:
 
 def time_formats(model: nn.Module, x: torch.Tensor, steps: int = PROBE_STEPS,
                  on_contiguous: Any = None, channels_last: bool = True) -> dict[str, float]:
-    """Fastest training-step seconds per format, the two formats' steps interleaved so that machine drift
-    hits both alike. Contiguous (the safe format) runs first; `on_contiguous(seconds)` is told its time
+    """Fastest training-step seconds per format, and "ratio": the median over interleaved step pairs of
+    channels-last / contiguous time (pairs see the same machine load, so the ratio is robust to drift). Contiguous (the safe format) runs first; `on_contiguous(seconds)` is told its time
     before channels-last runs at all, so a crash there still leaves a contiguous figure. `channels_last`
     False times contiguous alone (where channels-last is known to crash)."""
     import copy
@@ -245,7 +245,11 @@ def time_formats(model: nn.Module, x: torch.Tensor, steps: int = PROBE_STEPS,
         if cl is not None:
             times["channels_last"].append(cl.step())
         times["contiguous"].append(cf.step())
-    return {k: min(v) for k, v in times.items() if v}
+    out = {k: min(v) for k, v in times.items() if v}
+    if times["channels_last"]:
+        ratios = sorted(a / b for a, b in zip(times["channels_last"], times["contiguous"][1:]))
+        out["ratio"] = ratios[len(ratios) // 2]
+    return out
 
 
 def _probe_main(argv: list[str]) -> None:
@@ -256,6 +260,7 @@ def _probe_main(argv: list[str]) -> None:
     x = torch.randn(*[int(s) for s in shape.split(",")], device=device)
     res = time_formats(model, x, on_contiguous=lambda s: print(f"step contiguous {s:.6f}", flush=True))
     print(f"step contiguous {res['contiguous']:.6f}", flush=True)
+    print(f"step ratio {res['ratio']:.6f}", flush=True)
     print(f"step channels_last {res['channels_last']:.6f}", flush=True)
 
 

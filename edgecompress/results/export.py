@@ -30,7 +30,7 @@ import edgecompress
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data, make_loader
-from edgecompress.evaluators.deploy import deploy, estimate_latency, export_onnx
+from edgecompress.evaluators.deploy import deploy, estimate_latency, export_onnx, resolve_int8_scheme
 from edgecompress.evaluators.latency import device_name, measure_latency
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.frame import load_study, study_to_frame
@@ -261,7 +261,8 @@ def _check_onnx(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: Experiment
 
 
 def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size: int, in_chans: int,
-                 cfg: CompressionConfig, calib: list[torch.Tensor] | None) -> list[tuple[str, str]]:
+                 cfg: CompressionConfig, calib: list[torch.Tensor] | None,
+                 int8_scheme: str = "auto") -> list[tuple[str, str]]:
     """Write the model files into `staging`; returns [(check name, precision)]."""
     example = torch.randn(2, in_chans, size, size)
     built: list[tuple[str, str]] = []
@@ -276,11 +277,11 @@ def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size
         built.append(("onnx", "fp32"))
         if cfg.w_bits <= 8 and calib is not None:  # int8 deploy form: onnxruntime static QDQ, as the search
             work = staging / ".int8"
-            deploy(model, example[:1], backend="onnxruntime", precision="int8", calib_batches=calib,
-                   workdir=work)
+            dep = deploy(model, example[:1], backend="onnxruntime", precision="int8", calib_batches=calib,
+                         workdir=work, int8_scheme=int8_scheme)
             os.replace(work / "model_int8.onnx", staging / FILES["onnx_int8"])
             shutil.rmtree(work, ignore_errors=True)
-            built.append(("onnx_int8", "int8 (onnxruntime static QDQ, per-channel weights)"))
+            built.append(("onnx_int8", dep.precision))
     return built
 
 
@@ -390,14 +391,18 @@ def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig,
 def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | None = None,
                  max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
                  formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
-                 device: str = "cpu", threads: int | None = None, storage: Any = None) -> ExportResult:
+                 device: str = "cpu", threads: int | None = None, storage: Any = None,
+                 int8_scheme: str = "auto") -> ExportResult:
     """Choose a trial, export it to `out_dir`, check every file; raise ExportError when a check fails.
 
+    `int8_scheme` picks the int8 file's scheme for the target CPU: "auto" for this one, "u8s8" for a CPU
+    with VNNI (or ARM), "u8u8" for an x86 CPU without VNNI (see deploy.INT8_SCHEMES).
     `max_latency` is in ms. With `force`, an infeasible choice or a failed check is recorded in
     `result.problems` and the export is still written. `data` skips reloading the study's dataset.
     """
     fmts = parse_formats(formats)
     check_device(device)
+    resolve_int8_scheme(int8_scheme)  # a bad value fails before any work
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
                                                      and not (out_dir / FILES["config"]).is_file())):
@@ -426,7 +431,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib)
+        built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib, int8_scheme)
         for name, precision in built:
             file = FILES[name]
             check = _check_torchscript if name == "torchscript" else _check_onnx

@@ -9,7 +9,6 @@ Failed evaluations are FAIL trials (the study goes on); Ctrl-C marks the running
 from __future__ import annotations
 
 import functools
-
 import multiprocessing as mp
 import os
 import time

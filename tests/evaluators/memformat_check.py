@@ -35,12 +35,12 @@ def main(threads: int) -> None:
     for name, model in models.items():
         choice = probe_memory_format(model, tuple(x.shape), threads)
         # channels-last runs in this process only where the probe chose it (elsewhere it may crash)
-        times = time_formats(model, x, steps=10, channels_last=choice.format == "channels_last")
-        chosen, contiguous = times[choice.format], times["contiguous"]
+        times = time_formats(model, x, steps=12, channels_last=choice.format == "channels_last")
+        ratio = times.get("ratio", 1.0)  # chosen / contiguous, paired steps (1.0: contiguous was chosen)
         hist = train_model(copy.deepcopy(model), data.train, 28,
                            TrainSettings(epochs=1, batch_size=128, limit=512, memory_format=choice.format))
-        out[name] = {"format": choice.format, "reason": choice.reason, "chosen_s": chosen,
-                     "contiguous_s": contiguous, "trained_steps": hist.steps}
+        out[name] = {"format": choice.format, "reason": choice.reason, "ratio": ratio,
+                     "chosen_s": times[choice.format], "trained_steps": hist.steps}
     print("RESULT " + json.dumps(out), flush=True)
 
 

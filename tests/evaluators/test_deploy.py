@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import platform
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +14,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompress.evaluators.deploy import deploy, estimate_latency
+from edgecompress.evaluators.deploy import deploy, estimate_latency, quantized_conv_share, resolve_int8_scheme
 from edgecompress.evaluators.latency import LatencyStats
 from edgecompress.evaluators.models import create_model
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
+ORT_PREDICT = Path(__file__).with_name("ort_predict.py")
 MEAN, STD = 0.2860, 0.3530
 
 
@@ -86,9 +91,50 @@ def test_ort_int8_agrees_with_fp32_on_fashion_mnist(fmnist_model, tmp_path: Path
     int8 = deploy(model, x_te[:1], backend="onnxruntime", precision="int8", calib_batches=_calib(x_tr),
                   workdir=tmp_path)
     assert int8.base_precision == "int8" and "QDQ" in int8.precision
+    assert int8.int8_scheme == resolve_int8_scheme()[0] and int8.int8_scheme.upper() in int8.precision
     assert _agreement(int8.run(x_te), fp32.run(x_te)) >= 0.97
+    quantized, convs = quantized_conv_share(int8.path)
+    assert convs == 9 and quantized == convs  # every conv runs int8: agreement not bought with fp32 layers
     assert int8.size_bytes < 0.6 * fp32.size_bytes  # int8 weights shipped (QDQ scales add some)
     assert fp32.path is None and Path(int8.path).name == "model_int8.onnx"
+
+
+def test_int8_scheme_follows_the_cpu() -> None:
+    assert resolve_int8_scheme("auto", {"avx2", "avx512f", "avx512_vnni"}) == ("u8s8", "CPU with VNNI")
+    assert resolve_int8_scheme("auto", {"avx2", "avx_vnni"})[0] == "u8s8"
+    assert resolve_int8_scheme("auto", {"avx2", "fma"})[0] == "u8u8"
+    assert resolve_int8_scheme("auto", {"avx2", "avx512f", "avx512bw"})[0] == "u8u8"  # Skylake-X: no VNNI
+    assert resolve_int8_scheme("auto", {"neon", "asimd"})[0] == "u8s8"
+    assert resolve_int8_scheme("u8u8", {"avx512_vnni"}) == ("u8u8", "set explicitly")
+    with pytest.raises(ValueError, match="int8_scheme must be one of"):
+        resolve_int8_scheme("s4s4")
+
+
+QEMU = shutil.which("qemu-x86_64")
+
+
+@pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
+                    reason="needs qemu-user (`make test` installs Debian's qemu-user) on x86_64 to emulate AVX2")
+def test_ort_int8_agrees_on_an_avx2_cpu_without_vnni(fmnist_model, tmp_path: Path) -> None:
+    """ONNX Runtime picks kernels from CPUID, so an emulated Haswell (AVX2, no VNNI, no AVX-512) runs the
+    AVX2 int8 kernels on any x86 machine. The scheme chosen for such a CPU must keep agreement >= 0.97."""
+    model, x_tr, x_te = fmnist_model
+    haswell = {"sse4_1", "sse4_2", "avx", "avx2", "fma", "f16c"}
+    scheme, _ = resolve_int8_scheme("auto", haswell)
+    deploy(model, x_te[:1], backend="onnxruntime", precision="fp32", workdir=tmp_path / "fp32")
+    for s in sorted({scheme, "u8s8"}):
+        deploy(model, x_te[:1], backend="onnxruntime", precision="int8", calib_batches=_calib(x_tr),
+               workdir=tmp_path / s, int8_scheme=s)
+    np.save(tmp_path / "x.npy", x_te.numpy())
+    models = [str(tmp_path / "fp32" / "model.onnx")] + [str(tmp_path / s / "model_int8.onnx")
+                                                         for s in sorted({scheme, "u8s8"})]
+    proc = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, str(ORT_PREDICT), str(tmp_path / "x.npy"),
+                           *models], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    preds = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith("/"))
+    ref = np.array(preds[models[0]].split(), dtype=int)
+    agree = {Path(m).parent.name: float((np.array(preds[m].split(), dtype=int) == ref).mean()) for m in models[1:]}
+    assert scheme == "u8u8" and agree["u8u8"] >= 0.97, agree
 
 
 def test_torch_int8_agrees_with_fp32(fmnist_model) -> None:

@@ -42,7 +42,7 @@ def test_pruned_resnet8_trains_in_the_chosen_format(isa: str, threads: int, tmp_
     for name, r in res.items():
         assert r["trained_steps"] == 4, name
         # the chosen format is never meaningfully slower than contiguous (ratios from one process)
-        assert r["chosen_s"] <= 1.1 * r["contiguous_s"], (name, r)
+        assert r["ratio"] <= 1.1, (name, r)
     # 75% pruning leaves ~1/16 of the MACs: its step must cost well under the unpruned model's
     assert res["prune75"]["chosen_s"] <= 0.6 * res["unpruned"]["chosen_s"], res
 
