@@ -228,9 +228,10 @@ class _Stepper:
 def time_formats(model: nn.Module, x: torch.Tensor, steps: int = PROBE_STEPS,
                  on_contiguous: Any = None, channels_last: bool = True) -> dict[str, float]:
     """Fastest training-step seconds per format, and "ratio": the median over interleaved step pairs of
-    channels-last / contiguous time (pairs see the same machine load, so the ratio is robust to drift). Contiguous (the safe format) runs first; `on_contiguous(seconds)` is told its time
-    before channels-last runs at all, so a crash there still leaves a contiguous figure. `channels_last`
-    False times contiguous alone (where channels-last is known to crash)."""
+    channels-last / contiguous time (pairs see the same machine load, so the ratio is robust to drift).
+    Contiguous (the safe format) runs first; `on_contiguous(seconds)` is told its time before
+    channels-last runs at all, so a crash there still leaves a contiguous figure. `channels_last` False
+    times contiguous alone (where channels-last is known to crash)."""
     import copy
 
     cf = _Stepper(copy.deepcopy(model), x, torch.contiguous_format)
