@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data browser demo test test-slow lint bench bench-gpu clean
+.PHONY: install data browser qemu demo test test-slow lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -32,14 +32,22 @@ browser:
 	     && echo "chromium installed" || echo "chromium not installable here: report-rendering tests will skip"; \
 	else echo "no chromium: report-rendering tests will skip"; fi
 
+# qemu-user (Debian) for the test that runs ONNX Runtime's int8 kernels on an emulated AVX2 CPU without VNNI.
+qemu:
+	@if command -v qemu-x86_64 >/dev/null 2>&1; then echo "qemu-user: $$(command -v qemu-x86_64)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	     (apt-get update -qq && apt-get install -y -qq qemu-user) >/dev/null 2>&1 \
+	     && echo "qemu-user installed" || echo "qemu-user not installable here: the emulated-AVX2 test will skip"; \
+	else echo "no qemu-user: the emulated-AVX2 test will skip"; fi
+
 demo: data
 	$(BIN)/edgecompress demo configs/fmnist-quick.yaml
 
-test: data browser
+test: data browser qemu
 	$(BIN)/python -m pytest -q
 
 # exit code 5 = no test selected: not a failure when no test is marked slow
-test-slow: data browser
+test-slow: data browser qemu
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 lint: install
@@ -48,6 +56,7 @@ lint: install
 bench: data
 	$(BIN)/python bench/base.py
 	$(BIN)/python bench/evaluator.py --study demo
+	$(BIN)/python bench/int8_schemes.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/cascade.py
 
