@@ -168,7 +168,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
         if not _owner_dead(t.system_attrs):
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "state_detail", "failed")
+            storage.set_trial_user_attr(t._trial_id, "state_detail", "died")  # re-queued: not counted
             storage.set_trial_user_attr(t._trial_id, "fail_reason",
                                         f"process died (search process {t.system_attrs.get('ec:pid')} is gone)")
             if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
