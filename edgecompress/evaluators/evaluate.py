@@ -136,7 +136,10 @@ class CompressionEvaluator:
         native = data.native_size
         size = config.input_size(native)
         example = torch.randn(1, data.in_chans, size, size)
-        model, report = compress_model(self.base.model, config, example)
+        taylor = None
+        if config.importance == "taylor":  # first-order Taylor importance needs a labelled batch
+            taylor = next(iter(make_loader(data.train, size, 64, shuffle=True, seed=exp.seed, limit=64)))
+        model, report = compress_model(self.base.model, config, example, taylor_batch=taylor)
         w, a = config.w_bits, config.a_bits
         metrics: dict[str, Any] = {
             "input_size": size, "achieved_prune": report["achieved_prune"],

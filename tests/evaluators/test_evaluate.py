@@ -113,3 +113,10 @@ def test_cli_evaluate_json(shared: CompressionEvaluator, tmp_path: Path, capsys)
     out = json.loads(capsys.readouterr().out)
     assert out["config"]["w_bits"] == 8 and out["config"]["a_bits"] == 8 and out["config"]["prune"] == 0.5
     assert out["state"] == "complete" and out["metrics"]["input_size"] == 21
+
+
+def test_taylor_importance_completes_a_trial(shared: CompressionEvaluator) -> None:
+    res = shared(CompressionConfig(prune=0.5, importance="taylor"))
+    assert res.state == "complete", res.fail_reason
+    assert res.metrics["achieved_prune"] > 0.3 and res.metrics["train_memory_format"] in ("contiguous",
+                                                                                        "channels_last")
