@@ -259,7 +259,8 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="device to check and time on: cpu or cuda"),
         int8_scheme: str = typer.Option("auto", "--int8-scheme",
                                         help="int8 file for the target CPU: auto (this CPU), u8s8 (VNNI or ARM), "
-                                        "u8u8 (x86 without VNNI)"),
+                                        "u8u8 (x86 without VNNI, accurate), u8s8_rr (x86 without VNNI, "
+                                        "faster, 7-bit weights)"),
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed."""
         from edgecompress.results.export import ExportError, export_trial

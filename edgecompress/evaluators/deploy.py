@@ -29,8 +29,10 @@ BACKENDS = ("onnxruntime", "torch", "torch_compile")
 # ONNX Runtime int8 schemes (activations, weights). U8S8 is fastest, but on x86 CPUs without VNNI its
 # kernels (vpmaddubsw) saturate 16-bit sums: measured under emulation of an AVX2 CPU, a Fashion-MNIST
 # ResNet-8 agreed with fp32 on 96.4% of images with U8S8, 97.8% with U8S8 + reduce_range, 98.8% with U8U8,
-# as with U8S8 on a VNNI CPU. So "auto" is U8S8 with VNNI (or off x86) and U8U8 without.
-INT8_SCHEMES = ("auto", "u8s8", "u8u8")
+# as with U8S8 on a VNNI CPU. So "auto" is U8S8 with VNNI (or off x86) and U8U8 without. U8U8 kernels
+# are slower (0.78x fp32 on a VNNI EPYC, bench/results/int8_schemes.json); "u8s8_rr" (7-bit weights,
+# U8S8 kernels, 97.8% in that emulation) is the speed-first choice for a CPU without VNNI.
+INT8_SCHEMES = ("auto", "u8s8", "u8u8", "u8s8_rr")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
@@ -258,13 +260,15 @@ def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: l
             quant_pre_process(str(path), str(pre))
             quantize_static(str(pre), str(qpath), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QUInt8 if scheme == "u8u8" else QuantType.QInt8)
+                            weight_type=QuantType.QUInt8 if scheme == "u8u8" else QuantType.QInt8,
+                            reduce_range=scheme == "u8s8_rr")
         except Exception as e:  # noqa: BLE001
             name = type(model).__name__
             raise CompressionError(f"onnxruntime int8 quantisation of {name} failed: {e}") from None
         pre.unlink(missing_ok=True)
         path = qpath
-        real = f"int8 (onnxruntime static QDQ, per-channel weights, {scheme.upper()}: {why})"
+        label = "U8S8, 7-bit weights" if scheme == "u8s8_rr" else scheme.upper()
+        real = f"int8 (onnxruntime static QDQ, per-channel weights, {label}: {why})"
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads

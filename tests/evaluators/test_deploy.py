@@ -110,6 +110,16 @@ def test_int8_scheme_follows_the_cpu() -> None:
         resolve_int8_scheme("s4s4")
 
 
+def test_reduced_range_scheme_builds_and_agrees(fmnist_model, tmp_path: Path) -> None:
+    model, x_tr, x_te = fmnist_model
+    fp32 = deploy(model, x_te[:1], backend="onnxruntime", precision="fp32")
+    rr = deploy(model, x_te[:1], backend="onnxruntime", precision="int8", calib_batches=_calib(x_tr),
+                workdir=tmp_path, int8_scheme="u8s8_rr")
+    assert rr.int8_scheme == "u8s8_rr" and "7-bit weights" in rr.precision
+    assert quantized_conv_share(rr.path) == (9, 9)
+    assert _agreement(rr.run(x_te), fp32.run(x_te)) >= 0.97
+
+
 QEMU = shutil.which("qemu-x86_64")
 
 
