@@ -28,9 +28,9 @@ import torch.nn as nn
 from edgecompress.utils import atomic_write_json, runs_dir, stable_hash
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
-PROBE_STEPS = 8  # timed steps per format (after 1 warm-up step)
+PROBE_STEPS = 10  # timed steps per format (after 1 warm-up step)
 PROBE_TIMEOUT_S = 60.0
-SPEEDUP_NEEDED = 0.85  # channels-last must take <= 0.85x the contiguous step time to be chosen
+SPEEDUP_NEEDED = 0.8  # channels-last must take <= 0.8x the contiguous step time to be chosen
 
 _MEMORY: dict[str, MemoryFormatChoice] = {}
 

@@ -35,7 +35,7 @@ def main(threads: int) -> None:
     for name, model in models.items():
         choice = probe_memory_format(model, tuple(x.shape), threads)
         # channels-last runs in this process only where the probe chose it (elsewhere it may crash)
-        times = time_formats(model, x, steps=12, channels_last=choice.format == "channels_last")
+        times = time_formats(model, x, steps=16, channels_last=choice.format == "channels_last")
         ratio = times.get("ratio", 1.0)  # chosen / contiguous, paired steps (1.0: contiguous was chosen)
         hist = train_model(copy.deepcopy(model), data.train, 28,
                            TrainSettings(epochs=1, batch_size=128, limit=512, memory_format=choice.format))

@@ -1,7 +1,8 @@
 """Training memory format: never a crash or hang, never slower than contiguous, cost follows model size.
 
 On AVX2-only CPUs oneDNN's channels-last backward of small pruned layers segfaults (1 thread) or hangs
-(2 threads). ONEDNN_MAX_CPU_ISA=AVX2 reproduces that on an AVX-512 machine, so both ISAs run here.
+(2 threads). ONEDNN_MAX_CPU_ISA=AVX2 reproduces that on an AVX-512 machine (it caps oneDNN's JIT
+kernels; ATEN_CPU_CAPABILITY=avx2 caps ATen's), so both ISAs run here.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ CHECK = Path(__file__).with_name("memformat_check.py")
 def test_pruned_resnet8_trains_in_the_chosen_format(isa: str, threads: int, tmp_path: Path) -> None:
     env = dict(os.environ, EDGECOMPRESS_RUNS=str(tmp_path))
     env.pop("ONEDNN_MAX_CPU_ISA", None)
-    if isa != "native":
+    env.pop("ATEN_CPU_CAPABILITY", None)
+    if isa != "native":  # oneDNN's JIT kernels and ATen's vectorized kernels as on an AVX2-only CPU
         env["ONEDNN_MAX_CPU_ISA"] = isa
+        env["ATEN_CPU_CAPABILITY"] = isa.lower()
     proc = subprocess.run([sys.executable, str(CHECK), str(threads)], capture_output=True, text=True,
                           timeout=300, env=env)
     assert proc.returncode == 0, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
