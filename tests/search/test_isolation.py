@@ -89,3 +89,57 @@ def test_setup_error_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="trial worker could not start: .*missing") as e:
         ev(CompressionConfig())
     assert "\n" not in str(e.value)
+
+
+def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) -> None:
+    """SIGINT to the process group (as a terminal's Ctrl-C): the search returns interrupted at once, the
+    running trial is re-queued, and no worker process is left behind."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "run.py"
+    cfg = dict(TINY, finetune={"epochs": 50, "batch_size": 16, "train_subset": 600})
+    script.write_text(
+        "from edgecompress.search import run_search\n"
+        "from edgecompress.spaces import parse_experiment\n"
+        "if __name__ == '__main__':\n"
+        f"    s = run_search(parse_experiment({cfg!r}), 'ctrlc', trials=3)\n"
+        "    print('interrupted', s.interrupted, flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # wait until the second trial is being fine-tuned in the worker
+            time.sleep(0.5)
+            try:
+                states = [t.state for t in open_study("ctrlc").get_trials(deepcopy=False)]
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
+                break
+        else:
+            pytest.fail("the study did not start its second trial in 120 s")
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "interrupted True" in out
+    gone_by = time.time() + 10  # the whole group goes (multiprocessing's resource tracker exits last)
+    while time.time() < gone_by:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(proc.pid)], capture_output=True, text=True).stdout
+        pytest.fail(f"processes left behind after Ctrl-C:\n{left}")
+    trials = open_study("ctrlc").trials
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["state_detail"] == "interrupted"
+    assert trials[2].state == TrialState.WAITING and trials[2].user_attrs["retry_of"] == 1
+    assert trials[2].system_attrs["fixed_params"] == trials[1].params
