@@ -85,6 +85,9 @@ def _trainable_factory(
             result = ev(config, artefact_dir=out, on_epoch=on_epoch)
         except Exception as e:  # noqa: BLE001 - failures are data
             result = EvalResult(config=config, state="failed", fail_reason=f"{type(e).__name__}: {e}")
+        finally:
+            if ev is not evaluator and callable(getattr(ev, "close", None)):
+                ev.close()  # a trial worker process built for this trial
         result.config = config
         acc = result.metrics.get("accuracy")
         tune.report({METRIC: float(acc) if acc is not None else 0.0, "ec_result": result.to_dict(),
