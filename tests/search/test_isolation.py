@@ -111,7 +111,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while time.time() < deadline:  # wait until the second trial is being fine-tuned in the worker
             time.sleep(0.5)
             try:
@@ -121,15 +121,15 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
             if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
                 break
         else:
-            pytest.fail("the study did not start its second trial in 120 s")
+            pytest.fail("the study did not start its second trial in 300 s")
         time.sleep(2)
         os.killpg(proc.pid, signal.SIGINT)
-        out, _ = proc.communicate(timeout=30)
+        out, _ = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0 and "interrupted True" in out
-    gone_by = time.time() + 10  # the whole group goes (multiprocessing's resource tracker exits last)
+    assert proc.returncode == 0 and "interrupted True" in out, (proc.returncode, out[-2000:])
+    gone_by = time.time() + 60  # the whole group goes (multiprocessing's resource tracker exits last)
     while time.time() < gone_by:
         try:
             os.killpg(proc.pid, 0)
