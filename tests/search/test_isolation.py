@@ -112,17 +112,17 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
-        while time.time() < deadline:  # wait until the second trial is being fine-tuned in the worker
+        while time.time() < deadline:  # wait until a trial runs in the worker
             time.sleep(0.5)
             try:
                 states = [t.state for t in open_study("ctrlc").get_trials(deepcopy=False)]
             except Exception:  # noqa: BLE001 - not created yet
                 continue
-            if states.count(TrialState.COMPLETE) == 1 and TrialState.RUNNING in states:
+            if TrialState.RUNNING in states:
                 break
         else:
-            pytest.fail("the study did not start its second trial in 300 s")
-        time.sleep(2)
+            pytest.fail("the study did not start a trial in 300 s")
+        time.sleep(3)
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
     finally:
@@ -140,6 +140,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
         left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         pytest.fail(f"processes left behind after Ctrl-C:\n{left}")
     trials = open_study("ctrlc").trials
-    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["state_detail"] == "interrupted"
-    assert trials[2].state == TrialState.WAITING and trials[2].user_attrs["retry_of"] == 1
-    assert trials[2].system_attrs["fixed_params"] == trials[1].params
+    (stopped,) = [t for t in trials if t.user_attrs.get("state_detail") == "interrupted"]
+    assert stopped.state == TrialState.FAIL
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]
+    assert retry.state == TrialState.WAITING and retry.system_attrs["fixed_params"] == stopped.params
