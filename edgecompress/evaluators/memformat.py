@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import select
 import subprocess
 import sys
@@ -51,18 +50,11 @@ class MemoryFormatChoice:
 
 def cpu_signature() -> str:
     """CPU model and ISA flags that change which kernels run (AVX2, AVX-512, VNNI, AMX, oneDNN cap)."""
-    model, flags = platform.processor(), ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = " ".join(sorted(f for f in line.split(":", 1)[1].split()
-                                        if f.startswith(("avx", "amx", "fma", "sse4"))))
-                break
-    except OSError:
-        pass
-    return f"{model}|{flags}|isa_cap={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"
+    from edgecompress.evaluators.deploy import cpu_flags
+    from edgecompress.evaluators.latency import device_name
+
+    flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4"))))
+    return f"{device_name('cpu')}|{flags}|isa_cap={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"
 
 
 def shape_signature(model: nn.Module) -> list[Any]:
