@@ -50,8 +50,10 @@ test: data browser qemu
 test-slow: data browser qemu
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
+# ruff, then the layer contracts (pyproject.toml [tool.importlinter]): a lower layer importing a higher one fails
 lint: install
 	$(BIN)/ruff check edgecompress tests bench
+	$(BIN)/lint-imports --no-cache
 
 bench: data
 	$(BIN)/python bench/base.py

@@ -85,3 +85,10 @@ def seed_everything(seed: int) -> None:
 def runs_dir() -> Path:
     """Where run artefacts go (studies, caches); EDGECOMPRESS_RUNS overrides ./runs."""
     return Path(os.environ.get("EDGECOMPRESS_RUNS", "runs"))
+
+
+def is_finite_number(v: Any) -> bool:
+    """A real int/float (numpy included, bool excluded) that is finite."""
+    import math
+
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)

@@ -10,6 +10,7 @@ from edgecompress.cascade.builder import (
     stage_spec_from_artefacts,
 )
 from edgecompress.cascade.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
+from edgecompress.cascade.pipeline import CascadeBuild, cascade_from_study
 from edgecompress.cascade.plan import (
     COMBINES,
     SEED_ALPHA,
@@ -24,6 +25,7 @@ from edgecompress.cascade.runtime import CascadeModel, load_cascade, save_cascad
 
 __all__ = [
     "COMBINES",
+    "CascadeBuild",
     "CONFIDENCE_KINDS",
     "SEED_ALPHA",
     "CascadeModel",
@@ -33,6 +35,7 @@ __all__ = [
     "StageSpec",
     "as_stage_spec",
     "build_cascade",
+    "cascade_from_study",
     "cascade_front",
     "confidence",
     "expected_latency",

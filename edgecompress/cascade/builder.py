@@ -458,17 +458,18 @@ def cascade_front(
         n_thresholds=n_thresholds,
     )
     _, states = _pair_states(prob, None)
-    front = _pareto(states)
+    front = _plan_front(states)
     if max_stages > 2 and len(prob.specs) > 2:
         accs = np.unique([s.acc for s in front])
         for a in np.quantile(accs, np.linspace(0, 1, n_targets)):
             states.append(_search(prob, _Objective(float(a), None), int(max_stages), beam))
-        front = _pareto(states)
+        front = _plan_front(states)
     return [_to_plan(prob, s, {}) for s in front]
 
 
-def _pareto(states: list[_State]) -> list[_State]:
-    """Keep states that no other state beats on both latency (lower) and accuracy (higher)."""
+def _plan_front(states: list[_State]) -> list[_State]:
+    """The cascade's own front over plans (expected latency vs accuracy): states no other state beats on
+    both latency (lower) and accuracy (higher). Trial fronts are edgecompress.study.front."""
     out: list[_State] = []
     for s in sorted(states, key=lambda s: (s.lat, -s.acc, len(s.ids))):
         if not out or s.acc > out[-1].acc + 1e-12:

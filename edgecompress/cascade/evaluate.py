@@ -42,23 +42,24 @@ def study_candidates(study: Any, include_estimated: bool = False) -> tuple[list[
     Trials whose latency is estimated (sub-8-bit) are left out by default: a cascade's latency must be
     measured, and no runtime here runs them.
     """
-    from edgecompress.results import pareto_front, study_to_frame
+    from edgecompress.study.frame import study_to_frame
+    from edgecompress.study.front import front
 
     df = study_to_frame(study)
     notes: list[str] = []
-    df = df[(df["state"] == "COMPLETE") & df["feasible"].astype(bool)]
+    objectives = [{"name": "accuracy", "direction": "maximize"}, {"name": "latency_ms", "direction": "minimize"}]
     if not include_estimated and "latency_source" in df:
-        n_est = int((df["latency_source"] == "estimated").sum())
-        df = df[df["latency_source"] != "estimated"]
+        done = df[(df["state"] == "COMPLETE") & df["feasible"].astype(bool)]
+        n_est = int((done["latency_source"] == "estimated").sum())
         if n_est:
             notes.append(f"{n_est} trials with estimated (sub-8-bit) latency left out")
-    if df.empty:
+    # the one front function, over feasible deployable trials (not the full front filtered afterwards)
+    rows = front(df, objectives, deployable=not include_estimated, feasible_only=True)
+    if rows.empty:
         raise EdgeCompressError("cascade needs at least 2 Pareto models; the study has no usable complete trial")
-    objectives = [{"name": "accuracy", "direction": "maximize"}, {"name": "latency_ms", "direction": "minimize"}]
-    front = pareto_front(df, objectives)
     cands: list[Candidate] = []
     labels: np.ndarray | None = None
-    for _, row in front.iterrows():
+    for _, row in rows.iterrows():
         folder = Path(str(row.get("artefact_dir") or ""))
         if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
             notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")

@@ -29,35 +29,17 @@ def register(app: typer.Typer) -> None:
         samples: int = typer.Option(1000, help="test images timed one by one"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
-        from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, stage_modules, study_candidates
-        from edgecompress.cascade.runtime import CascadeModel, save_cascade
-        from edgecompress.errors import EdgeCompressError
-        from edgecompress.evaluators.data import load_data
-        from edgecompress.results import load_study, parse_latency_ms
-        from edgecompress.spaces import parse_experiment
-        from edgecompress.utils import atomic_write_json
+        from edgecompress.cascade.pipeline import cascade_from_study
+        from edgecompress.results import parse_latency_ms
 
-        st = load_study(study, storage)
-        if "experiment" not in st.user_attrs:
-            raise EdgeCompressError(f"study {st.study_name!r} has no experiment config (not made by edgecompress)")
-        exp = parse_experiment(st.user_attrs["experiment"], f"study {st.study_name}")
-        cands, labels, notes = study_candidates(st)
-        plan = plan_cascade(cands, labels, min_accuracy=min_accuracy,
-                            max_latency=parse_latency_ms(max_latency) if max_latency else None,
-                            kind=kind, combine=combine, max_stages=max_stages, batch=batch)
-        data = load_data(exp.dataset, exp.seed)
-        if len(plan.stages) == 1:
-            notes.append(f"one model alone ({plan.names[0]}) meets the target: no cascade beats it")
-        with console.status("measuring the cascade end to end ..."):
-            ev, _ = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
-        by_name = {c.spec.name: c for c in cands}
-        torch_cascade = CascadeModel(stage_modules(by_name, plan.names, exp, data, deployed=False), plan,
-                                     in_chans=data.in_chans)
-        save_cascade(torch_cascade, out)
-        atomic_write_json(out / "evaluation.json", ev.to_dict())
-        atomic_write_json(out / "front.json", ev.front)
+        with console.status("building and measuring the cascade end to end ..."):
+            built = cascade_from_study(study, out, min_accuracy=min_accuracy,
+                                       max_latency=parse_latency_ms(max_latency) if max_latency else None,
+                                       storage=storage, kind=kind, combine=combine, max_stages=max_stages,
+                                       batch=batch, samples=samples)
+        plan, ev = built.plan, built.evaluation
 
-        t = Table(title=f"cascade from study {st.study_name}")
+        t = Table(title=f"cascade from study {built.study_name}")
         for col in ("stage", "trial", "input px", "precision", "latency ms (b1)", "threshold", "escalated (test)"):
             t.add_column(col)
         for k, s in enumerate(plan.stages):

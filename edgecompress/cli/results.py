@@ -53,8 +53,8 @@ def _bits(r: dict[str, Any]) -> str:
 def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | None = None,
                all_trials: bool = False) -> list[dict[str, Any]]:
     """Rows of the pareto table (front, or all complete trials), filtered, sorted by latency; plain data."""
-    from edgecompress.results.frame import frame_objectives
-    from edgecompress.results.pareto import completed, pareto_front, sort_key
+    from edgecompress.study.frame import frame_objectives
+    from edgecompress.study.front import completed, front, sort_key
 
     if all_trials:
         objs = frame_objectives(df)
@@ -62,7 +62,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
         key, asc = sort_key(rows, objs)
         rows = rows.sort_values([key, "number"], ascending=[asc, True], kind="stable")
     else:
-        rows = pareto_front(df)
+        rows = front(df)
     out = []
     for r in rows.to_dict("records"):
         lat, acc = _num(r.get("latency_ms")), _num(r.get("accuracy"))
@@ -129,9 +129,9 @@ def print_wide(renderable: Any) -> None:
 
 
 def _counts_line(df: Any) -> str:
-    from edgecompress.results.report import _counts
+    from edgecompress.study.frame import counts
 
-    c = _counts(df)
+    c = counts(df)
     return (f"{c['total']} trials: {c['feasible']} feasible, {c['infeasible']} infeasible, {c['failed']} failed, "
             f"{c['pruned']} pruned" + (f", {c['running']} running" if c["running"] else ""))
 

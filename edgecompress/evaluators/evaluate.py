@@ -26,6 +26,7 @@ from edgecompress.evaluators.deploy import Deployed, deploy, estimate_latency
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
+from edgecompress.study.constraints import violations
 from edgecompress.utils import atomic_path, seed_everything
 
 EpochCallback = Callable[[int, float], None]
@@ -47,20 +48,6 @@ def resolve_device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
         raise EdgeCompressError("device.device is 'cuda' but CUDA is not available on this machine")
     return name
-
-
-def constraint_violations(metrics: dict[str, Any], constraints: Any, stage: str) -> dict[str, float]:
-    """Constraint name -> violation amount (> 0 violated). `stage` "pre" skips accuracy (not known yet)."""
-    checks = [("max_latency_ms", "latency_ms", 1), ("max_latency_batch_ms", "latency_batch_ms", 1),
-              ("max_size_bytes", "size_bytes", 1), ("max_macs", "macs", 1)]
-    if stage == "post":
-        checks.append(("min_accuracy", "accuracy", -1))
-    out = {}
-    for cname, metric, sign in checks:
-        limit = getattr(constraints, cname, None)
-        if limit is not None and metric in metrics:
-            out[cname] = float(sign * (metrics[metric] - limit))
-    return out
 
 
 class CompressionEvaluator:
@@ -161,7 +148,7 @@ class CompressionEvaluator:
         else:
             metrics["latency_source"] = "measured"
         metrics["measure_seconds"] = round(time.perf_counter() - t0, 3)
-        pre = constraint_violations(metrics, exp.constraints, "pre")
+        pre = violations(metrics, exp.constraints, "pre")
         if any(v > 0 for v in pre.values()):
             return EvalResult(config, state="infeasible", metrics=metrics, violations=pre,
                               fail_reason="constraint violated before fine-tuning: "
@@ -192,8 +179,8 @@ class CompressionEvaluator:
         metrics["accuracy"] = float((val_logits.argmax(1) == data.val.labels.numpy()).mean())
         metrics["test_accuracy"] = float((test_logits.argmax(1) == data.test.labels.numpy()).mean())
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
-        violations = {**pre, **constraint_violations(metrics, exp.constraints, "post")}
-        result = EvalResult(config, state="complete", metrics=metrics, violations=violations)
+        result = EvalResult(config, state="complete", metrics=metrics,
+                            violations={**pre, **violations(metrics, exp.constraints, "post")})
         if artefact_dir is not None:
             self._write_artefacts(Path(artefact_dir), fp_model, config, metrics, val_logits, test_logits)
             result.artefact_dir = str(artefact_dir)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgecompress.spaces.config import CompressionConfig
+from edgecompress.study.constraints import satisfied
 
 State = Literal["complete", "infeasible", "failed", "pruned"]
 
@@ -49,7 +50,8 @@ class EvalResult:
 
     @property
     def feasible(self) -> bool:
-        return all(v <= 0 for v in self.violations.values())
+        """Completed (or stopped early as infeasible) with no constraint violated: the study's rule."""
+        return self.state == "complete" and satisfied(self.violations)
 
     def to_dict(self) -> dict[str, Any]:
         return {

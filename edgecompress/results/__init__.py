@@ -1,21 +1,32 @@
-"""Results: study -> DataFrame, constrained Pareto fronts, hypervolume, choosing a point, HTML report."""
+"""Results: choosing a point of a front, hypervolume history, HTML report, export and retarget.
+
+The study frame, THE front and hypervolume live in edgecompress.study and are re-exported here;
+`pareto_front` is `edgecompress.study.front`.
+"""
 
 from __future__ import annotations
 
-from edgecompress.results.frame import load_study, study_objectives, study_to_frame
-from edgecompress.results.hypervolume import compute_hypervolume, hypervolume, reference_point
 from edgecompress.results.pareto import (
     Selection,
     hypervolume_history,
     knee_point,
-    non_dominated,
-    nondominated_ranks,
     pareto_front,
-    pareto_ranks,
     parse_latency_ms,
     select,
 )
 from edgecompress.results.report import build_report
+from edgecompress.study import (
+    compute_hypervolume,
+    front,
+    front_ranks,
+    hypervolume,
+    load_study,
+    non_dominated,
+    nondominated_ranks,
+    reference_point,
+    study_objectives,
+    study_to_frame,
+)
 
 # export / retarget need torch and the evaluators: imported on first use, so `edgecompress.results` stays light
 _LAZY = {
@@ -44,6 +55,8 @@ __all__ = [
     "choose_trial",
     "compute_hypervolume",
     "export_trial",
+    "front",
+    "front_ranks",
     "hypervolume",
     "hypervolume_history",
     "knee_point",
@@ -52,7 +65,6 @@ __all__ = [
     "non_dominated",
     "nondominated_ranks",
     "pareto_front",
-    "pareto_ranks",
     "parse_latency_ms",
     "reference_point",
     "retarget_study",

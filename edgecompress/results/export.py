@@ -33,10 +33,13 @@ from edgecompress.evaluators.data import DataBundle, load_data, make_loader
 from edgecompress.evaluators.deploy import deploy, estimate_latency, export_onnx, resolve_int8_scheme
 from edgecompress.evaluators.latency import device_name, measure_latency
 from edgecompress.evaluators.result import ARTEFACT_FILES
-from edgecompress.results.frame import load_study, study_to_frame
-from edgecompress.results.pareto import Selection, knee_point, pareto_front, select
+from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig
-from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study.attrs import study_experiment
+from edgecompress.study.frame import study_to_frame
+from edgecompress.study.front import front
+from edgecompress.study.storage import load_study
 from edgecompress.utils import replace_dir
 
 FORMAT = "edgecompress.export"
@@ -145,25 +148,16 @@ def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = 
         sel = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
         return Selection(sel.number, sel.feasible, sel.row, sel.violations,
                          f"trial {trial}" + ("" if sel.feasible else f": {sel.reason}"))
-    front = pareto_front(df)
+    rows = front(df)
     if knee:
-        sel = knee_point(front)
+        sel = knee_point(rows)
         if max_latency is None and min_accuracy is None:
             return sel
-        one = front[front["number"] == sel.number]
+        one = rows[rows["number"] == sel.number]
         chk = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
         return Selection(sel.number, chk.feasible, sel.row, chk.violations,
                          sel.reason + ("" if chk.feasible else f"; {chk.reason}"))
-    return select(front, max_latency=max_latency, min_accuracy=min_accuracy)
-
-
-def experiment_of(study: Any) -> ExperimentConfig:
-    """The study's ExperimentConfig (user attr "experiment", written by the search)."""
-    raw = study.user_attrs.get("experiment")
-    if not isinstance(raw, dict):
-        raise EdgeCompressError(f"study {study.study_name!r} has no 'experiment' user attribute (not an "
-                                "edgecompress search study?)")
-    return parse_experiment(raw, f"study {study.study_name!r} experiment")
+    return select(rows, max_latency=max_latency, min_accuracy=min_accuracy)
 
 
 def trial_model_path(row: Any, number: int | None) -> Path:
@@ -415,7 +409,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
         if not force:
             raise ExportError(f"{sel.reason} (pass --force to export it anyway)")
         problems.append(sel.reason)
-    exp = experiment_of(st)
+    exp = study_experiment(st)
     path = trial_model_path(sel.row, sel.number)
     model, meta = load_compressed(path)
     cfg = CompressionConfig.from_dict(meta.get("config") or sel.row["config"], str(path))

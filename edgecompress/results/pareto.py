@@ -1,9 +1,6 @@
-"""Pareto fronts with constraints (Deb's rule), hypervolume history, and choosing a point from a front.
+"""Choosing a point from a front (budgets, knee) and the hypervolume history of a study.
 
-Constrained domination (Deb): a feasible point dominates every infeasible one; among infeasible points
-the smaller total violation dominates; among feasible points the usual Pareto rule applies (no worse in
-every objective, strictly better in one). Identical points do not dominate each other: both stay on the
-front. Rows with a non-finite objective value are never on the front.
+The front itself is edgecompress.study.front (one function for every command); `pareto_front` is it.
 """
 
 from __future__ import annotations
@@ -18,157 +15,14 @@ import numpy as np
 import pandas as pd
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.results.frame import VIOLATION_PREFIX, frame_objectives, load_study, study_to_frame
-from edgecompress.results.hypervolume import (
-    as_points,
-    check_directions,
-    compute_hypervolume,
-    reference_point,
-    to_minimization,
-)
+from edgecompress.study.frame import VIOLATION_PREFIX, as_frame, frame_objectives
+from edgecompress.study.front import completed, frame_violation
+from edgecompress.study.front import front as pareto_front
+from edgecompress.study.hypervolume import compute_hypervolume, reference_point, to_minimization
 
 FrameLike = Any  # a DataFrame from study_to_frame, an optuna.Study, or a study name / URL
 
-
-# ---- array level ------------------------------------------------------------------------------------
-
-
-def _prepare(points: Any, directions: Sequence[str], violations: Any) -> tuple[np.ndarray, np.ndarray]:
-    pts = as_points(points)
-    dirs = check_directions(directions, pts.shape[1]) if pts.shape[0] else list(directions)
-    loss = to_minimization(pts, dirs) if pts.shape[0] else pts
-    if violations is None:
-        viol = np.zeros(len(pts))
-    else:
-        viol = np.asarray(violations, dtype=float).reshape(-1)
-        if viol.shape[0] != pts.shape[0]:
-            raise ValueError(f"violations: {viol.shape[0]} values for {pts.shape[0]} points")
-        viol = np.where(np.isnan(viol), np.inf, viol)
-    return loss, viol
-
-
-def domination_matrix(loss: np.ndarray, violations: np.ndarray) -> np.ndarray:
-    """D[i, j] is True when point i constrained-dominates point j (minimisation form)."""
-    le = np.all(loss[:, None, :] <= loss[None, :, :], axis=2)
-    lt = np.any(loss[:, None, :] < loss[None, :, :], axis=2)
-    feas = violations <= 0
-    fi, fj = feas[:, None], feas[None, :]
-    pareto = le & lt & fi & fj
-    feas_over_infeas = fi & ~fj
-    less_violation = ~fi & ~fj & (violations[:, None] < violations[None, :])
-    return pareto | feas_over_infeas | less_violation
-
-
-def nondominated_ranks(
-    points: Any, directions: Sequence[str], violations: Sequence[float] | np.ndarray | None = None
-) -> np.ndarray:
-    """Front index of each point (0 = non-dominated); rows with non-finite values rank last."""
-    loss, viol = _prepare(points, directions, violations)
-    n = len(loss)
-    ranks = np.full(n, -1, dtype=int)
-    finite = np.all(np.isfinite(loss), axis=1) if n else np.zeros(0, dtype=bool)
-    idx = np.flatnonzero(finite)
-    if len(idx):
-        dom = domination_matrix(loss[idx], viol[idx])
-        remaining = np.ones(len(idx), dtype=bool)
-        rank = 0
-        while remaining.any():
-            dominated = (dom & remaining[:, None]).any(axis=0)
-            front = remaining & ~dominated
-            ranks[idx[front]] = rank
-            remaining &= ~front
-            rank += 1
-    last = ranks.max() + 1 if (ranks >= 0).any() else 0
-    ranks[~finite] = last
-    return ranks
-
-
-def non_dominated(
-    points: Any, directions: Sequence[str], violations: Sequence[float] | np.ndarray | None = None
-) -> np.ndarray:
-    """Boolean mask of the constrained non-dominated points (`violations`: total, >0 = infeasible)."""
-    loss, viol = _prepare(points, directions, violations)
-    if len(loss) == 0:
-        return np.zeros(0, dtype=bool)
-    finite = np.all(np.isfinite(loss), axis=1)
-    mask = np.zeros(len(loss), dtype=bool)
-    idx = np.flatnonzero(finite)
-    if len(idx):
-        dom = domination_matrix(loss[idx], viol[idx])
-        mask[idx] = ~dom.any(axis=0)
-    return mask
-
-
-# ---- frame level ------------------------------------------------------------------------------------
-
-
-def as_frame(df_or_study: FrameLike) -> pd.DataFrame:
-    """A trial frame from a frame (returned as is), an optuna.Study, or a study name / URL."""
-    if isinstance(df_or_study, pd.DataFrame):
-        return df_or_study
-    return study_to_frame(load_study(df_or_study))
-
-
-def _frame_violation(df: pd.DataFrame) -> np.ndarray:
-    total = df["total_violation"].to_numpy(dtype=float) if "total_violation" in df else np.zeros(len(df))
-    total = np.nan_to_num(total, nan=0.0)
-    if "feasible" in df:
-        feas = df["feasible"].to_numpy(dtype=bool)
-        # infeasible by state but with no recorded amount: still after every feasible point
-        total = np.where(feas, 0.0, np.maximum(total, 1e-12))
-    return total
-
-
-def completed(df: pd.DataFrame, objectives: Sequence[Mapping[str, str]]) -> pd.DataFrame:
-    """COMPLETE trials whose objective values are all finite."""
-    names = [o["name"] for o in objectives]
-    mask = np.ones(len(df), dtype=bool)
-    if "state" in df:
-        mask &= (df["state"] == "COMPLETE").to_numpy()
-    if names and len(df):
-        mask &= np.all(np.isfinite(df[names].to_numpy(dtype=float)), axis=1)
-    return df[mask]
-
-
-def pareto_ranks(df_or_study: FrameLike, objectives: Any = None) -> pd.Series:
-    """Constrained front index per row (0 = front) for complete trials; -1 for the other rows."""
-    df = as_frame(df_or_study)
-    objs = frame_objectives(df, objectives)
-    done = completed(df, objs)
-    out = pd.Series(-1, index=df.index, dtype=int, name="pareto_rank")
-    if len(done):
-        names = [o["name"] for o in objs]
-        ranks = nondominated_ranks(
-            done[names].to_numpy(dtype=float), [o["direction"] for o in objs], _frame_violation(done)
-        )
-        out.loc[done.index] = ranks
-    return out
-
-
-def sort_key(df: pd.DataFrame, objectives: Sequence[Mapping[str, str]]) -> tuple[str, bool]:
-    """(column, ascending) to sort a front by: latency_ms when present, else the first minimised objective."""
-    if "latency_ms" in df.columns:
-        return "latency_ms", True
-    for o in objectives:
-        if o["direction"] == "minimize":
-            return o["name"], True
-    return objectives[0]["name"], False
-
-
-def pareto_front(df_or_study: FrameLike, objectives: Any = None) -> pd.DataFrame:
-    """The constrained non-dominated complete trials, sorted by latency (see `sort_key`).
-
-    When no trial is feasible the front is the least-violating trials (their `feasible` is False).
-    """
-    df = as_frame(df_or_study)
-    objs = frame_objectives(df, objectives)
-    ranks = pareto_ranks(df, objs)
-    front = df[(ranks == 0).to_numpy()].copy()
-    key, ascending = sort_key(front, objs)
-    by = [key, "number"] if "number" in front.columns else [key]
-    front = front.sort_values(by, ascending=[ascending, True][: len(by)], kind="stable")
-    front.attrs = {**df.attrs, "objectives": objs}
-    return front
+__all__ = ["Selection", "hypervolume_history", "knee_point", "pareto_front", "parse_latency_ms", "select"]
 
 
 def hypervolume_history(
@@ -190,7 +44,7 @@ def hypervolume_history(
     pts = done[names].to_numpy(dtype=float)
     ref = reference_point(pts, dirs) if reference is None else np.asarray(reference, dtype=float)
     loss, ref_loss = to_minimization(pts, dirs), to_minimization(ref[None, :], dirs)[0]
-    feas = _frame_violation(done) <= 0
+    feas = frame_violation(done) <= 0
     front = np.zeros((0, len(names)))
     hv, values = 0.0, []
     for i in range(len(done)):

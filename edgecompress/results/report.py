@@ -19,15 +19,11 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from edgecompress.results.frame import (
-    CONFIG_PREFIX,
-    PARAM_PREFIX,
-    frame_objectives,
-    load_study,
-    study_to_frame,
-)
-from edgecompress.results.pareto import hypervolume_history, pareto_ranks, sort_key
+from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
+from edgecompress.study.frame import CONFIG_PREFIX, PARAM_PREFIX, counts, frame_objectives, study_to_frame
+from edgecompress.study.front import front, front_ranks
+from edgecompress.study.storage import load_study
 from edgecompress.utils import atomic_write_text
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
@@ -55,21 +51,6 @@ def _plain(v: Any) -> Any:
     if v is pd.NaT:
         return None
     return v
-
-
-def _counts(df: pd.DataFrame) -> dict[str, int]:
-    state = df["state"] if "state" in df else pd.Series([], dtype=object)
-    complete = state == "COMPLETE"
-    feasible = df["feasible"].astype(bool) if "feasible" in df else complete
-    return {
-        "total": len(df),
-        "complete": int(complete.sum()),
-        "feasible": int((complete & feasible).sum()),
-        "infeasible": int((complete & ~feasible).sum()),
-        "failed": int((state == "FAIL").sum()),
-        "pruned": int((state == "PRUNED").sum()),
-        "running": int(state.isin(["RUNNING", "WAITING"]).sum()),
-    }
 
 
 def _param_dimension(name: str, values: pd.Series) -> dict[str, Any] | None:
@@ -139,7 +120,7 @@ def _get_report_info(
         df = study_to_frame(study)
     objs = frame_objectives(df, objectives)
     names = [o["name"] for o in objs]
-    ranks = pareto_ranks(df, objs)
+    ranks = front_ranks(df, objs)
     done = df[(ranks >= 0).to_numpy()]
     notes: list[str] = []
 
@@ -169,13 +150,11 @@ def _get_report_info(
     if done.shape[0] and not any(p["feasible"] for p in points):
         notes.append("no trial meets the constraints: the front shows the least-violating trials")
 
-    front = done[(ranks[done.index] == 0).to_numpy()]
-    key, ascending = sort_key(front, objs)
-    front = front.sort_values([key, "number"], ascending=[ascending, True])
-    extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in front.columns and c not in names]
+    front_df = front(df, objs)  # the one front function: same rows and order as `pareto`
+    extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in front_df.columns and c not in names]
     table_cols = ["number", *names, *extra_cols]
     table_cols.append("feasible")
-    front_rows = [{c: _plain(r.get(c)) for c in table_cols} for r in front.to_dict("records")]
+    front_rows = [{c: _plain(r.get(c)) for c in table_cols} for r in front_df.to_dict("records")]
 
     param_cols = [c for c in done.columns if c.startswith(PARAM_PREFIX)]
     if not param_cols:
@@ -224,9 +203,9 @@ def _get_report_info(
         "study_name": df.attrs.get("study_name"),
         "objectives": objs,
         "constraints": dict(df.attrs.get("constraints") or {}),
-        "counts": _counts(df),
+        "counts": counts(df),
         "points": points,
-        "front_numbers": [int(n) for n in front["number"]],
+        "front_numbers": [int(n) for n in front_df["number"]],
         "front_table": {"columns": table_cols, "rows": front_rows},
         "pairs": list(itertools.combinations(range(len(objs)), 2)),  # empty: one objective
         "parallel": parallel,

@@ -26,16 +26,14 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.deploy import deploy, estimate_latency
-from edgecompress.evaluators.evaluate import (
-    CompressionEvaluator,
-    constraint_violations,
-    precision_for,
-)
+from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for
 from edgecompress.evaluators.result import ARTEFACT_FILES
-from edgecompress.results.export import check_device, experiment_of
-from edgecompress.results.frame import JOURNAL_SUFFIXES, _storage_for_path, load_study, study_objectives
+from edgecompress.results.export import check_device
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.study.attrs import set_objectives, study_experiment, study_objectives
+from edgecompress.study.constraints import violations as constraint_violations
+from edgecompress.study.storage import JOURNAL_SUFFIXES, load_study, storage_for_path
 from edgecompress.utils import runs_dir
 
 #: user attrs that describe the device/latency of a measurement (replaced by the new measurement)
@@ -92,18 +90,17 @@ def retargeted_experiment(exp: ExperimentConfig, device: str, backend: str | Non
 
 
 def target_storage(source: Any, storage: Any, new_name: str) -> Any:
-    """Where the new study goes: the source's explicit storage, else runs/<new_name>.db for a bare name."""
+    """Where the new study goes: the source's explicit storage, else runs/<new_name>.db for a bare name or a
+    Study object (Optuna has no public accessor for a study's storage: pass `storage` to share it)."""
     if storage is not None:
         if isinstance(storage, str) and "://" not in storage and not storage.startswith("journal:"):
-            return _storage_for_path(Path(storage))
+            return storage_for_path(Path(storage))
         return storage
-    if isinstance(source, optuna.Study):
-        return source._storage  # noqa: SLF001 - the same storage object the study lives in
-    text = str(source)
+    text = "" if isinstance(source, optuna.Study) else str(source)
     if "://" in text or text.startswith("journal:"):
         return text
     if text.endswith((".db", *JOURNAL_SUFFIXES)) or os.sep in text:
-        return _storage_for_path(Path(text))
+        return storage_for_path(Path(text))
     return f"sqlite:///{runs_dir() / new_name}.db"
 
 
@@ -239,7 +236,7 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
     """
     check_device(device)
     src = load_study(source, storage)
-    exp = retargeted_experiment(experiment_of(src), device, backend, threads)
+    exp = retargeted_experiment(study_experiment(src), device, backend, threads)
     name = new_study or f"{src.study_name}-{device}"
     if name == src.study_name and new_storage is None:
         raise EdgeCompressError(f"--new-study: {name!r} is the source study; choose another name")
@@ -273,6 +270,7 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
             progress(i + 1, len(trials), t.number)
     # create the study only once everything is measured: an interrupted retarget leaves no half study
     new = optuna.create_study(study_name=name, storage=store, directions=src.directions)
+    set_objectives(new, objectives)
     for k, v in src.user_attrs.items():
         new.set_user_attr(k, v)
     new.set_user_attr("experiment", exp.to_dict())

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from edgecompress.search.objective import TrialFailed, constraint_values, make_objective
 from edgecompress.search.optuna_runner import SearchSummary, create_or_load_study, run_search, space_for
-from edgecompress.search.progress import StudyStats, is_counted, pareto_front, study_stats
+from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import SAMPLERS, make_sampler, resolve_sampler_name
-from edgecompress.search.storage import default_storage_url, make_storage, open_study
 
 
 def run_ray_search(*args, **kwargs):  # noqa: ANN002, ANN003 - lazy: importing ray costs seconds
@@ -23,13 +22,9 @@ __all__ = [
     "TrialFailed",
     "constraint_values",
     "create_or_load_study",
-    "default_storage_url",
     "is_counted",
     "make_objective",
     "make_sampler",
-    "make_storage",
-    "open_study",
-    "pareto_front",
     "resolve_sampler_name",
     "run_ray_search",
     "run_search",

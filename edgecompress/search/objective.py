@@ -24,21 +24,9 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.space import SearchSpace
+from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
+from edgecompress.study.constraints import active_constraints, constraint_values
 from edgecompress.utils import atomic_write_json, atomic_write_text
-
-# constraint key -> (metric key, sign): violation = sign * (metric - bound)
-CONSTRAINT_METRICS: dict[str, tuple[str, int]] = {
-    "max_latency_ms": ("latency_ms", 1),
-    "max_latency_batch_ms": ("latency_batch_ms", 1),
-    "min_accuracy": ("accuracy", -1),
-    "max_size_bytes": ("size_bytes", 1),
-    "max_macs": ("macs", 1),
-}
-COUNTED_DETAILS = ("complete", "infeasible", "failed", "pruned")
-BOOKKEEPING_ATTRS = frozenset(
-    {"config", "config_hash", "state_detail", "fail_reason", "violations", "artefact_dir", "cached_from",
-     "val_accuracy_curve"}
-)
 
 
 class Evaluator(Protocol):
@@ -54,31 +42,6 @@ class Evaluator(Protocol):
 
 class TrialFailed(EdgeCompressError):
     """The evaluation of a trial failed (NaN loss, OOM, exception); the study records FAIL and goes on."""
-
-
-def active_constraints(constraints: Any) -> dict[str, float]:
-    """The configured constraint bounds (None ones dropped) from a Constraints model or a dict."""
-    raw = constraints.model_dump() if hasattr(constraints, "model_dump") else dict(constraints or {})
-    unknown = [k for k in raw if k not in CONSTRAINT_METRICS]
-    if unknown:
-        raise EdgeCompressError(f"constraints: unknown key(s) {unknown}; valid: {sorted(CONSTRAINT_METRICS)}")
-    return {k: float(v) for k, v in raw.items() if v is not None}
-
-
-def constraint_values(
-    constraints: dict[str, float], metrics: dict[str, Any], violations: dict[str, float]
-) -> dict[str, float]:
-    """Value per configured constraint, <= 0 when satisfied (the evaluator's violation when it gave one)."""
-    out: dict[str, float] = {}
-    for name, bound in constraints.items():
-        if name in violations and _finite(violations[name]):
-            out[name] = float(violations[name])
-            continue
-        key, sign = CONSTRAINT_METRICS[name]
-        value = metrics.get(key)
-        if _finite(value):
-            out[name] = sign * (float(value) - bound)
-    return out
 
 
 def objective_values(

@@ -8,6 +8,7 @@ Failed evaluations are FAIL trials (the study goes on); Ctrl-C marks the running
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import multiprocessing as mp
 import os
@@ -24,12 +25,16 @@ from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.search.objective import Evaluator, TrialFailed, make_objective
-from edgecompress.search.progress import StudyStats, is_counted, pareto_front, study_stats
+from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.storage import Heartbeat, default_storage_url, make_storage, mark_owner, recover_dead_trials
+from edgecompress.search.storage import Heartbeat, mark_owner, recover_dead_trials
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.spaces.space import SearchSpace
+from edgecompress.study import attrs as A
+from edgecompress.study.attrs import objective_dicts, set_objectives, study_objectives
+from edgecompress.study.front import front
+from edgecompress.study.storage import default_storage_url, make_storage
 from edgecompress.utils import runs_dir
 
 ProgressFn = Callable[[StudyStats], None]
@@ -66,34 +71,28 @@ def study_dir(study_name: str) -> Path:
     return runs_dir() / study_name
 
 
-def objectives_attr(exp: ExperimentConfig) -> list[dict[str, str]]:
-    return [{"name": o.name, "direction": o.direction} for o in exp.objectives]
-
-
 def create_or_load_study(
     exp: ExperimentConfig, study_name: str, storage: optuna.storages.BaseStorage,
     sampler: optuna.samplers.BaseSampler | None = None,
 ) -> tuple[optuna.Study, bool]:
-    """The study (created with the experiment's objectives, or loaded); returns (study, fresh)."""
+    """The study (created with the experiment's objectives as metric names, or loaded); returns (study, fresh)."""
     directions = [o.direction for o in exp.objectives]
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5) if len(directions) == 1 else optuna.pruners.NopPruner()
     study = optuna.create_study(
         study_name=study_name, storage=storage, sampler=sampler, pruner=pruner, directions=directions,
         load_if_exists=True,
     )
-    stored = study.user_attrs.get("objectives")
-    if stored is not None and stored != objectives_attr(exp):
+    fresh = A.EXPERIMENT not in study.user_attrs
+    wanted = objective_dicts(exp.objectives)
+    if not fresh and study_objectives(study) != wanted:
         raise ConfigError(
-            f"study {study_name!r} was created with objectives {[o['name'] for o in stored]}; the config asks "
-            f"{[o.name for o in exp.objectives]} (use another --study name)"
+            f"study {study_name!r} was created with objectives {[o['name'] for o in study_objectives(study)]}; "
+            f"the config asks {[o['name'] for o in wanted]} (use another --study name)"
         )
-    if [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(f"study {study_name!r} has directions {study.directions}, the config asks {directions}")
-    fresh = stored is None
     if fresh:
-        study.set_user_attr("objectives", objectives_attr(exp))
-        study.set_user_attr("experiment", exp.to_dict())
-        study.set_user_attr("constraints", exp.constraints.model_dump())
+        set_objectives(study, exp.objectives)
+        study.set_user_attr(A.EXPERIMENT, exp.to_dict())
+        study.set_user_attr(A.CONSTRAINTS_ATTR, exp.constraints.model_dump())
     return study, fresh
 
 
@@ -116,7 +115,7 @@ def enqueue_initial(study: optuna.Study, exp: ExperimentConfig, space: SearchSpa
     """Enqueue `initial_points` (call on a fresh study only); returns warnings."""
     points, warnings = initial_points(exp, space)
     for p in points:
-        study.enqueue_trial(p, user_attrs={"enqueued": True}, skip_if_exists=True)
+        study.enqueue_trial(p, user_attrs={A.ENQUEUED: True}, skip_if_exists=True)
     return warnings
 
 
@@ -125,9 +124,11 @@ def _count_started(study: optuna.Study) -> int:
     return sum(is_counted(t) or t.state == TrialState.RUNNING for t in trials)
 
 
-def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any]) -> None:
-    """Evaluate one asked trial and tell its outcome; KeyboardInterrupt re-queues its params and re-raises."""
-    with Heartbeat(study, trial._trial_id):
+def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optuna.Trial], Any],
+            storage: optuna.storages.BaseStorage | None = None) -> None:
+    """Evaluate one asked trial and tell its outcome; KeyboardInterrupt re-queues its params and re-raises.
+    With `storage` (the study's storage object), an RDB heartbeat is recorded while it runs."""
+    with Heartbeat(storage, study, trial.number) if storage is not None else contextlib.nullcontext():
         try:
             values = objective(trial)
         except optuna.TrialPruned:
@@ -135,14 +136,14 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
         except TrialFailed:
             study.tell(trial, state=TrialState.FAIL)
         except KeyboardInterrupt:
-            trial.set_user_attr("state_detail", "interrupted")
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C)")
+            trial.set_user_attr(A.STATE_DETAIL, "interrupted")
+            trial.set_user_attr(A.FAIL_REASON, "interrupted (Ctrl-C)")
             study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+            study.enqueue_trial(trial.params, user_attrs={A.RETRY_OF: trial.number})
             raise
         except Exception as e:  # noqa: BLE001 - a bug outside the evaluator still only fails this trial
-            trial.set_user_attr("state_detail", "failed")
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}")
+            trial.set_user_attr(A.STATE_DETAIL, "failed")
+            trial.set_user_attr(A.FAIL_REASON, f"{type(e).__name__}: {e}")
             study.tell(trial, state=TrialState.FAIL)
         else:
             study.tell(trial, values)
@@ -150,16 +151,18 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
 
 def run_loop(
     study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
     objective: Callable[[optuna.Trial], Any],
     total: int,
     deadline: float | None,
     lock_path: Path,
     on_trial: Callable[[], None] | None = None,
 ) -> None:
-    """Ask/evaluate/tell until the study counts `total` trials (or the deadline passes)."""
+    """Ask/evaluate/tell until the study counts `total` trials (or the deadline passes); `storage` is the
+    storage object `study` lives in (heartbeat and crash recovery use it)."""
     lock = FileLock(str(lock_path))
     while deadline is None or time.time() < deadline:
-        recover_dead_trials(study)
+        recover_dead_trials(study, storage)
         with lock:
             if _count_started(study) >= total:
                 return
@@ -169,8 +172,8 @@ def run_loop(
             with warnings.catch_warnings():  # heartbeats are recorded by storage.Heartbeat around run_one
                 warnings.filterwarnings("ignore", message="Heartbeat of storage")
                 trial = study.ask()
-            mark_owner(study, trial._trial_id)
-        run_one(study, trial, objective)
+            mark_owner(storage, study, trial.number)
+        run_one(study, trial, objective, storage)
         if on_trial is not None:
             on_trial()
 
@@ -209,7 +212,7 @@ def run_search(
     if sampler_name == "grid" and space.size() is not None and total > space.size():
         notes.append(f"grid sampler: the space has {space.size()} points; stopping there, not at {total}")
         total = space.size()
-    study.set_user_attr("sampler", sampler_name)
+    study.set_user_attr(A.SAMPLER, sampler_name)
     started = time.time()
     deadline = started + timeout if timeout else None
     at_start = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
@@ -234,7 +237,7 @@ def run_search(
                 space, evaluator, study_dir(study_name), exp.objectives, exp.constraints, cache=True
             )
             try:
-                run_loop(study, objective, total, deadline, lock_path, on_trial=report)
+                run_loop(study, store, objective, total, deadline, lock_path, on_trial=report)
             finally:
                 _close(evaluator)
         else:
@@ -254,15 +257,17 @@ def run_search(
 
 
 def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """Feasible Pareto trials: number, values by objective name, config (for the CLI summary table)."""
-    names = [o["name"] for o in study.user_attrs.get("objectives", [])] or [
-        f"value{i}" for i in range(len(study.directions))
-    ]
+    """The study's feasible front (edgecompress.study.front): number, values by objective name, config."""
+    objs = study_objectives(study)
     rows = []
-    for t in pareto_front(study.get_trials(deepcopy=False), study.directions):
-        rows.append({"number": t.number, "values": dict(zip(names, t.values)),
-                     "config": t.user_attrs.get("config", {}), "cached_from": t.user_attrs.get("cached_from")})
+    for r in front(study, objs, feasible_only=True).to_dict("records"):
+        rows.append({"number": int(r["number"]), "values": {o["name"]: float(r[o["name"]]) for o in objs},
+                     "config": r.get("config") or {}, "cached_from": _opt_int(r.get(A.CACHED_FROM))})
     return rows
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None or v != v else int(v)
 
 
 def _build_evaluator(exp: ExperimentConfig) -> Evaluator:
@@ -285,12 +290,13 @@ def _worker_main(
     """One worker process: load the study, run the shared ask/tell loop."""
     exp = ExperimentConfig(**exp_dict)
     space = space_for(exp)
-    study, _ = create_or_load_study(exp, study_name, make_storage(url))
+    store = make_storage(url)
+    study, _ = create_or_load_study(exp, study_name, store)
     study.sampler = make_sampler(sampler_name, seed, total, exp.budget.population, space)[0]
     evaluator = evaluator or _build_evaluator(exp)
     objective = make_objective(space, evaluator, study_dir(study_name), exp.objectives, exp.constraints)
     try:
-        run_loop(study, objective, total, deadline, runs_dir() / f"{study_name}.lock")
+        run_loop(study, store, objective, total, deadline, runs_dir() / f"{study_name}.lock")
     except KeyboardInterrupt:
         pass
     finally:

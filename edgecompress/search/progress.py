@@ -8,12 +8,16 @@ evaluation that failed); trials FAILed by a crash or Ctrl-C are re-queued and do
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+
+from edgecompress.study import attrs as A
+from edgecompress.study.frame import frame_objectives, study_to_frame
+from edgecompress.study.front import completed, front
+from edgecompress.study.hypervolume import normalized_hypervolume
 
 
 @dataclass
@@ -27,7 +31,7 @@ class StudyStats:
     running: int = 0
     finished: int = 0  # what counts towards --trials
     target: int | None = None
-    front: list[int] = field(default_factory=list)  # trial numbers on the feasible Pareto front
+    front: list[int] = field(default_factory=list)  # trial numbers on the feasible front (study.front)
     hypervolume: float | None = None
     elapsed_s: float = 0.0
     eta_s: float | None = None
@@ -37,72 +41,19 @@ def is_counted(t: FrozenTrial) -> bool:
     """Whether a finished trial counts towards the requested total."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
-    return t.state == TrialState.FAIL and t.user_attrs.get("state_detail") == "failed"
-
-
-def is_feasible(t: FrozenTrial) -> bool:
-    return (
-        t.state == TrialState.COMPLETE
-        and t.user_attrs.get("state_detail", "complete") == "complete"
-        and all(v <= 0 for v in t.constraints.values())
-    )
-
-
-def _minimised(t: FrozenTrial, directions: Sequence[optuna.study.StudyDirection]) -> tuple[float, ...]:
-    return tuple(-v if d == optuna.study.StudyDirection.MAXIMIZE else v for v, d in zip(t.values, directions))
-
-
-def pareto_front(trials: Sequence[FrozenTrial], directions: Sequence[Any]) -> list[FrozenTrial]:
-    """Feasible non-dominated trials (one per distinct objective vector), sorted by the first objective."""
-    pts = [(_minimised(t, directions), t) for t in trials if is_feasible(t)]
-    front: list[tuple[tuple[float, ...], FrozenTrial]] = []
-    seen: set[tuple[float, ...]] = set()
-    for p, t in pts:
-        dominated = any(
-            all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p)) for q, _ in pts
-        )
-        if not dominated and p not in seen:
-            seen.add(p)
-            front.append((p, t))
-    return [t for _, t in sorted(front, key=lambda x: x[0])]
-
-
-def hypervolume_2d(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
-    """Area dominated by minimisation points up to `reference` (points beyond it add nothing)."""
-    pts = sorted(p for p in points if p[0] < reference[0] and p[1] < reference[1])
-    area, best_y = 0.0, reference[1]
-    for x, y in pts:
-        if y < best_y:
-            area += (reference[0] - x) * (best_y - y)
-            best_y = y
-    return area
-
-
-def normalized_hypervolume(
-    front: Sequence[FrozenTrial], all_trials: Sequence[FrozenTrial], directions: Sequence[Any]
-) -> float | None:
-    """2-objective hypervolume in [0, 1] after scaling each objective to the range observed (reference
-    point 1.1 x that range; a progress indicator, results.pareto has the reported one)."""
-    if len(directions) != 2 or not front:
-        return None
-    pts = [_minimised(t, directions) for t in all_trials if t.state == TrialState.COMPLETE and t.values]
-    lo = [min(p[i] for p in pts) for i in range(2)]
-    hi = [max(p[i] for p in pts) for i in range(2)]
-    span = [(h - low) or 1.0 for low, h in zip(lo, hi)]
-    front_pts = [_minimised(t, directions) for t in front]
-    scaled = [tuple((p[i] - lo[i]) / span[i] for i in range(2)) for p in front_pts]
-    return hypervolume_2d(scaled, (1.1, 1.1)) / 1.21  # type: ignore[arg-type]  # ref just past the nadir
+    return t.state == TrialState.FAIL and t.user_attrs.get(A.STATE_DETAIL) == "failed"
 
 
 def study_stats(
     study: optuna.Study, target: int | None = None, started: float | None = None, finished_at_start: int = 0
 ) -> StudyStats:
-    """Counts, front and ETA of `study`; ETA from this session's pace (`started`, trials done since)."""
+    """Counts, front (edgecompress.study.front over feasible trials) and ETA of `study`; ETA from this
+    session's pace (`started`, trials done since)."""
     trials = study.get_trials(deepcopy=False)
     s = StudyStats(target=target)
     for t in trials:
         if t.state == TrialState.COMPLETE:
-            if t.user_attrs.get("state_detail") == "infeasible":
+            if t.user_attrs.get(A.STATE_DETAIL) == "infeasible":
                 s.infeasible += 1
             else:
                 s.complete += 1
@@ -113,10 +64,15 @@ def study_stats(
         elif t.state == TrialState.RUNNING:
             s.running += 1
         s.finished += is_counted(t)
-    directions = study.directions
-    front = pareto_front(trials, directions)
-    s.front = [t.number for t in front]
-    s.hypervolume = normalized_hypervolume(front, trials, directions)
+    df = study_to_frame(study)
+    objs = frame_objectives(df)
+    names, dirs = [o["name"] for o in objs], [o["direction"] for o in objs]
+    rows = front(df, objs, feasible_only=True)
+    s.front = [int(n) for n in rows["number"]]
+    if len(dirs) == 2:
+        done = completed(df, objs)
+        s.hypervolume = normalized_hypervolume(rows[names].to_numpy(dtype=float), done[names].to_numpy(dtype=float),
+                                               dirs)
     if started is not None:
         s.elapsed_s = time.time() - started
         done = s.finished - finished_at_start

@@ -26,13 +26,13 @@ AUTO_NSGA2_POPULATIONS = 30
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
     """GridSampler usable from an ask/tell loop: no study.stop() (which only works inside optimize);
-    the runner asks `exhausted(study)` instead."""
+    the runner asks `exhausted(study)` (Optuna's public `is_exhausted`) instead."""
 
     def after_trial(self, study: optuna.Study, trial: Any, state: Any, values: Any) -> None:
         return None
 
     def exhausted(self, study: optuna.Study) -> bool:
-        return len(self._get_unvisited_grid_ids(study)) == 0
+        return self.is_exhausted(study)
 
 
 def resolve_sampler_name(name: str, n_objectives: int, budget: int, population: int, space: SearchSpace) -> str:

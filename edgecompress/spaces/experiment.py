@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgecompress.errors import ConfigError
 from edgecompress.spaces.config import ALLOWED_BITS, format_validation_error
+from edgecompress.spaces.constraints import Constraints
 from edgecompress.utils import stable_hash
 
 
@@ -114,13 +115,6 @@ class Objective(_Strict):
     name: Literal["accuracy", "latency_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "params"]
     direction: Literal["maximize", "minimize"]
 
-
-class Constraints(_Strict):
-    max_latency_ms: float | None = Field(None, gt=0)
-    max_latency_batch_ms: float | None = Field(None, gt=0)
-    min_accuracy: float | None = Field(None, ge=0, le=1)
-    max_size_bytes: float | None = Field(None, gt=0)
-    max_macs: float | None = Field(None, gt=0)
 
 
 class Budget(_Strict):

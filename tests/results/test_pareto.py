@@ -21,7 +21,7 @@ from edgecompress.results import (
     select,
     study_to_frame,
 )
-from edgecompress.results.hypervolume import compute_hypervolume, hypervolume_numpy
+from edgecompress.study.hypervolume import compute_hypervolume, hypervolume_numpy
 
 ACC_LAT = ["maximize", "minimize"]
 
@@ -97,7 +97,7 @@ def test_numpy_fallback_matches_optuna(dims):
 
 
 def test_fallback_is_used_without_optuna(monkeypatch):
-    hv_mod = importlib.import_module("edgecompress.results.hypervolume")  # the package re-exports a function
+    hv_mod = importlib.import_module("edgecompress.study.hypervolume")  # the package re-exports a function
     monkeypatch.setattr(hv_mod, "_optuna_hv", None)
     assert compute_hypervolume(np.array([[0.0, 1.0], [1.0, 0.0]]), np.array([2.0, 2.0])) == pytest.approx(3.0)
 

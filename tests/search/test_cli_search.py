@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 from edgecompress.cli import main
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import optuna_runner
-from edgecompress.search.storage import open_study
+from edgecompress.study import load_study
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
@@ -45,7 +45,7 @@ def test_cli_search_runs_resumes_and_prints_front(fakes, fake_evaluator, tmp_pat
     main(["search", str(cfg), "--study", "cli", "--trials", "5", "--no-progress", "--set", "budget.sampler=random"])
     out = capsys.readouterr().out
     assert "Pareto front" in out and "2 new trial(s)" in out and "5/5 trials" in out
-    study = open_study("cli")
+    study = load_study("cli")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
 
 
@@ -78,7 +78,7 @@ def test_cli_search_real_evaluator_fashion_mnist(tmp_path: Path, runs: Path) -> 
     cfg = tmp_path / "fm.yaml"
     cfg.write_text(yaml.safe_dump(exp))
     main(["search", str(cfg), "--study", "fm", "--trials", "6", "--no-progress"])
-    study = open_study("fm")
+    study = load_study("fm")
     assert len(study.trials) == 6
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
     for t in study.trials:

@@ -13,9 +13,9 @@ from edgecompress.evaluators.evaluate import build_evaluator
 from edgecompress.evaluators.isolated import IsolatedEvaluator, describe_exit
 from edgecompress.search import run_search
 from edgecompress.search.objective import MAX_DEATHS
-from edgecompress.search.storage import open_study
 from edgecompress.spaces import parse_experiment
 from edgecompress.spaces.config import CompressionConfig
+from edgecompress.study import load_study
 from edgecompress.testing import faulty_evaluator
 
 TINY = {
@@ -35,7 +35,7 @@ def test_segfault_in_one_trial_fails_that_trial_only() -> None:
     exp = parse_experiment(TINY)
     ev = IsolatedEvaluator(functools.partial(faulty_evaluator, exp, crash_on={"prune": 0.5}), max_seconds=600)
     summary = run_search(exp, "crash", trials=2, evaluator=ev)
-    study = open_study("crash")
+    study = load_study("crash")
     by_prune = {t.params["prune"]: t for t in study.trials}
     crashed, fine = by_prune[0.5], by_prune[0.0]
     assert crashed.state == TrialState.FAIL
@@ -62,7 +62,7 @@ def test_finetune_past_max_seconds_fails_the_trial() -> None:
     cfg = dict(TINY, finetune={"epochs": 200, "batch_size": 16, "train_subset": 400, "max_seconds": 4})
     exp = parse_experiment(cfg)
     run_search(exp, "slow", trials=1)  # the real path: budget.isolation "process" by default
-    (trial,) = open_study("slow").trials
+    (trial,) = load_study("slow").trials
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"].startswith("timed out: training exceeded max_seconds=")
 
@@ -71,7 +71,7 @@ def test_config_that_died_twice_is_not_retried() -> None:
     exp = parse_experiment(dict(TINY, budget=dict(TINY["budget"], sampler="random", enqueue=[{"prune": 0.5}] * 3)))
     ev = IsolatedEvaluator(functools.partial(faulty_evaluator, exp, crash_on={"prune": 0.5}), max_seconds=600)
     run_search(exp, "twice", trials=3, evaluator=ev)
-    trials = open_study("twice").trials
+    trials = load_study("twice").trials
     reasons = [t.user_attrs["fail_reason"] for t in trials]
     assert reasons[:MAX_DEATHS] == ["process died (signal 11, SIGSEGV)"] * MAX_DEATHS
     assert reasons[2].startswith("not retried: this config's process died or timed out 2 times")
@@ -115,7 +115,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
         while time.time() < deadline:  # wait until a trial runs in the worker
             time.sleep(0.5)
             try:
-                states = [t.state for t in open_study("ctrlc").get_trials(deepcopy=False)]
+                states = [t.state for t in load_study("ctrlc").get_trials(deepcopy=False)]
             except Exception:  # noqa: BLE001 - not created yet
                 continue
             if TrialState.RUNNING in states:
@@ -139,7 +139,7 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
     else:
         left = subprocess.run(["ps", "-o", "pid,cmd", "-g", str(proc.pid)], capture_output=True, text=True).stdout
         pytest.fail(f"processes left behind after Ctrl-C:\n{left}")
-    trials = open_study("ctrlc").trials
+    trials = load_study("ctrlc").trials
     (stopped,) = [t for t in trials if t.user_attrs.get("state_detail") == "interrupted"]
     assert stopped.state == TrialState.FAIL
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == stopped.number]

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search.progress import is_counted
-from edgecompress.search.storage import open_study
+from edgecompress.study import load_study
 
 
 def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: Path) -> None:
@@ -47,7 +47,7 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
     # 4 s per trial: long enough that the two concurrent workers overlap even when their start-up is slow
     evaluator = Timed(tmp_path / "calls.log", delay=4.0, epochs=1)
     summary = run_ray_search(exp, "ray", trials=4, max_concurrent=2, evaluator=evaluator, seed=0)
-    study = open_study("ray")
+    study = load_study("ray")
     reasons = [t.user_attrs.get("fail_reason") for t in study.trials if t.state == TrialState.FAIL]
     assert not reasons, reasons
     assert summary.backend == "ray" and summary.stats.finished == 4
@@ -61,7 +61,7 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
         assert folder == runs / "ray" / "trials" / str(t.number)
         assert all((folder / n).is_file() for n in ARTEFACT_FILES.values())
         assert t.params == {k: t.params[k] for k in ("prune", "depth", "w_bits", "resolution")}
-    assert study.user_attrs["objectives"][0]["name"] == "accuracy" and study.user_attrs["backend"] == "ray"
+    assert study.metric_names[0] == "accuracy" and study.user_attrs["backend"] == "ray"
     intervals = [json.loads(line) for line in spans.read_text().splitlines()]
     overlap = max(sum(s <= t0 < e for s, e in intervals) for t0, _ in intervals)
     assert overlap == 2, (intervals, [(t.params, t.user_attrs.get("cached_from")) for t in study.trials])

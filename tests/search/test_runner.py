@@ -12,12 +12,12 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import run_search, space_for
 from edgecompress.search.progress import is_counted
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.storage import open_study
+from edgecompress.study import load_study
 
 
 def _hashes(study: optuna.Study) -> list[str]:
@@ -28,11 +28,11 @@ def test_six_trials_end_to_end(fakes, fake_evaluator, runs: Path) -> None:
     exp = fakes.small_experiment(constraints={"max_latency_ms": 5.0})
     seen = []
     summary = run_search(exp, "e2e", trials=6, evaluator=fake_evaluator, progress=seen.append)
-    study = open_study("e2e")
+    study = load_study("e2e")
     assert summary.storage == f"sqlite:///{runs / 'e2e.db'}" and summary.stats.finished == 6
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6
-    assert study.user_attrs["objectives"] == [{"name": "accuracy", "direction": "maximize"},
-                                              {"name": "latency_ms", "direction": "minimize"}]
+    assert study.metric_names == ["accuracy", "latency_ms"]  # Optuna's public names (dashboard, plots)
+    assert "objectives" not in study.user_attrs
     assert study.user_attrs["experiment"] == exp.to_dict()
     assert study.user_attrs["constraints"]["max_latency_ms"] == 5.0
     first = study.trials[0]
@@ -48,9 +48,9 @@ def test_six_trials_end_to_end(fakes, fake_evaluator, runs: Path) -> None:
 def test_trials_is_the_total_and_resume_keeps_finished_trials(fakes, fake_evaluator) -> None:
     exp = fakes.small_experiment()
     run_search(exp, "res", trials=3, evaluator=fake_evaluator)
-    before = {t.number: (t.values, t.datetime_complete) for t in open_study("res").trials}
+    before = {t.number: (t.values, t.datetime_complete) for t in load_study("res").trials}
     summary = run_search(exp, "res", trials=5, evaluator=fake_evaluator)
-    study = open_study("res")
+    study = load_study("res")
     assert summary.new_trials == 2 and len(study.trials) == 5
     assert all((study.trials[n].values, study.trials[n].datetime_complete) == v for n, v in before.items())
     assert sum(bool(t.user_attrs.get("enqueued")) for t in study.trials) == 1  # enqueued on the fresh study only
@@ -61,7 +61,7 @@ def test_failing_trial_is_recorded_and_study_completes(fakes, tmp_path: Path) ->
     evaluator = fakes.FakeEvaluator(tmp_path / "c.log", fail=lambda c: c.resolution == 0.5)
     exp = fakes.small_experiment(budget={"sampler": "random"})
     summary = run_search(exp, "fail", trials=8, evaluator=evaluator, seed=1)
-    study = open_study("fail")
+    study = load_study("fail")
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     assert failed, "the seed must sample resolution 0.5 at least once"
     assert all("NaN" in t.user_attrs["fail_reason"] for t in failed)
@@ -77,7 +77,7 @@ def test_same_seed_same_configs(fakes, tmp_path: Path, sampler: str) -> None:
     for i, seed in enumerate((7, 7, 8)):
         ev = fakes.FakeEvaluator(tmp_path / f"{i}.log")
         run_search(exp, f"seed{i}", trials=6, evaluator=ev, seed=seed)
-        seqs.append(_hashes(open_study(f"seed{i}")))
+        seqs.append(_hashes(load_study(f"seed{i}")))
     assert seqs[0] == seqs[1]
     assert seqs[0] != seqs[2]
 
@@ -100,7 +100,7 @@ def test_auto_sampler_rule_and_nsga2_warning(fakes) -> None:
 def test_grid_sampler_stops_at_space_size(fakes, fake_evaluator) -> None:
     exp = fakes.small_experiment(space={"prune": {"choices": [0.0, 0.5]}, "resolution": {"choices": [1.0]}})
     summary = run_search(exp, "grid", trials=10, sampler="grid", evaluator=fake_evaluator)
-    study = open_study("grid")
+    study = load_study("grid")
     assert summary.target == 4 and summary.warnings
     assert len({t.user_attrs["config_hash"] for t in study.trials}) == 4
 
@@ -111,7 +111,7 @@ def test_resumed_grid_visits_every_point_once(fakes, fake_evaluator) -> None:
     run_search(exp, "grid-resume", trials=5, sampler="grid", evaluator=fake_evaluator, seed=3)
     run_search(exp, "grid-resume", trials=9, sampler="grid", evaluator=fake_evaluator, seed=3)
     run_search(exp, "grid-resume", trials=16, sampler="grid", evaluator=fake_evaluator, seed=3)
-    study = open_study("grid-resume")
+    study = load_study("grid-resume")
     hashes = [t.user_attrs["config_hash"] for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(hashes) == 16 and len(set(hashes)) == 16  # all 16 points, none twice
 
@@ -128,11 +128,11 @@ def test_ctrl_c_leaves_study_resumable(fakes, tmp_path: Path) -> None:
     exp = fakes.small_experiment(budget={"sampler": "random"})
     summary = run_search(exp, "ctrlc", trials=5, evaluator=Interrupting(tmp_path / "c.log"))
     assert summary.interrupted and summary.stats.finished == 2
-    study = open_study("ctrlc")
+    study = load_study("ctrlc")
     stopped = next(t for t in study.trials if t.user_attrs.get("state_detail") == "interrupted")
     assert stopped.state == TrialState.FAIL
     run_search(exp, "ctrlc", trials=5, evaluator=fakes.FakeEvaluator(tmp_path / "d.log"))
-    study = open_study("ctrlc")
+    study = load_study("ctrlc")
     assert sum(is_counted(t) for t in study.trials) == 5
     retry = next(t for t in study.trials if t.user_attrs.get("retry_of") == stopped.number)
     assert retry.state == TrialState.COMPLETE and retry.params == stopped.params
@@ -154,8 +154,8 @@ def test_sigkill_mid_study_then_rerun_reaches_total(fakes, tmp_path: Path, runs:
         while time.time() < deadline:
             time.sleep(0.2)
             try:
-                states = [t.state for t in open_study("kill").get_trials(deepcopy=False)]
-            except ConfigError:  # not created yet
+                states = [t.state for t in load_study("kill").get_trials(deepcopy=False)]
+            except EdgeCompressError:  # not created yet
                 continue
             if states.count(TrialState.COMPLETE) >= 3 and TrialState.RUNNING in states:
                 break
@@ -165,14 +165,14 @@ def test_sigkill_mid_study_then_rerun_reaches_total(fakes, tmp_path: Path, runs:
         proc.kill()
         proc.wait()
     assert proc.returncode == -9
-    before = open_study("kill").trials
+    before = load_study("kill").trials
     done = {t.number: (t.values, t.datetime_complete) for t in before if t.state == TrialState.COMPLETE}
     killed = [t.number for t in before if t.state == TrialState.RUNNING]
     assert len(killed) == 1
 
     rerun = fakes.FakeEvaluator(tmp_path / "second.log")
     summary = run_search(fakes.small_experiment(budget={"sampler": "random"}), "kill", trials=8, evaluator=rerun)
-    study = open_study("kill")
+    study = load_study("kill")
     assert summary.stats.finished == 8 == sum(is_counted(t) for t in study.trials)
     for n, v in done.items():  # no finished trial lost ...
         assert (study.trials[n].values, study.trials[n].datetime_complete) == v
@@ -189,7 +189,7 @@ def test_two_workers_with_journal_storage(fakes, tmp_path: Path, runs: Path) -> 
     exp = fakes.small_experiment(budget={"sampler": "random"})
     summary = run_search(exp, "workers", trials=6, workers=2, evaluator=evaluator)
     assert summary.storage == str(runs / "workers.journal")
-    study = open_study("workers")
+    study = load_study("workers")
     numbers = [t.number for t in study.trials]
     assert len(numbers) == 6 and sorted(set(numbers)) == list(range(6))
     assert all(t.state == TrialState.COMPLETE for t in study.trials)

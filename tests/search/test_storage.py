@@ -10,15 +10,9 @@ import pytest
 from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
-from edgecompress.errors import ConfigError
-from edgecompress.search.storage import (
-    HEARTBEAT_INTERVAL_S,
-    default_storage_url,
-    make_storage,
-    mark_owner,
-    open_study,
-    recover_dead_trials,
-)
+from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.search.storage import mark_owner, recover_dead_trials, trial_id
+from edgecompress.study.storage import HEARTBEAT_INTERVAL_S, default_storage_url, load_study, make_storage
 
 
 def test_default_storage_sqlite_or_journal(runs: Path) -> None:
@@ -38,27 +32,28 @@ def test_make_storage_kinds(runs: Path) -> None:
     assert isinstance(make_storage(str(runs / "j.journal")), JournalStorage)
     with pytest.raises(ConfigError, match="--storage 'nonsense'"):
         make_storage("nonsense")
-    with pytest.raises(ConfigError, match="not found"):
-        open_study("missing")
+    with pytest.raises(EdgeCompressError, match="not found"):
+        load_study("missing")
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
 def test_running_trial_of_dead_process_is_failed_and_requeued(runs: Path, kind: str) -> None:
     url = f"sqlite:///{runs / 'd.db'}" if kind == "sqlite" else str(runs / "d.journal")
-    study = optuna.create_study(study_name="d", storage=make_storage(url))
+    store = make_storage(url)
+    study = optuna.create_study(study_name="d", storage=store)
     dead = study.ask()
     dead.suggest_float("x", 0, 1)
-    mark_owner(study, dead._trial_id)
+    mark_owner(store, study, dead.number)
     gone = subprocess.Popen(["true"])
     gone.wait()  # a reaped process: its pid is free
-    study._storage.set_trial_system_attr(dead._trial_id, "ec:pid", gone.pid)
+    store.set_trial_system_attr(trial_id(store, study, dead.number), "ec:pid", gone.pid)
     alive = study.ask()
-    mark_owner(study, alive._trial_id)  # this process: alive, must be left alone
-    assert recover_dead_trials(study) == [dead.number]
+    mark_owner(store, study, alive.number)  # this process: alive, must be left alone
+    assert recover_dead_trials(study, store) == [dead.number]
     trials = study.get_trials()
     assert trials[dead.number].state == TrialState.FAIL
     assert trials[alive.number].state == TrialState.RUNNING
     retry = trials[-1]
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
     assert retry.params == trials[dead.number].params
-    assert recover_dead_trials(study) == []
+    assert recover_dead_trials(study, store) == []

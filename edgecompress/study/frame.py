@@ -1,10 +1,10 @@
-"""Study -> pandas DataFrame (one row per trial) and loading a study by name, path or storage URL.
+"""Study -> pandas DataFrame (one row per trial), the feasibility rule and trial counts.
 
 Columns of `study_to_frame` (documented contract for the CLI, report and export):
     number, state (Optuna state name), state_detail ("complete"|"infeasible"|"failed"|"pruned"|...),
     feasible (COMPLETE and no violation), total_violation (sum of positive violations),
     <objective name> for each objective (from trial.values; user attr of that name when values are absent),
-    fail_reason, latency_source, device,
+    fail_reason, latency_source, device, fidelity ("proxy" for search trials, "final" after finalize),
     params_<name>      the sampler's raw params (same prefix as Optuna's trials_dataframe),
     cfg_<key>          the CompressionConfig dict flattened (lists become tuples),
     <metric>           every other trial user attr, flat under its own key,
@@ -18,22 +18,20 @@ attr, the user attr winning for a key present in both.
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from edgecompress.errors import EdgeCompressError
-from edgecompress.utils import runs_dir
+from edgecompress.study import attrs as A
+from edgecompress.study.attrs import study_objectives
+from edgecompress.study.constraints import satisfied
 
 PARAM_PREFIX = "params_"
 CONFIG_PREFIX = "cfg_"
 VIOLATION_PREFIX = "violation_"
-JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")  # as search/storage.py
-_RESERVED = {"config", "config_hash", "state_detail", "fail_reason", "violations", "artefact_dir"}
+_RESERVED = {A.CONFIG, A.CONFIG_HASH, A.STATE_DETAIL, A.FAIL_REASON, A.VIOLATIONS, A.ARTEFACT_DIR, A.FIDELITY}
 _STATE_DETAIL = {
     TrialState.COMPLETE: "complete",
     TrialState.FAIL: "failed",
@@ -41,18 +39,6 @@ _STATE_DETAIL = {
     TrialState.RUNNING: "running",
     TrialState.WAITING: "waiting",
 }
-
-
-def study_objectives(study: optuna.Study) -> list[dict[str, str]]:
-    """Objectives as [{"name", "direction"}] in trial.values order (user attr, else Optuna's names)."""
-    directions = [d.name.lower() for d in study.directions]
-    declared = study.user_attrs.get("objectives")
-    if declared:
-        out = [{"name": str(o["name"]), "direction": str(o["direction"]).lower()} for o in declared]
-        if len(out) == len(directions):
-            return out
-    names = study.metric_names or [f"value_{i}" for i in range(len(directions))]
-    return [{"name": n, "direction": d} for n, d in zip(names, directions, strict=False)]
 
 
 def _hashable(v: Any) -> Any:
@@ -75,15 +61,30 @@ def _violations(trial: FrozenTrial) -> dict[str, float]:
     return out
 
 
+class Feasibility(NamedTuple):
+    """The one feasibility rule: COMPLETE, not marked infeasible, and no constraint violated (> 0)."""
+
+    feasible: bool
+    state_detail: str
+    total_violation: float
+    violations: dict[str, float]
+
+
+def trial_feasibility(trial: FrozenTrial) -> Feasibility:
+    """Feasibility of a trial from its state, state_detail and stored constraints / violations."""
+    viol = _violations(trial)
+    total = float(sum(max(0.0, v) for v in viol.values() if not math.isnan(v)))
+    detail = trial.user_attrs.get(A.STATE_DETAIL) or _STATE_DETAIL.get(trial.state, trial.state.name.lower())
+    if trial.state == TrialState.COMPLETE and total > 0 and detail == "complete":
+        detail = "infeasible"
+    feasible = trial.state == TrialState.COMPLETE and satisfied(viol) and detail != "infeasible"
+    return Feasibility(bool(feasible), str(detail), total, viol)
+
+
 def trial_row(trial: FrozenTrial, objectives: list[dict[str, str]]) -> dict[str, Any]:
     """One frame row for one trial (see the module docstring for the columns)."""
     ua = trial.user_attrs
-    viol = _violations(trial)
-    total = float(sum(max(0.0, v) for v in viol.values() if not math.isnan(v)))
-    detail = ua.get("state_detail") or _STATE_DETAIL.get(trial.state, trial.state.name.lower())
-    if trial.state == TrialState.COMPLETE and total > 0 and detail == "complete":
-        detail = "infeasible"
-    feasible = trial.state == TrialState.COMPLETE and total <= 0 and detail != "infeasible"
+    feasible, detail, total, viol = trial_feasibility(trial)
     row: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name,
@@ -98,6 +99,7 @@ def trial_row(trial: FrozenTrial, objectives: list[dict[str, str]]) -> dict[str,
     row["fail_reason"] = ua.get("fail_reason")
     row["latency_source"] = ua.get("latency_source")
     row["device"] = ua.get("device")
+    row["fidelity"] = ua.get(A.FIDELITY, A.DEFAULT_FIDELITY)
     for k, v in trial.params.items():
         row[PARAM_PREFIX + k] = _hashable(v)
     config = ua.get("config")
@@ -135,7 +137,7 @@ def study_to_frame(study: optuna.Study) -> pd.DataFrame:
     df.attrs["study_name"] = study.study_name
     df.attrs["objectives"] = objectives
     df.attrs["constraints"] = {
-        k: v for k, v in (study.user_attrs.get("constraints") or {}).items() if v is not None
+        k: v for k, v in (study.user_attrs.get(A.CONSTRAINTS_ATTR) or {}).items() if v is not None
     }
     return df
 
@@ -169,102 +171,26 @@ def _guess_direction(name: str) -> str:
     return "maximize" if "accuracy" in name else "minimize"
 
 
-# ---- loading --------------------------------------------------------------------------------------
+def as_frame(study_or_frame: Any, storage: Any = None) -> pd.DataFrame:
+    """A trial frame from a frame (returned as is), an optuna.Study, or a study name / URL / path."""
+    if isinstance(study_or_frame, pd.DataFrame):
+        return study_or_frame
+    from edgecompress.study.storage import load_study
+
+    return study_to_frame(load_study(study_or_frame, storage))
 
 
-def _list_studies(storage: Any) -> list[str]:
-    try:
-        return sorted(optuna.get_all_study_names(storage))
-    except Exception:  # noqa: BLE001 - listing is best effort inside an error message
-        return []
-
-
-def _journal(path: Path) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def _storage_for_path(path: Path) -> Any:
-    if path.suffix in JOURNAL_SUFFIXES:
-        return _journal(path)
-    return f"sqlite:///{path}"
-
-
-def _local_studies() -> list[str]:
-    root = runs_dir()
-    if not root.is_dir():
-        return []
-    return sorted(p.stem for p in root.iterdir() if p.suffix in (".db", *JOURNAL_SUFFIXES))
-
-
-def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any = None) -> optuna.Study:
-    """Open a stored study.
-
-    A bare name maps to <runs_dir()>/<name>.journal when it exists, else sqlite:///<runs_dir()>/<name>.db
-    (search/storage.py's default); a storage URL (`sqlite:///x.db`, `postgresql://...`,
-    `journal:path`) or a .db/.journal path opens the only study there; with `storage` given,
-    `name_or_url` is the study name in it (a URL/path string or an Optuna storage object).
-    """
-    if isinstance(name_or_url, optuna.Study):
-        return name_or_url
-    text = str(name_or_url)
-    study_name: str | None
-    where: str
-    if storage is not None:
-        store = storage
-        if isinstance(storage, str) and storage.startswith("journal:"):
-            store = _journal(Path(storage.removeprefix("journal://").removeprefix("journal:")))
-        elif isinstance(storage, str) and "://" not in storage:
-            store = _storage_for_path(Path(storage))
-        study_name, where = text, str(storage)
-    elif text.startswith("journal:"):
-        path = Path(text.removeprefix("journal://").removeprefix("journal:"))
-        if not path.exists():
-            raise EdgeCompressError(f"no study storage at {text}: {path} does not exist")
-        study_name, store, where = None, _journal(path), text
-    elif "://" in text:
-        study_name, store, where = None, text, text
-        if text.startswith("sqlite:///") and text != "sqlite:///:memory:":
-            db = Path(text[len("sqlite:///") :])
-            if not db.exists():
-                raise EdgeCompressError(f"no study storage at {text}: {db} does not exist")
-    elif text.endswith((".db", *JOURNAL_SUFFIXES)) or os.sep in text:
-        path = Path(text)
-        if not path.exists():
-            raise EdgeCompressError(f"no study storage at {path}: the file does not exist")
-        study_name, store, where = None, _storage_for_path(path), str(path)
-    else:
-        root = runs_dir()
-        candidates = [root / f"{text}.journal", root / f"{text}.db"]
-        candidates += [root / f"{text}{s}" for s in JOURNAL_SUFFIXES[1:]]
-        found = next((p for p in candidates if p.exists()), None)
-        if found is None:
-            known = _local_studies()
-            listing = ", ".join(known) if known else "none"
-            raise EdgeCompressError(
-                f"study {text!r} not found: no {candidates[1]} or {candidates[0].name} "
-                f"(studies in {root}: {listing})"
-            )
-        study_name, store, where = text, _storage_for_path(found), str(found)
-    names = _list_studies(store)
-    if study_name is not None and storage is None and study_name not in names and len(names) == 1:
-        study_name = names[0]  # runs/<name>.db holding one study under another name
-    if study_name is None:
-        if len(names) == 1:
-            study_name = names[0]
-        elif not names:
-            raise EdgeCompressError(f"no studies in {where}")
-        else:
-            raise EdgeCompressError(
-                f"{where} holds several studies ({', '.join(names)}): "
-                "name one, e.g. load_study(NAME, storage=...)"
-            )
-    try:
-        return optuna.load_study(study_name=study_name, storage=store)
-    except KeyError:
-        listing = ", ".join(names) if names else "none"
-        raise EdgeCompressError(
-            f"study {study_name!r} not found in {where} (studies there: {listing})"
-        ) from None
+def counts(df: pd.DataFrame) -> dict[str, int]:
+    """Trials of a frame by outcome: total, complete, feasible, infeasible, failed, pruned, running."""
+    state = df["state"] if "state" in df else pd.Series([], dtype=object)
+    complete = state == "COMPLETE"
+    feasible = df["feasible"].astype(bool) if "feasible" in df else complete
+    return {
+        "total": len(df),
+        "complete": int(complete.sum()),
+        "feasible": int((complete & feasible).sum()),
+        "infeasible": int((complete & ~feasible).sum()),
+        "failed": int((state == "FAIL").sum()),
+        "pruned": int((state == "PRUNED").sum()),
+        "running": int(state.isin(["RUNNING", "WAITING"]).sum()),
+    }

@@ -1,0 +1,210 @@
+"""Where studies live, in one place: default locations, storage objects for URLs and paths, loading.
+
+Default location for study NAME (utils.runs_dir(), ./runs unless EDGECOMPRESS_RUNS is set):
+    runs/NAME.journal   when it exists, or when a fresh study is run with --workers > 1
+    sqlite:///runs/NAME.db   otherwise
+`load_study(name)` finds a study wherever the search put it by default; it also takes a storage URL
+(sqlite:///x.db, postgresql://..., journal:path) or a .db/.journal path.
+
+RDB storages made by `make_storage(url, heartbeat=True)` run Optuna's heartbeat: a trial whose heartbeat
+is older than the grace period becomes FAIL and is re-queued once (RetryHeartbeatStaleTrialCallback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.utils import runs_dir
+
+__all__ = [
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "check_study_name",
+    "default_storage_url", "is_journal", "list_local_studies", "load_study", "make_storage", "storage_for_path",
+]
+
+HEARTBEAT_INTERVAL_S = 30
+GRACE_PERIOD_S = 120
+MAX_RETRY = 1  # a trial whose search process died is re-queued once: a config that died twice is not
+JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+
+
+def default_storage_url(study_name: str, workers: int = 1) -> str:
+    """The storage a study uses when none is given (see the module docstring)."""
+    check_study_name(study_name)
+    journal = runs_dir() / f"{study_name}.journal"
+    db = runs_dir() / f"{study_name}.db"
+    if journal.exists() or (workers > 1 and not db.exists()):
+        return str(journal)
+    return f"sqlite:///{db}"
+
+
+def is_journal(url: str) -> bool:
+    return url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES)
+
+
+def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
+    """Storage object for a URL: a journal file path, or an SQLAlchemy URL (sqlite://, postgresql://...)."""
+    if is_journal(url):
+        path = Path(url.removeprefix("journal://").removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if "://" not in url:
+        raise ConfigError(
+            f"--storage {url!r}: expected an SQLAlchemy URL (sqlite:///x.db, postgresql://...) or a "
+            f"journal file path ending in {'/'.join(JOURNAL_SUFFIXES)}"
+        )
+    if url.startswith("sqlite:///"):
+        _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):  # several processes may write: wait for the lock instead of failing
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if heartbeat:
+            kwargs.update(
+                heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            )
+        try:
+            storage = RDBStorage(url, **kwargs)
+        except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+            raise ConfigError(f"--storage {url!r}: cannot open ({type(e).__name__}: {e})") from None
+    if url.startswith("sqlite"):
+        from sqlalchemy import event
+
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # later connections get the pragmas
+    return storage
+
+
+def _prepare_sqlite(path: Path) -> None:
+    """Create the file in WAL mode: one fsync per commit instead of three (Optuna commits every attr)."""
+    import sqlite3
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
+        con.execute("PRAGMA journal_mode=WAL")
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    """WAL + synchronous=NORMAL: commits survive a killed process; only a power cut may lose the last."""
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+
+
+def check_study_name(name: str) -> None:
+    """A study name is usable as a file name under runs/ (ConfigError otherwise)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ConfigError(f"--study {name!r}: a study name must be non-empty, without '/', not start with '.'")
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+
+def _list_studies(storage: Any) -> list[str]:
+    try:
+        return sorted(optuna.get_all_study_names(storage))
+    except Exception:  # noqa: BLE001 - listing is best effort inside an error message
+        return []
+
+
+def _journal(path: Path) -> Any:
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def storage_for_path(path: str | os.PathLike[str]) -> Any:
+    """Storage for a file: a JournalStorage for .journal/.log/.jsonl, else an sqlite:/// URL."""
+    path = Path(path)
+    if path.suffix in JOURNAL_SUFFIXES:
+        return _journal(path)
+    return f"sqlite:///{path}"
+
+
+def list_local_studies() -> list[str]:
+    """Names of the studies stored under runs/ by default."""
+    root = runs_dir()
+    if not root.is_dir():
+        return []
+    return sorted(p.stem for p in root.iterdir() if p.suffix in (".db", *JOURNAL_SUFFIXES))
+
+
+def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any = None) -> optuna.Study:
+    """Open a stored study.
+
+    A bare name maps to <runs_dir()>/<name>.journal when it exists, else sqlite:///<runs_dir()>/<name>.db
+    (the search's default); a storage URL (`sqlite:///x.db`, `postgresql://...`,
+    `journal:path`) or a .db/.journal path opens the only study there; with `storage` given,
+    `name_or_url` is the study name in it (a URL/path string or an Optuna storage object).
+    """
+    if isinstance(name_or_url, optuna.Study):
+        return name_or_url
+    text = str(name_or_url)
+    study_name: str | None
+    where: str
+    if storage is not None:
+        store = storage
+        if isinstance(storage, str) and storage.startswith("journal:"):
+            store = _journal(Path(storage.removeprefix("journal://").removeprefix("journal:")))
+        elif isinstance(storage, str) and "://" not in storage:
+            store = storage_for_path(Path(storage))
+        study_name, where = text, str(storage)
+    elif text.startswith("journal:"):
+        path = Path(text.removeprefix("journal://").removeprefix("journal:"))
+        if not path.exists():
+            raise EdgeCompressError(f"no study storage at {text}: {path} does not exist")
+        study_name, store, where = None, _journal(path), text
+    elif "://" in text:
+        study_name, store, where = None, text, text
+        if text.startswith("sqlite:///") and text != "sqlite:///:memory:":
+            db = Path(text[len("sqlite:///") :])
+            if not db.exists():
+                raise EdgeCompressError(f"no study storage at {text}: {db} does not exist")
+    elif text.endswith((".db", *JOURNAL_SUFFIXES)) or os.sep in text:
+        path = Path(text)
+        if not path.exists():
+            raise EdgeCompressError(f"no study storage at {path}: the file does not exist")
+        study_name, store, where = None, storage_for_path(path), str(path)
+    else:
+        root = runs_dir()
+        candidates = [root / f"{text}.journal", root / f"{text}.db"]
+        candidates += [root / f"{text}{s}" for s in JOURNAL_SUFFIXES[1:]]
+        found = next((p for p in candidates if p.exists()), None)
+        if found is None:
+            known = list_local_studies()
+            listing = ", ".join(known) if known else "none"
+            raise EdgeCompressError(
+                f"study {text!r} not found: no {candidates[1]} or {candidates[0].name} "
+                f"(studies in {root}: {listing})"
+            )
+        study_name, store, where = text, storage_for_path(found), str(found)
+    names = _list_studies(store)
+    if study_name is not None and storage is None and study_name not in names and len(names) == 1:
+        study_name = names[0]  # runs/<name>.db holding one study under another name
+    if study_name is None:
+        if len(names) == 1:
+            study_name = names[0]
+        elif not names:
+            raise EdgeCompressError(f"no studies in {where}")
+        else:
+            raise EdgeCompressError(
+                f"{where} holds several studies ({', '.join(names)}): "
+                "name one, e.g. load_study(NAME, storage=...)"
+            )
+    try:
+        return optuna.load_study(study_name=study_name, storage=store)
+    except KeyError:
+        listing = ", ".join(names) if names else "none"
+        raise EdgeCompressError(
+            f"study {study_name!r} not found in {where} (studies there: {listing})"
+        ) from None
