@@ -39,7 +39,7 @@ from edgecompress.search.objective import (
 from edgecompress.search.optuna_runner import (
     ProgressFn,
     SearchSummary,
-    _build_evaluator,
+    build_trial_evaluator,
     create_or_load_study,
     front_rows,
     initial_points,
@@ -76,7 +76,7 @@ def _trainable_factory(
         if source is not None:
             tune.report({METRIC: source.user_attrs.get("accuracy", 0.0), "ec_cached_from": source.number})
             return
-        ev = evaluator or (evaluator_factory or _build_evaluator)(exp)
+        ev = evaluator or (evaluator_factory or build_trial_evaluator)(exp)
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             tune.report({METRIC: float(val_accuracy), "epoch": int(epoch)})
