@@ -232,7 +232,7 @@ def run_search(
                                          exp.budget.population, space)
             notes += warns
             study.sampler = built
-            evaluator = evaluator or _build_evaluator(exp)
+            evaluator = evaluator or build_trial_evaluator(exp)
             objective = make_objective(
                 space, evaluator, study_dir(study_name), exp.objectives, exp.constraints, cache=True
             )
@@ -270,7 +270,7 @@ def _opt_int(v: Any) -> int | None:
     return None if v is None or v != v else int(v)
 
 
-def _build_evaluator(exp: ExperimentConfig) -> Evaluator:
+def build_trial_evaluator(exp: ExperimentConfig) -> Evaluator:
     """The real evaluator; with budget.isolation "process" it runs each trial in a worker process, so a
     native crash or hang fails that trial only, and finetune.max_seconds is enforced by a kill."""
     from edgecompress.evaluators.evaluate import build_evaluator
@@ -293,7 +293,7 @@ def _worker_main(
     store = make_storage(url)
     study, _ = create_or_load_study(exp, study_name, store)
     study.sampler = make_sampler(sampler_name, seed, total, exp.budget.population, space)[0]
-    evaluator = evaluator or _build_evaluator(exp)
+    evaluator = evaluator or build_trial_evaluator(exp)
     objective = make_objective(space, evaluator, study_dir(study_name), exp.objectives, exp.constraints)
     try:
         run_loop(study, store, objective, total, deadline, runs_dir() / f"{study_name}.lock")

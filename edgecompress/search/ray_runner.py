@@ -1,9 +1,36 @@
 """Ray Tune backend: OptunaSearch (same sampler and space) + ASHA on per-epoch validation accuracy.
 
 The Optuna study stays the system of record: every finished Ray trial is added to it (create_trial with the
-same user attrs, constraints and artefact folder runs/<study>/trials/<number>/) by a Tune callback in the
-driver, so results/ and cascade/ do not care which backend ran. The searcher samples from an in-memory
-copy of the study's finished trials (warm start on resume). Ray is imported only here.
+same user attrs, constraints and artefact folder runs/<study>/trials/<number>/) by the driver, so results/
+and cascade/ do not care which backend ran. The searcher is Ray's stock OptunaSearch; it samples from an
+in-memory mirror of the study's finished trials (warm start on resume). Ray is imported only here, and only
+its public API is used.
+
+What the trainable reports, and what the stock OptunaSearch and the study make of each outcome.
+OptunaSearch.on_trial_complete(trial_id, result, error) tells the mirror COMPLETE with
+`[result.get(m) for m in metric]` when Tune passes a result (the trial's last one); without a result, FAIL
+if the trial errored, else PRUNED (a trial still pending when the search stops).
+- per epoch: {"val_accuracy", "epoch"} only (ASHA's metric). `metric` is passed as a list even for one
+  objective: OptunaSearch then ignores intermediate results (for a str metric it would index them).
+- complete / infeasible evaluation: the final report carries the objective values flat under the objective
+  names (e.g. {"accuracy": 0.91, "latency_ms": 0.12}), plus val_accuracy and the EvalResult ("ec_result"):
+  OptunaSearch tells COMPLETE with them, and the driver's Tune callback writes COMPLETE with the same values.
+- served from the config cache: the final report carries the cached trial's values the same way: COMPLETE
+  in both (the study's copy points at its source with "cached_from").
+- failed evaluation (the evaluator raised or returned "failed", or an objective is missing / not finite):
+  the trainable reports the EvalResult (without val_accuracy, so ASHA does not act on it) and then raises
+  TrialFailed, so Tune marks the trial errored: OptunaSearch is told error=True without a result -> FAIL.
+  The driver writes errored trials after tuner.fit() from its ResultGrid: FAIL, fail_reason from the
+  reported EvalResult, else the last line of Result.error (the trainable died before reporting). If fit()
+  is interrupted (a second Ctrl-C) there is no ResultGrid: they are written with a generic reason.
+- stopped by ASHA (or by the time budget) after a per-epoch report: OptunaSearch gets that last result,
+  which has no objective values, and tries to tell COMPLETE with None; Optuna refuses it (ValueError, which
+  OptunaSearch catches and logs; we drop that log line), so the mirror trial stays RUNNING, never a
+  COMPLETE with made-up values. TPE (no constant liar), NSGA-II, random and QMC ignore RUNNING trials; the
+  grid sampler counts them as started (offered again only once every grid point has started). The study
+  records PRUNED, with the last per-epoch accuracy as intermediate value.
+A failed evaluation is raised rather than reported with placeholder values because any values told to the
+mirror would steer the sampler; an errored Tune trial is the public way to get FAIL told.
 
 Cluster: `ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then
 `edgecompress search ... --backend ray --address HEAD:6379 --storage postgresql://...` (a storage every
@@ -12,6 +39,7 @@ node can reach; trials write artefacts under runs/ of the node they ran on, then
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -27,6 +55,7 @@ from edgecompress.evaluators.result import EvalResult
 from edgecompress.search.objective import (
     BOOKKEEPING_ATTRS,
     Evaluator,
+    TrialFailed,
     active_constraints,
     constraint_values,
     find_cached,
@@ -39,7 +68,7 @@ from edgecompress.search.objective import (
 from edgecompress.search.optuna_runner import (
     ProgressFn,
     SearchSummary,
-    _build_evaluator,
+    build_trial_evaluator,
     create_or_load_study,
     front_rows,
     initial_points,
@@ -48,8 +77,8 @@ from edgecompress.search.optuna_runner import (
 )
 from edgecompress.search.progress import is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.storage import default_storage_url, make_storage
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study.storage import default_storage_url, make_storage
 from edgecompress.utils import runs_dir
 
 METRIC = "val_accuracy"
@@ -59,7 +88,11 @@ def _trainable_factory(
     exp: ExperimentConfig, space: Any, url: str, study_name: str, folder: Path,
     evaluator: Evaluator | None, evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None,
 ) -> Callable[[dict[str, Any]], None]:
-    """The Tune function trainable: evaluate one config (or reuse the study's cached result)."""
+    """The Tune function trainable: evaluate one config (or reuse the study's cached result).
+
+    Its final report carries the objective values flat by objective name (what OptunaSearch reads); a
+    failed evaluation is reported, then raised as TrialFailed (see the module docstring)."""
+    names = [o.name for o in exp.objectives]
 
     def trainable(params: dict[str, Any]) -> None:
         from ray import tune
@@ -74,9 +107,10 @@ def _trainable_factory(
         except Exception:  # noqa: BLE001
             source = None
         if source is not None:
-            tune.report({METRIC: source.user_attrs.get("accuracy", 0.0), "ec_cached_from": source.number})
+            tune.report({METRIC: source.user_attrs.get("accuracy", 0.0), **dict(zip(names, source.values)),
+                         "ec_cached_from": source.number})
             return
-        ev = evaluator or (evaluator_factory or _build_evaluator)(exp)
+        ev = evaluator or (evaluator_factory or build_trial_evaluator)(exp)
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             tune.report({METRIC: float(val_accuracy), "epoch": int(epoch)})
@@ -89,15 +123,25 @@ def _trainable_factory(
             if ev is not evaluator and callable(getattr(ev, "close", None)):
                 ev.close()  # a trial worker process built for this trial
         result.config = config
-        acc = result.metrics.get("accuracy")
-        tune.report({METRIC: float(acc) if acc is not None else 0.0, "ec_result": result.to_dict(),
-                     "ec_artefacts": str(out)})
+        values: tuple[float, ...] | None = None
+        if result.state in ("complete", "infeasible"):
+            try:
+                values = objective_values(exp.objectives, result.metrics, result.state)
+            except TrialFailed as e:
+                result.state, result.fail_reason = "failed", str(e)
+        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out)}
+        if values is not None:
+            acc = result.metrics.get("accuracy")
+            final = {METRIC: float(acc) if acc is not None else 0.0, **dict(zip(names, values)), **final}
+        tune.report(final)
+        if result.state == "failed":  # Tune marks the trial errored: OptunaSearch tells FAIL
+            raise TrialFailed(result.fail_reason or "evaluation failed")
 
     return trainable
 
 
 class _StudyWriter:
-    """Driver-side: turn each finished Tune trial into a trial of the Optuna study."""
+    """Driver-side: turn each finished Tune trial (its config and last result) into a trial of the study."""
 
     def __init__(self, study: optuna.Study, exp: ExperimentConfig, space: Any, folder: Path,
                  on_trial: Callable[[], None]) -> None:
@@ -105,24 +149,39 @@ class _StudyWriter:
         self.bounds = active_constraints(exp.constraints)
         self.distributions = space.distributions()
         self.on_trial = on_trial
+        self.written: set[str] = set()  # Tune trial ids already in the study
+        self.errored: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # id -> (config, last result)
 
-    def write(self, tune_trial: Any, error: str | None = None) -> None:
-        params = {k: tune_trial.config[k] for k in self.space.param_names}
+    def reported_values(self, result: dict[str, Any]) -> list[float] | None:
+        """The objective values of a final report, in objective order (None unless all are there)."""
+        values = [result.get(o.name) for o in self.exp.objectives]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+            return None
+        return [float(v) for v in values]
+
+    def write(self, tune_config: dict[str, Any], last_result: dict[str, Any] | None, trial_id: str,
+              error: str | None = None) -> None:
+        """Add one Tune trial to the study (once per trial id); `error`: the trial errored (-> FAIL)."""
+        if str(trial_id) in self.written:
+            return
+        self.written.add(str(trial_id))
+        params = {k: tune_config[k] for k in self.space.param_names}
         config = self.space.from_params(params)
-        result = dict(tune_trial.last_result or {})
+        result = dict(last_result or {})
         number = len(self.study.get_trials(deepcopy=False))  # the driver is the only writer
         folder = trial_dir(self.folder, number)
         folder.mkdir(parents=True, exist_ok=True)
         attrs: dict[str, Any] = {"config": config.to_dict(), "config_hash": config.config_hash(),
-                                 "artefact_dir": str(folder), "ray_trial_id": str(tune_trial.trial_id)}
-        values, constraints, state = None, None, TrialState.PRUNED
+                                 "artefact_dir": str(folder), "ray_trial_id": str(trial_id)}
+        values, constraints = None, None
         curve = {}
+        reported = self.reported_values(result)
         if "ec_cached_from" in result:
             source = self.study.trials[int(result["ec_cached_from"])]
             attrs.update({k: v for k, v in source.user_attrs.items() if k not in ("artefact_dir", "ray_trial_id")})
             attrs.update(artefact_dir=str(folder), cached_from=source.number)
             link_artefacts(Path(source.user_attrs.get("artefact_dir", "")), folder)
-            values, constraints, state = list(source.values), dict(source.constraints), TrialState.COMPLETE
+            values, constraints = reported or list(source.values), dict(source.constraints)
             metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
             ev = EvalResult(config=config, state=source.user_attrs.get("state_detail", "complete"),
                             metrics=metrics, violations=source.user_attrs.get("violations", {}))
@@ -134,21 +193,21 @@ class _StudyWriter:
                     shutil.move(str(f), folder / f.name)
                 shutil.rmtree(src, ignore_errors=True)
             if ev.state in ("complete", "infeasible"):
-                try:
-                    values = list(objective_values(self.exp.objectives, ev.metrics, ev.state))
+                if reported is None:
+                    ev.state, ev.fail_reason = "failed", "the final report has no objective values"
+                else:
+                    values = reported
                     constraints = constraint_values(self.bounds, ev.metrics, ev.violations)
-                    state = TrialState.COMPLETE
-                except Exception as e:  # noqa: BLE001
-                    ev.state, ev.fail_reason = "failed", str(e)
-            if ev.state == "failed":
-                state = TrialState.FAIL
-            attrs.update(result_attrs(ev, folder))
         else:  # stopped by ASHA (or errored) before the final report
-            ev = EvalResult(config=config, state="failed" if error else "pruned", fail_reason=error)
-            state = TrialState.FAIL if error else TrialState.PRUNED
+            ev = EvalResult(config=config, state="pruned")
+            if METRIC in result:
+                curve = {int(result.get("epoch", 0)): float(result[METRIC])}
+        if error is not None and ev.state != "failed":  # OptunaSearch told the mirror FAIL: so does the study
+            ev.state, ev.fail_reason, values, constraints = "failed", error, None, None
+        if "ec_cached_from" not in result or ev.state == "failed":
             attrs.update(result_attrs(ev, folder))
-        if METRIC in result and "ec_result" not in result and "ec_cached_from" not in result:
-            curve = {int(result.get("epoch", 0)): float(result[METRIC])}
+        state = TrialState.COMPLETE if values is not None else (
+            TrialState.FAIL if ev.state == "failed" else TrialState.PRUNED)
         ev.artefact_dir = str(folder)
         write_trial_files(folder, config, {**ev.to_dict(), "trial": number, "values": values,
                                            "cached_from": attrs.get("cached_from")})
@@ -157,6 +216,32 @@ class _StudyWriter:
             user_attrs=attrs, intermediate_values=curve or None, constraints=constraints,
         ))
         self.on_trial()
+
+    def write_errored(self, grid: Any) -> None:
+        """Write the errored trials (kept by the callback) with their error from tuner.fit()'s ResultGrid;
+        without a grid (interrupted) with a generic reason."""
+        errors: dict[str, str] = {}
+        for r in grid if grid is not None else ():
+            if r.error is not None:
+                tid = str((r.metrics or {}).get("trial_id", ""))
+                errors[tid] = _error_line(r.error)
+                if tid not in self.errored and r.config is not None:
+                    self.errored[tid] = (r.config, r.metrics or {})
+        for tid, (config, last) in list(self.errored.items()):
+            self.write(config, last, tid, error=errors.get(tid, "Ray trial error (search interrupted)"))
+
+
+def _error_line(error: BaseException) -> str:
+    """One line for fail_reason: the last line of the error's text (a remote error's text is a traceback)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:500]
+
+
+class _DropNoneTell(logging.Filter):
+    """Drops OptunaSearch's log line for a trial stopped before its final report (the module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "could not be cast to float" not in record.getMessage()
 
 
 def run_ray_search(
@@ -216,8 +301,8 @@ def run_ray_search(
         optuna.create_study(study_name=study_name, storage=mirror,
                             directions=[o.direction for o in exp.objectives]).add_trials(
             [t for t in finished if set(t.distributions) == set(space.param_names)])
-        searcher = _searcher_class(OptunaSearch)(
-            space=space.distributions(), metric=[o.name for o in exp.objectives],
+        searcher = OptunaSearch(
+            space=space.distributions(), metric=[o.name for o in exp.objectives],  # a list even for one
             mode=["max" if o.direction == "maximize" else "min" for o in exp.objectives],
             points_to_evaluate=points or None, sampler=built, study_name=study_name, storage=mirror,
         )
@@ -238,6 +323,12 @@ def run_ray_search(
             ray.init(**init_kw)
         # per-epoch reports carry val_accuracy only; the objectives come with the final report
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        # a failed evaluation is an errored Tune trial: its reason goes to the study, not a traceback on screen
+        os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+        quiet = _DropNoneTell()
+        searcher_log = logging.getLogger(OptunaSearch.__module__)
+        searcher_log.addFilter(quiet)
+        grid = None
         try:
             tuner = tune.Tuner(
                 tune.with_resources(trainable, {"cpu": cpus_per_trial, "gpu": gpus_per_trial}),
@@ -250,12 +341,16 @@ def run_ray_search(
                     callbacks=[_callback(writer)], verbose=0,
                 ),
             )
-            tuner.fit()
+            grid = tuner.fit()
         except KeyboardInterrupt:
             interrupted = True
         finally:
-            if own_ray:
-                ray.shutdown()
+            searcher_log.removeFilter(quiet)
+            try:
+                writer.write_errored(grid)
+            finally:
+                if own_ray:
+                    ray.shutdown()
     stats = study_stats(study, total, started, at_start)
     return SearchSummary(
         study_name=study_name, storage=url, sampler=sampler_name, backend="ray", target=total, stats=stats,
@@ -273,47 +368,15 @@ def _max_epochs(exp: ExperimentConfig, space: Any) -> int:
     return max(1, exp.finetune.epochs)
 
 
-def _searcher_class(base: type) -> type:
-    """OptunaSearch that tells PRUNED/FAIL (not a broken COMPLETE) when the objectives were not reported."""
-
-    class _Searcher(base):  # type: ignore[misc, valid-type]
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None or trial_id in self._completed_trials:
-                return
-            ev = (result or {}).get("ec_result")
-            state, values = (TrialState.FAIL if error else TrialState.PRUNED), None
-            if ev is not None and ev.get("state") in ("complete", "infeasible"):
-                try:
-                    values = list(objective_values([{"name": m, "direction": "maximize" if d == "max" else
-                                                     "minimize"} for m, d in zip(self._metric, self._mode)],
-                                                   ev.get("metrics", {}), ev["state"]))
-                    state = TrialState.COMPLETE
-                except Exception:  # noqa: BLE001
-                    state = TrialState.FAIL
-            elif ev is not None and ev.get("state") == "failed":
-                state = TrialState.FAIL
-            elif result and "ec_cached_from" in result:
-                state = TrialState.PRUNED  # the cached twin is already in the mirror
-            self._ot_study.tell(ot_trial, values, state=state)
-            self._completed_trials.add(trial_id)
-
-    return _Searcher
-
-
 def _callback(writer: _StudyWriter) -> Any:
     from ray.tune import Callback
 
     class _WriteToStudy(Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            writer.write(trial)
+            writer.write(trial.config, trial.last_result, trial.trial_id)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            err = "Ray trial error"
-            try:
-                err = Path(trial.error_file).read_text().strip().splitlines()[-1][:500]
-            except Exception:  # noqa: BLE001
-                pass
-            writer.write(trial, error=err)
+            # written after fit(), with the error from the ResultGrid (write_errored)
+            writer.errored[str(trial.trial_id)] = (dict(trial.config), dict(trial.last_result or {}))
 
     return _WriteToStudy()

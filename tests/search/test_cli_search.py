@@ -39,7 +39,7 @@ def _write(tmp_path: Path, exp) -> Path:  # noqa: ANN001
 
 def test_cli_search_runs_resumes_and_prints_front(fakes, fake_evaluator, tmp_path: Path, monkeypatch,
                                                   capsys) -> None:
-    monkeypatch.setattr(optuna_runner, "_build_evaluator", lambda exp: fake_evaluator)
+    monkeypatch.setattr(optuna_runner, "build_trial_evaluator", lambda exp: fake_evaluator)
     cfg = _write(tmp_path, fakes.small_experiment())
     main(["search", str(cfg), "--study", "cli", "--trials", "3", "--no-progress", "--seed", "1"])
     main(["search", str(cfg), "--study", "cli", "--trials", "5", "--no-progress", "--set", "budget.sampler=random"])

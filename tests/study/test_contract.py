@@ -145,14 +145,30 @@ def test_top_level_api_is_complete_and_light() -> None:
 
 
 def _private_imports(package: Path) -> list[str]:
-    """`from edgecompress.x import _name` and `edgecompress.x._name` uses across modules."""
+    """`from edgecompress.x import _name` and `module._name` on an imported edgecompress module, across modules."""
     found = []
+
+    def is_module(dotted: str) -> bool:
+        rel = Path(*dotted.split("."))
+        return (package.parent / rel).with_suffix(".py").is_file() or (package.parent / rel / "__init__.py").is_file()
+
     for path in sorted(package.rglob("*.py")):
         tree = ast.parse(path.read_text(), str(path))
+        modules: set[str] = set()  # local names bound to edgecompress modules
+        where = path.relative_to(package.parent)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgecompress"):
-                found += [f"{path.relative_to(package.parent)}: {node.module}.{a.name}" for a in node.names
-                          if a.name.startswith("_") and not a.name.startswith("__")]
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        found.append(f"{where}: {node.module}.{a.name}")
+                    if is_module(f"{node.module}.{a.name}"):
+                        modules.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname for a in node.names if a.name.startswith("edgecompress") and a.asname}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                    and node.attr.startswith("_") and not node.attr.startswith("__")):
+                found.append(f"{where}:{node.lineno}: {node.value.id}.{node.attr}")
     return found
 
 
