@@ -1,10 +1,12 @@
-"""Small shared helpers: stable hashing of configs, atomic file writes, seeding."""
+"""Small shared helpers: stable hashing of configs, atomic file writes, seeding, JSON-friendly values."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -71,6 +73,37 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def plain(v: Any, *, keep_nonfinite: bool = False, flat: bool = False) -> Any:
+    """A JSON/YAML-friendly copy of `v` (user attributes, export configs, report data).
+
+    numpy scalars become Python scalars and arrays lists; tuples and lists become lists and dicts dicts with
+    str keys (recursively); str subclasses, Paths, timestamps and other objects become str; NaT and pd.NA
+    become None. NaN and +-inf become None unless `keep_nonfinite` (Optuna's JSON storage keeps them).
+    `flat`: a tuple, list or dict becomes the str of its plain form (one table cell or hover line).
+    """
+    if isinstance(v, np.ndarray):
+        v = v.tolist()
+    elif isinstance(v, np.generic):
+        v = v.item()
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, (int, float)):
+        return v if keep_nonfinite or math.isfinite(v) else None
+    if isinstance(v, str):
+        return str(v)  # str subclasses (numpy str_, torch's TorchVersion) are not yaml.safe_dump-able
+    if isinstance(v, (tuple, list, dict)):
+        if isinstance(v, dict):
+            out: Any = {str(k): plain(x, keep_nonfinite=keep_nonfinite) for k, x in v.items()}
+        else:
+            out = [plain(x, keep_nonfinite=keep_nonfinite) for x in v]
+        return str(out) if flat else out
+    if isinstance(v, _dt.datetime) and v != v:  # pandas NaT: the one datetime unequal to itself
+        return None
+    if type(v).__name__ == "NAType":  # pandas.NA, without importing pandas here
+        return None
+    return str(v)
 
 
 def seed_everything(seed: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -40,7 +39,7 @@ from edgecompress.study.attrs import study_experiment
 from edgecompress.study.frame import study_to_frame
 from edgecompress.study.front import front
 from edgecompress.study.storage import load_study
-from edgecompress.utils import replace_dir
+from edgecompress.utils import plain, replace_dir
 
 FORMAT = "edgecompress.export"
 FORMAT_VERSION = 1
@@ -287,20 +286,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, (np.integer, np.floating, np.bool_)):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, str):
-        return str(v)  # str subclasses (torch's TorchVersion) are not safe_dump-able
-    return v if isinstance(v, _METRIC_TYPES) or v is None else str(v)
-
-
 def versions() -> dict[str, str]:
     """Versions of the runtimes an exported model was built and checked with."""
     out = {"edgecompress": edgecompress.__version__, "torch": torch.__version__,
@@ -318,7 +303,7 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
     """The config.yaml content: everything needed to reproduce and to use the exported model."""
     metric_keys = [k for k, v in row.items() if isinstance(v, _METRIC_TYPES) and not k.startswith(
         ("params_", "cfg_", "violation_", "datetime"))]
-    metrics = {k: _plain(row[k]) for k in sorted(metric_keys)}
+    metrics = {k: plain(row[k]) for k in sorted(metric_keys)}
     files = {}
     for name in result.files:
         p = staging / name
@@ -331,22 +316,22 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
         "study": result.study,
         "trial": result.number,
         "selection": {"reason": result.selection.reason, "feasible": result.selection.feasible,
-                      "violations": _plain(result.selection.violations)},
+                      "violations": plain(result.selection.violations)},
         "compression": result.config.to_dict(),
         "config_hash": result.config.config_hash(),
         "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
         "seed": exp.seed,
         "input": {"size": size, "channels": data.in_chans, "layout": "NCHW", "dtype": "float32",
                   "preprocess": "pixels / 255, bilinear resize to size, then (x - mean) / std",
-                  "mean": _plain(list(getattr(split, "mean", []) or [])),
-                  "std": _plain(list(getattr(split, "std", []) or [])), "classes": list(data.classes)},
+                  "mean": plain(list(getattr(split, "mean", []) or [])),
+                  "std": plain(list(getattr(split, "std", []) or [])), "classes": list(data.classes)},
         "metrics": metrics,
         "device": {"export_device": device, "export_device_name": device_name(device), "threads": threads,
                    "search_device": metrics.get("device"), "search_device_name": metrics.get("device_name"),
                    "search_backend": metrics.get("backend")},
         "versions": versions(),
         "files": files,
-        "checks": [_plain(asdict(c)) for c in result.checks],
+        "checks": [plain(asdict(c)) for c in result.checks],
         "budget": {"max_latency_ms": result.max_latency_ms, "latency_check": result.latency_check},
         "problems": list(result.problems),
         "notes": precision_notes(result.config),
@@ -450,7 +435,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
                               "(pass --force to write it anyway)", result)
         doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging)
         with open(staging / FILES["config"], "w") as f:
-            yaml.safe_dump(_plain(doc), f, sort_keys=False)
+            yaml.safe_dump(plain(doc), f, sort_keys=False)
         replace_dir(staging, out_dir)
     finally:
         if staging.exists():

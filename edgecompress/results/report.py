@@ -11,7 +11,6 @@ import itertools
 import math
 import os
 import warnings
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from edgecompress.results.plots import format_value
 from edgecompress.study.frame import CONFIG_PREFIX, PARAM_PREFIX, counts, frame_objectives, study_to_frame
 from edgecompress.study.front import front, front_ranks
 from edgecompress.study.storage import load_study
-from edgecompress.utils import atomic_write_text
+from edgecompress.utils import atomic_write_text, plain
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 FRONT_TABLE_COLUMNS = (
@@ -32,25 +31,6 @@ FRONT_TABLE_COLUMNS = (
     "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", "latency_source",
 )
 _HOVER_SKIP = {"config", "datetime_start", "datetime_complete", "state"}
-
-
-def _plain(v: Any) -> Any:
-    """JSON-friendly scalar: numpy -> python, tuples -> str, missing -> None."""
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (np.floating,)):
-        v = float(v)
-    if isinstance(v, float) and math.isnan(v):
-        return None
-    if isinstance(v, (np.bool_,)):
-        return bool(v)
-    if isinstance(v, (tuple, list, dict)):
-        return str(list(v) if isinstance(v, tuple) else v)
-    if isinstance(v, (pd.Timestamp, datetime)):
-        return str(v)
-    if v is pd.NaT:
-        return None
-    return v
 
 
 def _param_dimension(name: str, values: pd.Series) -> dict[str, Any] | None:
@@ -103,7 +83,7 @@ def _check_cascade(cascade_info: Any) -> list[dict[str, Any]] | None:
             raise ValueError(
                 f"cascade_info[{k}]: expected a mapping with expected_latency_ms and accuracy, got {c!r}"
             ) from None
-        extra = {k2: _plain(v) for k2, v in dict(c).items()}
+        extra = {k2: plain(v, flat=True) for k2, v in dict(c).items()}
         out.append({**extra, "expected_latency_ms": lat, "accuracy": acc})
     return sorted(out, key=lambda c: c["expected_latency_ms"])
 
@@ -133,7 +113,7 @@ def _get_report_info(
         for col, v in row.items():
             if col in _HOVER_SKIP or col == "number":
                 continue
-            pv = _plain(v)
+            pv = plain(v, flat=True)
             if pv is not None:
                 hover[col] = pv
         points.append({
@@ -154,7 +134,7 @@ def _get_report_info(
     extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in front_df.columns and c not in names]
     table_cols = ["number", *names, *extra_cols]
     table_cols.append("feasible")
-    front_rows = [{c: _plain(r.get(c)) for c in table_cols} for r in front_df.to_dict("records")]
+    front_rows = [{c: plain(r.get(c), flat=True) for c in table_cols} for r in front_df.to_dict("records")]
 
     param_cols = [c for c in done.columns if c.startswith(PARAM_PREFIX)]
     if not param_cols:
@@ -195,7 +175,7 @@ def _get_report_info(
             if r.get("feasible") and r["latency_ms"] is not None and r["accuracy"] is not None
         ]
     failures = [
-        {"number": int(r["number"]), "fail_reason": _plain(r.get("fail_reason")) or ""}
+        {"number": int(r["number"]), "fail_reason": plain(r.get("fail_reason"), flat=True) or ""}
         for r in df[df["state"] == "FAIL"].to_dict("records")
     ] if "state" in df else []
 

@@ -11,7 +11,6 @@ infeasible because they were never trained. Failed and pruned trials are copied 
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
 from edgecompress.study.attrs import set_objectives, study_experiment, study_objectives
 from edgecompress.study.constraints import violations as constraint_violations
 from edgecompress.study.storage import JOURNAL_SUFFIXES, load_study, storage_for_path
-from edgecompress.utils import runs_dir
+from edgecompress.utils import is_finite_number, runs_dir
 
 #: user attrs that describe the device/latency of a measurement (replaced by the new measurement)
 LATENCY_KEYS = (
@@ -108,10 +107,6 @@ def _storage_label(store: Any) -> str:
     return store if isinstance(store, str) else type(store).__name__
 
 
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 class _Remeasurer:
     """Deploys and times models on the new device with the experiment's latency settings."""
 
@@ -152,7 +147,7 @@ class _Remeasurer:
 
 def _new_violations(old: dict[str, Any], metrics: dict[str, Any], exp: ExperimentConfig) -> dict[str, float]:
     """Old violations with the device-dependent ones recomputed from the new metrics."""
-    out = {k: float(v) for k, v in (old or {}).items() if _finite(v) and k not in _DEVICE_CONSTRAINTS}
+    out = {k: float(v) for k, v in (old or {}).items() if is_finite_number(v) and k not in _DEVICE_CONSTRAINTS}
     new = constraint_violations(metrics, exp.constraints, "pre")
     out.update({k: v for k, v in new.items() if k in _DEVICE_CONSTRAINTS})
     return out
@@ -162,7 +157,7 @@ def _objective_values(objectives: list[dict[str, str]], attrs: dict[str, Any]) -
     values = []
     for o in objectives:
         v = attrs.get(o["name"])
-        if not _finite(v):
+        if not is_finite_number(v):
             if o["name"] == "accuracy":
                 v = 0.0  # never fine-tuned: worst accuracy, as the search records it
             else:
@@ -218,8 +213,8 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
                           distributions=t.distributions, user_attrs=attrs,
                           intermediate_values=t.intermediate_values, constraints=constraints or None)
     acc = attrs.get("accuracy")
-    info = RetargetedTrial(t.number, -1, attrs["state_detail"], float(acc) if _finite(acc) else None,
-                           float(old_latency) if _finite(old_latency) else None, float(attrs["latency_ms"]),
+    info = RetargetedTrial(t.number, -1, attrs["state_detail"], float(acc) if is_finite_number(acc) else None,
+                           float(old_latency) if is_finite_number(old_latency) else None, float(attrs["latency_ms"]),
                            attrs["latency_source"], note)
     return frozen, info
 

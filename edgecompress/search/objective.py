@@ -9,14 +9,12 @@ Constraints are recorded with `trial.set_constraint` (Optuna 5; <= 0 feasible) f
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -26,7 +24,7 @@ from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.space import SearchSpace
 from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
 from edgecompress.study.constraints import active_constraints, constraint_values
-from edgecompress.utils import atomic_write_json, atomic_write_text
+from edgecompress.utils import atomic_write_json, atomic_write_text, is_finite_number, plain
 
 
 class Evaluator(Protocol):
@@ -54,7 +52,7 @@ def objective_values(
         v = metrics.get(name)
         if v is None and state == "infeasible" and direction == "maximize" and name == "accuracy":
             v = 0.0
-        if not _finite(v):
+        if not is_finite_number(v):
             raise TrialFailed(f"objective {name!r} is missing or not finite ({v!r}) in the evaluation result")
         values.append(float(v))
     return tuple(values)
@@ -64,21 +62,6 @@ def _obj(obj: Any) -> tuple[str, str]:
     if isinstance(obj, dict):
         return obj["name"], obj["direction"]
     return obj.name, obj.direction
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _plain(v: Any) -> Any:
-    """JSON-friendly value for a user attribute."""
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return v
 
 
 def trial_dir(study_dir: Path, number: int) -> Path:
@@ -127,7 +110,7 @@ def link_artefacts(src: Path, dst: Path) -> None:
 
 def result_attrs(result: EvalResult, artefact_dir: Path) -> dict[str, Any]:
     """User attrs describing an evaluation (metrics flat, then the bookkeeping keys)."""
-    attrs: dict[str, Any] = {k: _plain(v) for k, v in result.metrics.items()}
+    attrs: dict[str, Any] = {k: plain(v, keep_nonfinite=True) for k, v in result.metrics.items()}
     attrs.update(
         config=result.config.to_dict(),
         config_hash=result.config.config_hash(),
