@@ -15,6 +15,7 @@ import torch
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight
 from edgecompress.evaluators.data import resize_batch
+from edgecompress.evaluators.deploy import Deployed
 
 ArrayStage = Callable[[np.ndarray], np.ndarray]
 
@@ -37,15 +38,9 @@ def module_stage(module: torch.nn.Module) -> ArrayStage:
     return run
 
 
-def deployed_stage(deployed: object) -> ArrayStage:
+def deployed_stage(deployed: Deployed) -> ArrayStage:
     """A deploy.Deployed model as an array stage (ONNX Runtime: the session is called directly)."""
-    prepare, call = deployed._prepare, deployed._call  # type: ignore[attr-defined]
-
-    def run(a: np.ndarray) -> np.ndarray:
-        out = call(prepare(torch.from_numpy(a)))
-        return out.numpy() if isinstance(out, torch.Tensor) else np.asarray(out, dtype=np.float32)
-
-    return run
+    return deployed.run_array
 
 
 class LeanCascade:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -55,6 +56,7 @@ class Deployed:
     _call: Callable[[Any], Any] = field(default=None, repr=False)  # type: ignore[assignment]
     _prepare: Callable[[torch.Tensor], Any] = field(default=None, repr=False)  # type: ignore[assignment]
     _to_tensor: Callable[[Any], torch.Tensor] = field(default=None, repr=False)  # type: ignore[assignment]
+    _prepare_array: Callable[[np.ndarray], Any] | None = field(default=None, repr=False)  # numpy in, no torch
 
     @property
     def base_precision(self) -> str:
@@ -66,6 +68,21 @@ class Deployed:
         with torch.inference_mode():
             out = self._to_tensor(self._call(self._prepare(x)))
         return out.float().to(x.device)
+
+    def run_array(self, a: np.ndarray) -> np.ndarray:
+        """Float32 logits (numpy) for an N x C x H x W float32 array, for array-in/array-out serving.
+
+        ONNX Runtime: the session is called on the array directly (no torch dispatch). Torch backends:
+        the array is wrapped (no copy) and the model runs under inference_mode.
+        """
+        if self._prepare_array is not None:
+            out = self._call(self._prepare_array(a))
+        else:
+            with torch.inference_mode():
+                out = self._call(self._prepare(torch.from_numpy(a)))
+        if isinstance(out, torch.Tensor):
+            return out.float().cpu().numpy()
+        return np.asarray(out, dtype=np.float32)
 
     def timer(self, x: torch.Tensor) -> Callable[[], Any]:
         """A zero-argument callable running one batch with the input already in the runtime's form."""
@@ -234,7 +251,6 @@ def _calib_reader(batches: list[torch.Tensor]) -> Any:
 def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: list[torch.Tensor],
                dev: torch.device, threads: int, workdir: Path, exporter: str, spinning: bool = True,
                int8_scheme: str = "auto") -> Deployed:
-    import numpy as np
     import onnxruntime as ort
 
     cuda = dev.type == "cuda"
@@ -270,26 +286,39 @@ def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: l
         label = "U8S8, 7-bit weights" if scheme == "u8s8_rr" else scheme.upper()
         real = f"int8 (onnxruntime static QDQ, per-channel weights, {label}: {why})"
 
+    sess = ort.InferenceSession(str(path), sess_options=ort_session_options(threads, spinning),
+                                providers=_ort_providers(dev))
+
+    def prepare_array(a: np.ndarray) -> dict[str, Any]:
+        return {INPUT_NAME: a.astype(in_dtype, copy=False)}
+
+    def prepare(x: torch.Tensor) -> dict[str, Any]:
+        return prepare_array(x.detach().cpu().numpy())
+
+    return Deployed(
+        backend="onnxruntime", precision=real, runtime_version=f"onnxruntime {ort.__version__}",
+        provider=sess.get_providers()[0], size_bytes=serialized_size(path), path=str(path),
+        device=str(dev), threads=threads, int8_scheme=scheme,
+        _call=lambda feed: sess.run(None, feed)[0], _prepare=prepare, _prepare_array=prepare_array,
+        _to_tensor=lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)),
+    )
+
+
+def ort_session_options(threads: int, spinning: bool = True) -> Any:
+    """ONNX Runtime session options for timing and serving: `threads` intra-op threads, one inter-op
+    thread, sequential execution, all graph optimisations, warnings silenced. `spinning=False` for
+    several sessions called in turn (a cascade): idle threads must not spin on the cores the next needs."""
+    import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    if not spinning:  # several sessions called in turn (a cascade): idle threads must not spin on the cores
+    if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=_ort_providers(dev))
-
-    def prepare(x: torch.Tensor) -> dict[str, Any]:
-        return {INPUT_NAME: x.detach().cpu().numpy().astype(in_dtype, copy=False)}
-
-    return Deployed(
-        backend="onnxruntime", precision=real, runtime_version=f"onnxruntime {ort.__version__}",
-        provider=sess.get_providers()[0], size_bytes=serialized_size(path), path=str(path),
-        device=str(dev), threads=threads, int8_scheme=scheme,
-        _call=lambda feed: sess.run(None, feed)[0], _prepare=prepare,
-        _to_tensor=lambda a: torch.from_numpy(np.asarray(a, dtype=np.float32)),
-    )
+    return so
 
 
 def cpu_flags() -> set[str]:

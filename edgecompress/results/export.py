@@ -29,7 +29,13 @@ import edgecompress
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data, make_loader
-from edgecompress.evaluators.deploy import deploy, estimate_latency, export_onnx, resolve_int8_scheme
+from edgecompress.evaluators.deploy import (
+    deploy,
+    estimate_latency,
+    export_onnx,
+    ort_session_options,
+    resolve_int8_scheme,
+)
 from edgecompress.evaluators.latency import device_name, measure_latency
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.pareto import Selection, knee_point, select
@@ -186,11 +192,7 @@ def ort_session(path: str | os.PathLike[str], device: str = "cpu", threads: int 
     """A fresh ONNX Runtime session on a file (CUDA provider first when device is cuda)."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
+    so = ort_session_options(threads)
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")

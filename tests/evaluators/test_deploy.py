@@ -14,7 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompress.evaluators.deploy import deploy, estimate_latency, quantized_conv_share, resolve_int8_scheme
+from edgecompress.evaluators.deploy import (
+    deploy,
+    estimate_latency,
+    ort_session_options,
+    quantized_conv_share,
+    resolve_int8_scheme,
+)
 from edgecompress.evaluators.latency import LatencyStats
 from edgecompress.evaluators.models import create_model
 
@@ -211,6 +217,28 @@ def test_estimate_latency_scales_by_bitops() -> None:
         estimate_latency(1.0, 8, 0, 8)
     with pytest.raises(ValueError, match="measured_ms"):
         estimate_latency(0.0, 8, 4, 4)
+
+
+def test_run_array_matches_run(fmnist_model) -> None:
+    model, x_tr, x_te = fmnist_model
+    a = x_te[:5].numpy()
+    for dep in (deploy(model, x_te[:1], backend="onnxruntime", precision="fp32"),
+                deploy(model, x_te[:1], backend="onnxruntime", precision="int8", calib_batches=_calib(x_tr)),
+                deploy(model, x_te[:1], backend="torch", precision="fp32")):
+        out = dep.run_array(a)
+        assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == (5, 10)
+        np.testing.assert_array_equal(out, dep.run(x_te[:5]).numpy())
+
+
+def test_ort_session_options() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    so = ort_session_options(3)
+    assert so.intra_op_num_threads == 3 and so.inter_op_num_threads == 1 and so.log_severity_level == 3
+    assert so.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert so.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning)
+        so.get_session_config_entry("session.intra_op.allow_spinning")
+    assert ort_session_options(1, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 @pytest.mark.slow
