@@ -4,7 +4,8 @@ Latency is only meaningful on the runtime the model ships on, so every precision
 backend: int8 is ONNX Runtime static QDQ (per-channel weights) or torch int8 (torchao/torch.ao PT2E
 when importable, else torch.ao FX PTQ on the x86 engine); 16-bit is fp16 on CUDA and bf16 on CPU where
 it runs, else fp32. `Deployed.precision` says what the model really is, fallbacks included. Below 8 bits
-there are no real kernels: `estimate_latency` scales a measured latency by the BitOPs ratio.
+there are no real kernels: `estimate_latency` scales a measured latency by the BitOPs ratio and
+`estimate_sub8bit` applies it to a whole measurement.
 """
 
 from __future__ import annotations
@@ -177,6 +178,35 @@ def estimate_latency(
     if not measured_ms > 0:
         raise ValueError(f"estimate_latency: measured_ms must be > 0, got {measured_ms!r}")
     return float(measured_ms) * (target_w_bits * target_a_bits) / (mw * ma)
+
+
+#: latency keys of a measurement (EvalResult metrics) that a sub-8-bit estimate scales
+SCALED_LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms", "latency_batch_p90_ms")
+PRECISION_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
+
+
+def estimate_sub8bit(metrics: dict[str, Any], base_precision: str, w_bits: int, a_bits: int) -> dict[str, Any]:
+    """ESTIMATE of a w_bits/a_bits model (w_bits < 8) from the measurement of its deployed form.
+
+    `metrics` holds the measured latencies (SCALED_LATENCY_KEYS, those present are scaled) and
+    `size_bytes` of the deployed form, whose precision is `base_precision` (`Deployed.base_precision`:
+    int8, or fp32 where int8 fell back, e.g. torch on CUDA). Latency is scaled by the BitOPs ratio from the
+    base precision's bits (estimate_latency) and size by w_bits / base bits. Returns the updated keys
+    with latency_source="estimated" and a latency_note, to merge into `metrics`.
+    """
+    if base_precision not in PRECISION_BITS:
+        raise ValueError(f"estimate_sub8bit: base_precision must be one of {list(PRECISION_BITS)}, "
+                         f"got {base_precision!r}")
+    bits = PRECISION_BITS[base_precision]
+    out: dict[str, Any] = {k: estimate_latency(metrics[k], bits, w_bits, a_bits)
+                           for k in SCALED_LATENCY_KEYS if k in metrics}
+    where = f" on {metrics['device_name']}" if metrics.get("device_name") else ""
+    out["latency_source"] = "estimated"
+    out["latency_note"] = (f"{w_bits}/{a_bits}-bit latency estimated from the {base_precision} model measured{where} "
+                           "x BitOPs ratio (no sub-8-bit kernels on this runtime)")
+    if "size_bytes" in metrics:
+        out["size_bytes"] = int(round(metrics["size_bytes"] * w_bits / bits))
+    return out
 
 
 # ---- builders ----------------------------------------------------------------------------------

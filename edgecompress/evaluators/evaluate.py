@@ -22,7 +22,7 @@ from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, load_data, make_loader
-from edgecompress.evaluators.deploy import Deployed, deploy, estimate_latency
+from edgecompress.evaluators.deploy import Deployed, deploy, estimate_sub8bit
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
@@ -137,14 +137,8 @@ class CompressionEvaluator:
         measured_precision = precision_for(w)
         dep = self._deploy(model, size, measured_precision)
         metrics.update(self.measure_latency(dep, size))
-        if w < 8:  # no sub-8-bit kernels: scale the measured int8 latency by the BitOPs ratio
-            for key in ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms",
-                        "latency_batch_p90_ms"):
-                metrics[key] = estimate_latency(metrics[key], 32 if dep.base_precision == "fp32" else 8, w, a)
-            metrics["latency_source"] = "estimated"
-            metrics["latency_note"] = (f"{w}/{a}-bit latency estimated from the measured {dep.base_precision} "
-                                       "model x BitOPs ratio (no sub-8-bit kernels on this runtime)")
-            metrics["size_bytes"] = int(round(metrics["size_bytes"] * w / 8))
+        if w < 8:  # no sub-8-bit kernels: scale the measured int8 (or fp32 fallback) latency by BitOPs
+            metrics.update(estimate_sub8bit(metrics, dep.base_precision, w, a))
         else:
             metrics["latency_source"] = "measured"
         metrics["measure_seconds"] = round(time.perf_counter() - t0, 3)

@@ -24,7 +24,7 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
-from edgecompress.evaluators.deploy import deploy, estimate_latency
+from edgecompress.evaluators.deploy import deploy, estimate_sub8bit
 from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.export import check_device
@@ -42,7 +42,6 @@ LATENCY_KEYS = (
     "runtime_version", "torch_version", "precision", "provider", "latency_source", "latency_note",
     "size_bytes", "measure_seconds",
 )
-_SCALED = ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms", "latency_batch_p90_ms")
 _DEVICE_CONSTRAINTS = ("max_latency_ms", "max_latency_batch_ms", "max_size_bytes")
 NOT_TRAINED = "not_trained"  # violation recorded on re-timed trials that were never fine-tuned
 ProgressFn = Callable[[int, int, int], None]  # (done, total, source trial number)
@@ -123,13 +122,8 @@ class _Remeasurer:
         dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
                      device=ev.device, threads=d.threads)
         m = ev.measure_latency(dep, size)
-        if cfg.w_bits < 8:  # same estimate as the evaluator: int8 measurement x BitOPs ratio
-            for key in _SCALED:
-                m[key] = estimate_latency(m[key], 8, cfg.w_bits, cfg.a_bits)
-            m["latency_source"] = "estimated"
-            m["latency_note"] = (f"{cfg.w_bits}/{cfg.a_bits}-bit latency estimated from the int8 model measured "
-                                 f"on {m.get('device_name')} x BitOPs ratio (no sub-8-bit kernels)")
-            m["size_bytes"] = int(round(m["size_bytes"] * cfg.w_bits / 8))
+        if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
+            m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
         else:
             m["latency_source"] = "measured"
         return m

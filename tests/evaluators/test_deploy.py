@@ -15,8 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from edgecompress.evaluators.deploy import (
+    SCALED_LATENCY_KEYS,
     deploy,
     estimate_latency,
+    estimate_sub8bit,
     ort_session_options,
     quantized_conv_share,
     resolve_int8_scheme,
@@ -217,6 +219,23 @@ def test_estimate_latency_scales_by_bitops() -> None:
         estimate_latency(1.0, 8, 0, 8)
     with pytest.raises(ValueError, match="measured_ms"):
         estimate_latency(0.0, 8, 4, 4)
+
+
+def test_estimate_sub8bit_scales_from_the_deployed_precision() -> None:
+    m = {k: 4.0 for k in SCALED_LATENCY_KEYS} | {"size_bytes": 32_000, "device_name": "cpu X", "latency_cv": 0.1}
+    from_int8 = estimate_sub8bit(m, "int8", 4, 2)
+    assert set(from_int8) == {*SCALED_LATENCY_KEYS, "latency_source", "latency_note", "size_bytes"}
+    assert all(from_int8[k] == pytest.approx(4.0 * 8 / 64) for k in SCALED_LATENCY_KEYS)
+    assert from_int8["size_bytes"] == 16_000 and from_int8["latency_source"] == "estimated"
+    assert from_int8["latency_note"].startswith("4/2-bit latency estimated from the int8 model measured on cpu X")
+    from_fp32 = estimate_sub8bit(m, "fp32", 4, 2)  # int8 fell back to fp32: 16x less than from int8
+    assert from_fp32["latency_ms"] == pytest.approx(4.0 * 8 / 1024) and from_fp32["size_bytes"] == 4_000
+    assert estimate_sub8bit({"latency_ms": 1.0}, "int8", 4, 4) == {
+        "latency_ms": 0.25, "latency_source": "estimated",
+        "latency_note": "4/4-bit latency estimated from the int8 model measured x BitOPs ratio (no sub-8-bit "
+                        "kernels on this runtime)"}
+    with pytest.raises(ValueError, match="base_precision"):
+        estimate_sub8bit(m, "fp32 (int8 unsupported on torch cuda)", 4, 4)
 
 
 def test_run_array_matches_run(fmnist_model) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
+import torch
 
 import edgecompress.evaluators.evaluate as ev_mod
 from edgecompress.results import load_study, pareto_front, study_to_frame
@@ -36,3 +39,66 @@ def test_retarget_keeps_accuracy_and_remeasures_latency(real_db, tmp_path, monke
     assert load_study(real_db.url).study_name == "fmx" and len(optuna.get_all_study_names(real_db.url)) == 1
     with pytest.raises(Exception, match="already exists"):  # checked before any measurement
         retarget_study(real_db.url, device="cpu", new_study="fmx-b", new_storage=new_url, data=real_db.data)
+
+
+TINY = {
+    "dataset": {"train_subset": 256, "val_subset": 64, "test_subset": 64},
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
+    "device": {"device": "cpu", "threads": 1, "batch_size": 8},
+    "constraints": {"max_latency_ms": 1e-9},  # the evaluator stops after measuring: no fine-tune
+}
+FALLBACK = "fp32 (int8 unsupported on torch cuda)"  # what torch on CUDA deploys for int8
+
+
+@pytest.mark.parametrize("falls_back", [True, False], ids=["fp32-fallback", "int8"])
+def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -> None:
+    """Retarget re-measures a 4-bit trial with the evaluator's estimate, from the precision it really deployed at."""
+    import edgecompress.evaluators.deploy as deploy_mod
+    import edgecompress.results.retarget as retarget_mod
+    from edgecompress.evaluators.base import BaseModel
+    from edgecompress.evaluators.compress import compress_model
+    from edgecompress.evaluators.data import load_data
+    from edgecompress.evaluators.deploy import SCALED_LATENCY_KEYS
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.models import create_model
+    from edgecompress.spaces import CompressionConfig, parse_experiment
+
+    real_deploy = deploy_mod.deploy
+
+    def int8_falls_back(model, example, **kw):  # noqa: ANN001, ANN202
+        if kw.get("precision") != "int8":
+            return real_deploy(model, example, **kw)
+        dep = real_deploy(model, example, **{**kw, "precision": "fp32", "calib_batches": None})
+        dep.precision = FALLBACK
+        return dep
+
+    def fixed_latency(self, dep, size):  # noqa: ANN001, ANN202 - a measurement without timing noise
+        return {"latency_ms": 2.0, "latency_p90_ms": 2.4, "latency_mean_ms": 2.2, "latency_batch_ms": 16.0,
+                "latency_batch_p90_ms": 18.0, "device_name": "test cpu", "precision": dep.precision,
+                "size_bytes": 64_000}
+
+    if falls_back:
+        monkeypatch.setattr(ev_mod, "deploy", int8_falls_back)
+        monkeypatch.setattr(retarget_mod, "deploy", int8_falls_back)
+    monkeypatch.setattr(CompressionEvaluator, "measure_latency", fixed_latency)
+    monkeypatch.setattr(ev_mod, "train_model", lambda *a, **k: pytest.fail("no fine-tune expected"))
+    exp = parse_experiment(TINY)
+    data = load_data(exp.dataset, exp.seed)
+    net = create_model("resnet8", num_classes=10, in_chans=1, widths=(8, 16, 32)).eval()
+    cfg = CompressionConfig(w_bits=4, a_bits=4, prune=0.25)
+    ev = CompressionEvaluator(exp, data=data, base=BaseModel(net, {}, "untrained", Path("unused"), reused=True))
+    res = ev(cfg)
+    assert res.state == "infeasible", res.fail_reason
+    size = res.metrics["input_size"]
+    model, _ = compress_model(net, cfg, torch.randn(1, data.in_chans, size, size))
+    re = retarget_mod._Remeasurer(exp, data).measure(model, cfg, size)  # what retarget_study records
+
+    base_bits = 32 if falls_back else 8
+    assert res.metrics["precision"] == re["precision"]
+    assert re["precision"] == FALLBACK if falls_back else re["precision"].startswith("int8")
+    assert res.metrics["latency_ms"] == pytest.approx(2.0 * 4 * 4 / base_bits**2)
+    assert res.metrics["size_bytes"] == 64_000 * 4 // base_bits
+    for key in (*SCALED_LATENCY_KEYS, "latency_source", "latency_note", "size_bytes"):
+        assert re[key] == res.metrics[key], key
+    assert re["latency_source"] == "estimated"
+    assert f"from the {'fp32' if falls_back else 'int8'} model measured on test cpu" in re["latency_note"]
