@@ -175,9 +175,9 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
         precision = precision_for(int(c.config.get("w_bits", 32)))
         calib = None
         if precision == "int8":
-            from edgecompress.evaluators.data import make_loader
+            from edgecompress.evaluators.data import calibration_batches
 
-            calib = [x for x, _ in make_loader(data.train, size, 32, shuffle=True, seed=exp.seed, limit=256)]
+            calib = calibration_batches(data.train, size, exp.seed)
         out.append(deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
                           precision=precision, calib_batches=calib, device="cpu", threads=exp.device.threads,
                           spinning=spinning))

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from edgecompress.evaluators.base import BaseModel, get_base_model
-from edgecompress.evaluators.data import DataBundle, list_datasets, load_data, make_loader, register_dataset
+from edgecompress.evaluators.data import (
+    DataBundle,
+    calibration_batches,
+    list_datasets,
+    load_data,
+    make_loader,
+    register_dataset,
+)
 from edgecompress.evaluators.evaluate import CompressionEvaluator, Evaluator, build_evaluator, evaluate_config
 from edgecompress.evaluators.models import create_model, list_models, register_model
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
@@ -16,6 +23,7 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "build_evaluator",
+    "calibration_batches",
     "create_model",
     "evaluate_config",
     "get_base_model",

@@ -229,6 +229,14 @@ def make_loader(split: Split, size: int, batch_size: int, shuffle: bool = False,
     return Loader(split, size, batch_size, shuffle, augment, seed, limit)
 
 
+def calibration_batches(split: Split, size: int, seed: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
+    """Int8 calibration images: `n` batches of `batch_size` shuffled images of `split` (the training split)
+    at `size`, drawn with `seed`. The evaluator, retarget, export and the cascade's stages all use this
+    draw, so a model's int8 form is calibrated on the same images wherever it is built."""
+    loader = make_loader(split, size, batch_size, shuffle=True, seed=seed, limit=n * batch_size)
+    return [x for x, _ in loader]
+
+
 # ---- Fashion-MNIST -----------------------------------------------------------------------------
 FMNIST_FILES = {
     "train_images": "train-images-idx3-ubyte.gz", "train_labels": "train-labels-idx1-ubyte.gz",

@@ -21,7 +21,7 @@ from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDiv
 from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
 from edgecompress.evaluators.cost import count_costs
-from edgecompress.evaluators.data import DataBundle, load_data, make_loader
+from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
 from edgecompress.evaluators.deploy import Deployed, deploy, estimate_sub8bit
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
@@ -75,9 +75,8 @@ class CompressionEvaluator:
         _ = self.base
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
-        loader = make_loader(self.data.train, size, batch_size, shuffle=True, seed=self.exp.seed,
-                             limit=n * batch_size)
-        return [x for x, _ in loader]
+        """This experiment's int8 calibration images at `size` (data.calibration_batches)."""
+        return calibration_batches(self.data.train, size, self.exp.seed, n, batch_size)
 
     def _deploy(self, model: nn.Module, size: int, precision: str, workdir: Path | None = None) -> Deployed:
         example = torch.randn(1, self.data.in_chans, size, size)

@@ -28,7 +28,7 @@ import yaml
 import edgecompress
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
-from edgecompress.evaluators.data import DataBundle, load_data, make_loader
+from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
 from edgecompress.evaluators.deploy import (
     deploy,
     estimate_latency,
@@ -175,11 +175,6 @@ def trial_model_path(row: Any, number: int | None) -> Path:
         raise EdgeCompressError(f"trial {number}: no saved model at {path} (stopped before fine-tuning, "
                                 "or its artefacts were moved)")
     return path
-
-
-def calibration_batches(data: DataBundle, size: int, seed: int) -> list[torch.Tensor]:
-    """Int8 calibration images: the same draw as CompressionEvaluator.calib_batches (8 x 32 train images)."""
-    return [x for x, _ in make_loader(data.train, size, 32, shuffle=True, seed=seed, limit=8 * 32)]
 
 
 def validation_batch(data: DataBundle, size: int, n: int = CHECK_SAMPLES) -> torch.Tensor:
@@ -408,7 +403,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     xval = validation_batch(data, size)
     with torch.no_grad():
         ref = model(xval).float().numpy()
-    calib = calibration_batches(data, size, exp.seed) if cfg.w_bits <= 8 and "onnx" in fmts else None
+    calib = calibration_batches(data.train, size, exp.seed) if cfg.w_bits <= 8 and "onnx" in fmts else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:

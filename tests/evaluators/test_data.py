@@ -14,6 +14,7 @@ import torch
 from edgecompress.errors import DataError, UnknownNameError
 from edgecompress.evaluators.data import (
     FMNIST_FILES,
+    calibration_batches,
     list_datasets,
     load_data,
     make_loader,
@@ -191,3 +192,15 @@ def test_imagefolder_mismatched_classes(tmp_path: Path) -> None:
     (tmp_path / "val" / "n99999999").mkdir()
     with pytest.raises(DataError, match="class folders differ"):
         load_data(DatasetConfig(name="imagefolder", root=str(tmp_path)), 0)
+
+
+def test_calibration_batches_are_a_seeded_draw(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm", n_train=300)
+    data = load_data(DatasetConfig(root=str(tmp_path / "fm"), val_fraction=0.1))
+    a = calibration_batches(data.train, 14, seed=3)
+    assert len(a) == 8 and all(b.shape == (32, 1, 14, 14) for b in a)
+    b = calibration_batches(data.train, 14, seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not torch.equal(a[0], calibration_batches(data.train, 14, seed=4)[0])
+    small = calibration_batches(data.train, 14, seed=3, n=2, batch_size=5)
+    assert [len(x) for x in small] == [5, 5]

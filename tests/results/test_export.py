@@ -72,6 +72,32 @@ def test_int8_trial_exports_checked_onnx_and_torchscript(real_db, tmp_path: Path
     assert not list(tmp_path.glob(".out.*"))  # staging folder gone
 
 
+def test_int8_file_is_calibrated_on_the_evaluators_batches(real_db, tmp_path: Path, monkeypatch) -> None:
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.study.attrs import study_experiment
+
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 8)
+    seen: list[tuple[int, list[torch.Tensor]]] = []
+
+    class Stop(Exception):
+        pass
+
+    def capture(model, example, **kw):  # noqa: ANN001, ANN202 - the export's int8 deploy call
+        seen.append((int(example.shape[-1]), list(kw["calib_batches"])))
+        raise Stop
+
+    monkeypatch.setattr(export_mod, "deploy", capture)
+    with pytest.raises(Stop):
+        export_trial(real_db.url, tmp_path / "out", trial=n, data=real_db.data, formats="onnx")
+    (size, calib), = seen
+    ev = CompressionEvaluator(study_experiment(load_study(real_db.url)), data=real_db.data)
+    expected = ev.calib_batches(size)  # what the search calibrated this trial's int8 latency model on
+    assert len(calib) == len(expected) == 8
+    for got, want in zip(calib, expected, strict=True):
+        assert torch.equal(got, want)
+
+
 def test_interrupted_export_leaves_no_final_file(real_db, tmp_path: Path, monkeypatch) -> None:
     df = study_to_frame(load_study(real_db.url))
     n = _trial_with(df, 32)
