@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from edgecompress.cascade.confidence import confidence
-from edgecompress.cascade.plan import CascadePlan, combine_weight
+from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
 from edgecompress.evaluators.data import resize_batch
 from edgecompress.evaluators.deploy import Deployed
 
@@ -68,7 +68,7 @@ class LeanCascade:
             running = z if (running is None or self._weight is None) else running + self._weight * z
             if k < m - 1:
                 conf = confidence(z, plan.kind, plan.temperatures[k])
-                escalate = (conf > plan.lows[k]) & (conf < plan.thresholds[k])
+                escalate = escalates(conf, plan.lows[k], plan.thresholds[k])
                 n_esc = int(escalate.sum())
                 if n_esc == len(escalate):
                     continue

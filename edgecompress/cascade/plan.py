@@ -9,15 +9,19 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from edgecompress.cascade.confidence import check_kind, check_temperature, confidence
 
+if TYPE_CHECKING:
+    import torch
+
 COMBINES: tuple[str, ...] = ("last", "sum", "seed_alpha")
 SEED_ALPHA = 1.6
 PLAN_VERSION = 1
+Conf = TypeVar("Conf", np.ndarray, "torch.Tensor")  # per-sample confidences
 
 
 @dataclass
@@ -165,6 +169,15 @@ def expected_latency(
     return total
 
 
+def escalates(conf: Conf, low: float, threshold: float) -> Conf:
+    """The escalation rule: True where a sample goes on past a stage, low < confidence < threshold.
+
+    Elementwise on a numpy array or a torch tensor of confidences (a boolean array / tensor back), so the
+    simulation (`route`), CascadeModel and LeanCascade route samples identically.
+    """
+    return (conf > low) & (conf < threshold)
+
+
 def route(
     confs: Sequence[np.ndarray],
     thresholds: Sequence[float],
@@ -178,7 +191,7 @@ def route(
     exit_stage = np.full(n, m - 1, dtype=np.int64)
     undecided = np.ones(n, dtype=bool)
     for k in range(m - 1):
-        escalate = (confs[k] > lows[k]) & (confs[k] < thresholds[k])
+        escalate = escalates(confs[k], lows[k], thresholds[k])
         stop = undecided & ~escalate
         exit_stage[stop] = k
         undecided &= escalate

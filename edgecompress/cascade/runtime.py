@@ -19,7 +19,7 @@ import torch.nn as nn
 import yaml
 
 from edgecompress.cascade.confidence import confidence
-from edgecompress.cascade.plan import CascadePlan, combine_weight
+from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import resize_batch
 from edgecompress.utils import replace_dir
@@ -93,7 +93,7 @@ class CascadeModel(nn.Module):
             last = k == m - 1
             if not last:
                 conf = confidence(z, plan.kind, plan.temperatures[k])
-                escalate = (conf > plan.lows[k]) & (conf < plan.thresholds[k])
+                escalate = escalates(conf, plan.lows[k], plan.thresholds[k])
                 n_escalated = int(escalate.sum())
                 if n_escalated == len(escalate):
                     continue  # everybody goes on: nothing to gather

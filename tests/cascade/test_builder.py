@@ -313,3 +313,17 @@ def test_stage_spec_from_artefacts_reads_validation_files_only(tmp_path) -> None
     (trial / "val_logits.npy").unlink()
     with pytest.raises(EdgeCompressError, match=r"artefact missing: .*trials/7/val_logits.npy"):
         stage_spec_from_artefacts(trial)
+
+
+def test_escalation_rule_is_open_band_on_arrays_and_tensors() -> None:
+    import torch
+
+    from edgecompress.cascade.plan import escalates
+
+    conf = [0.1, 0.2, 0.5, 0.8, 0.9]
+    want = [False, False, True, False, False]  # low < conf < threshold, both ends excluded
+    got = escalates(np.array(conf), 0.2, 0.8)
+    assert got.dtype == bool and got.tolist() == want
+    t = escalates(torch.tensor(conf), 0.2, 0.8)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.bool and t.tolist() == want
+    assert escalates(np.array(conf), -math.inf, 0.8).tolist() == [True, True, True, False, False]
