@@ -16,12 +16,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-_VALID_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+from edgecompress.spaces.config import ALLOWED_BITS
 
 
 def _check_bits(name: str, bits: int) -> None:
-    if not isinstance(bits, int) or bits not in _VALID_BITS:
-        raise ValueError(f"count_costs: {name} must be one of {_VALID_BITS}, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
+        raise ValueError(f"count_costs: {name} must be one of {list(ALLOWED_BITS)}, got {bits!r}")
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:

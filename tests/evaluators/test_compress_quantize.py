@@ -126,6 +126,36 @@ def test_invalid_bits_are_refused(bits: int) -> None:
         apply_fake_quant(model, bits, 8)
 
 
+def test_every_bit_width_check_accepts_exactly_allowed_bits() -> None:
+    """CompressionConfig, fake quantisation and count_costs share spaces.config.ALLOWED_BITS."""
+    from pydantic import ValidationError
+
+    from edgecompress.evaluators.cost import count_costs
+    from edgecompress.spaces.config import ALLOWED_BITS, CompressionConfig
+
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.zeros(1, 1, 8, 8))
+    for bits in [*range(0, 34), 64, True]:
+        ok = {}
+        try:
+            CompressionConfig(w_bits=bits, a_bits=8)
+            ok["config"] = True
+        except ValidationError:
+            ok["config"] = False
+        try:
+            apply_fake_quant(copy.deepcopy(net), bits, 8)
+            ok["quantize"] = True
+        except CompressionError:
+            ok["quantize"] = False
+        try:
+            count_costs(net, (1, 8, 8), w_bits=bits, a_bits=8)
+            ok["cost"] = True
+        except ValueError:
+            ok["cost"] = False
+        want = bits in ALLOWED_BITS and not isinstance(bits, bool)
+        assert ok == {"config": want, "quantize": want, "cost": want}, bits
+
+
 def test_quantising_twice_is_refused() -> None:
     model, _ = tiny_model("resnet8")
     apply_fake_quant(model, 4, 4)

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from edgecompress.errors import CompressionError
+from edgecompress.spaces.config import ALLOWED_BITS
 
 #: attribute set on a fake-quantised model: {"w_bits", "a_bits", "qat"}
 FAKE_QUANT_ATTR = "ec_fake_quant"
@@ -28,8 +29,8 @@ _EMA = 0.9  # momentum of the activation range during QAT training
 
 
 def _check_bits(name: str, bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not (2 <= bits <= 8 or bits in (16, 32)):
-        raise CompressionError(f"fake quantisation: {name} must be 2..8, 16 or 32, got {bits!r}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
+        raise CompressionError(f"fake quantisation: {name} must be one of {list(ALLOWED_BITS)}, got {bits!r}")
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
