@@ -17,6 +17,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.train import TrainSettings, accuracy, train_model
+from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.utils import atomic_path, atomic_write_json, runs_dir, seed_everything
 
 FORMAT_VERSION = 1
@@ -31,17 +32,17 @@ class BaseModel:
     reused: bool
 
 
-def base_dir(exp: Any) -> Path:
+def base_dir(exp: ExperimentConfig) -> Path:
     return runs_dir() / "cache" / f"base-{exp.model.name}-{exp.dataset.name}-{exp.base_key()}"
 
 
-def build_model(exp: Any, data: DataBundle) -> nn.Module:
+def build_model(exp: ExperimentConfig, data: DataBundle) -> nn.Module:
     return create_model(exp.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
                         pretrained=exp.model.pretrained, **exp.model.kwargs)
 
 
 def get_base_model(
-    exp: Any,
+    exp: ExperimentConfig,
     data: DataBundle | None = None,
     on_step: Callable[[int, int], None] | None = None,
     force: bool = False,

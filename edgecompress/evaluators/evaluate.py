@@ -26,6 +26,7 @@ from edgecompress.evaluators.deploy import Deployed, deploy, estimate_sub8bit
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
+from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study.constraints import violations
 from edgecompress.utils import atomic_path, seed_everything
 
@@ -33,6 +34,8 @@ EpochCallback = Callable[[int, float], None]
 
 
 class Evaluator(Protocol):
+    """What the search's objective calls: config -> EvalResult (build_evaluator returns one)."""
+
     def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,
                  on_epoch: EpochCallback | None = None) -> EvalResult: ...
 
@@ -53,7 +56,7 @@ def resolve_device(name: str) -> str:
 class CompressionEvaluator:
     """Evaluates CompressionConfigs for one experiment; data and the base model are loaded once, lazily."""
 
-    def __init__(self, exp: Any, data: DataBundle | None = None, base: BaseModel | None = None) -> None:
+    def __init__(self, exp: ExperimentConfig, data: DataBundle | None = None, base: BaseModel | None = None) -> None:
         self.exp = exp
         self.device = resolve_device(exp.device.device)
         self._data, self._base = data, base
@@ -208,12 +211,12 @@ class CompressionEvaluator:
                     np.save(f, arr)
 
 
-def build_evaluator(exp: Any) -> CompressionEvaluator:
+def build_evaluator(exp: ExperimentConfig) -> CompressionEvaluator:
     """The evaluator the search uses for `exp` (data and base model load on first use)."""
     return CompressionEvaluator(exp)
 
 
-def evaluate_config(config: CompressionConfig, exp: Any, artefact_dir: Path | None = None,
+def evaluate_config(config: CompressionConfig, exp: ExperimentConfig, artefact_dir: Path | None = None,
              on_epoch: EpochCallback | None = None) -> EvalResult:
     """One-shot convenience: evaluate `config` under experiment `exp`."""
     return build_evaluator(exp)(config, artefact_dir, on_epoch)

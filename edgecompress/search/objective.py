@@ -13,29 +13,19 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators import Evaluator
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.space import SearchSpace
 from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
 from edgecompress.study.constraints import active_constraints, constraint_values
 from edgecompress.utils import atomic_write_json, atomic_write_text, is_finite_number, plain
-
-
-class Evaluator(Protocol):
-    """What the objective calls (edgecompress.evaluators.evaluate.build_evaluator returns one)."""
-
-    def __call__(
-        self,
-        config: CompressionConfig,
-        artefact_dir: Path | None = None,
-        on_epoch: Callable[[int, float], None] | None = None,
-    ) -> EvalResult: ...
 
 
 class TrialFailed(EdgeCompressError):

@@ -24,7 +24,8 @@ from filelock import FileLock
 from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.search.objective import Evaluator, TrialFailed, make_objective
+from edgecompress.evaluators import Evaluator
+from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
 from edgecompress.search.storage import Heartbeat, mark_owner, recover_dead_trials

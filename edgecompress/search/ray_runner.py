@@ -51,10 +51,10 @@ import optuna
 from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError
+from edgecompress.evaluators import Evaluator
 from edgecompress.evaluators.result import EvalResult
 from edgecompress.search.objective import (
     BOOKKEEPING_ATTRS,
-    Evaluator,
     TrialFailed,
     active_constraints,
     constraint_values,
