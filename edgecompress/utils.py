@@ -120,6 +120,14 @@ def runs_dir() -> Path:
     return Path(os.environ.get("EDGECOMPRESS_RUNS", "runs"))
 
 
+def as_float(v: Any) -> float:
+    """`v` as a float, NaN when it is missing or not a number (table and frame cells)."""
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
 def is_finite_number(v: Any) -> bool:
     """A real int/float (numpy included, bool excluded) that is finite."""
     import math

@@ -12,20 +12,14 @@ import typer
 from rich.table import Table
 
 from edgecompress.cli.base import console
+from edgecompress.utils import as_float
 
 EST = " (est.)"
 
 
-def _num(v: Any) -> float:
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def fmt_ms(v: Any, estimated: bool = False) -> str:
     """'0.123 ms', or '~0.123 ms (est.)' for an estimated latency; '-' when missing."""
-    f = _num(v)
+    f = as_float(v)
     if math.isnan(f):
         return "-"
     text = f"{f:.3g} ms" if f < 100 else f"{f:.0f} ms"
@@ -34,7 +28,7 @@ def fmt_ms(v: Any, estimated: bool = False) -> str:
 
 def fmt_count(v: Any) -> str:
     """MACs/bytes with an SI suffix: 1.2M, 35.1k."""
-    f = _num(v)
+    f = as_float(v)
     if math.isnan(f):
         return "-"
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
@@ -65,18 +59,18 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
         rows = front(df)
     out = []
     for r in rows.to_dict("records"):
-        lat, acc = _num(r.get("latency_ms")), _num(r.get("accuracy"))
+        lat, acc = as_float(r.get("latency_ms")), as_float(r.get("accuracy"))
         if max_latency is not None and not lat <= max_latency:
             continue
         if min_accuracy is not None and not acc >= min_accuracy:
             continue
         est = r.get("latency_source") == "estimated"
         out.append({
-            "trial": int(r["number"]), "accuracy": acc, "test_accuracy": _num(r.get("test_accuracy")),
-            "latency_ms": lat, "latency_p90_ms": _num(r.get("latency_p90_ms")),
-            "latency_batch_ms": _num(r.get("latency_batch_ms")), "macs": _num(r.get("macs")),
-            "size_bytes": _num(r.get("size_bytes")), "bits": _bits(r), "input_size": _num(r.get("input_size")),
-            "achieved_prune": _num(r.get("achieved_prune", r.get("cfg_prune"))),
+            "trial": int(r["number"]), "accuracy": acc, "test_accuracy": as_float(r.get("test_accuracy")),
+            "latency_ms": lat, "latency_p90_ms": as_float(r.get("latency_p90_ms")),
+            "latency_batch_ms": as_float(r.get("latency_batch_ms")), "macs": as_float(r.get("macs")),
+            "size_bytes": as_float(r.get("size_bytes")), "bits": _bits(r), "input_size": as_float(r.get("input_size")),
+            "achieved_prune": as_float(r.get("achieved_prune", r.get("cfg_prune"))),
             "estimated": est, "feasible": bool(r.get("feasible", True)),
             "latency_source": r.get("latency_source") or "-",
         })
@@ -85,7 +79,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
 
 def fmt_lat(p50: Any, p90: Any, estimated: bool) -> str:
     """'0.0848 / 0.0863', or '~0.0187 / 0.0191 (est.)' for an estimated latency (ms)."""
-    a, b = _num(p50), _num(p90)
+    a, b = as_float(p50), as_float(p90)
     if math.isnan(a):
         return "-"
     text = f"{a:.3g}" + ("" if math.isnan(b) else f" / {b:.3g}")
@@ -103,7 +97,7 @@ def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
     for r in rows:
         est = r["estimated"]
         mark = "" if r["feasible"] else " [red](infeasible)[/]"
-        batch = _num(r["latency_batch_ms"])
+        batch = as_float(r["latency_batch_ms"])
         t.add_row(
             f"{r['trial']}{mark}", f"{r['accuracy']:.4f}",
             f"{r['test_accuracy']:.4f}" if has_test and not math.isnan(r["test_accuracy"]) else "-",

@@ -19,6 +19,7 @@ from edgecompress.study.frame import VIOLATION_PREFIX, as_frame, frame_objective
 from edgecompress.study.front import completed, frame_violation
 from edgecompress.study.front import front as pareto_front
 from edgecompress.study.hypervolume import compute_hypervolume, reference_point, to_minimization
+from edgecompress.utils import as_float
 
 FrameLike = Any  # a DataFrame from study_to_frame, an optuna.Study, or a study name / URL
 
@@ -98,21 +99,13 @@ def _records(front: Any) -> list[dict[str, Any]]:
     return [dict(r) for r in front]
 
 
-def _num(v: Any) -> float:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return f
-
-
 Budget = tuple[str, str, str, float]  # (name, column, "max"|"min", limit)
 
 
 def _budget_violations(row: Mapping[str, Any], budgets: list[Budget]) -> dict[str, float]:
     out = {}
     for name, key, kind, limit in budgets:
-        v = _num(row.get(key))
+        v = as_float(row.get(key))
         amount = math.inf if math.isnan(v) else (v - limit if kind == "max" else limit - v)
         out[name] = amount
     return out
@@ -122,7 +115,7 @@ def _row_violations(row: Mapping[str, Any]) -> dict[str, float]:
     out = {}
     for k, v in row.items():
         if k.startswith(VIOLATION_PREFIX):
-            f = _num(v)
+            f = as_float(v)
             if not math.isnan(f) and f > 0:
                 out[k[len(VIOLATION_PREFIX) :]] = f
     return out
@@ -172,7 +165,7 @@ def select(
         raise ValueError(f"prefer: expected 'accuracy' or 'latency', got {prefer!r}")
 
     def preference(r: Mapping[str, Any]) -> tuple[float, float]:
-        acc, lat = _num(r.get(accuracy_key)), _num(r.get(latency_key))
+        acc, lat = as_float(r.get(accuracy_key)), as_float(r.get(latency_key))
         acc = -math.inf if math.isnan(acc) else acc
         lat = math.inf if math.isnan(lat) else lat
         return (-acc, lat) if prefer == "accuracy" else (lat, -acc)
