@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, study_candidates  # noqa: E402
+from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402
-from edgecompress.evaluators.latency import cpu_name  # noqa: E402
 from edgecompress.results import load_study  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402

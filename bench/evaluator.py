@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgecompress.deploy.latency import device_name  # noqa: E402
 from edgecompress.evaluators.compress import compress_model  # noqa: E402
 from edgecompress.evaluators.cost import count_costs  # noqa: E402
 from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
-from edgecompress.evaluators.latency import device_name  # noqa: E402
 from edgecompress.spaces import CompressionConfig, load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 

@@ -27,22 +27,22 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.evaluators.data import make_loader  # noqa: E402
-from edgecompress.evaluators.deploy import (  # noqa: E402
+from edgecompress.deploy.latency import device_name  # noqa: E402
+from edgecompress.deploy.runtime import (  # noqa: E402
     cpu_flags,
     deploy,
     has_vnni,
     quantized_conv_share,
     resolve_int8_scheme,
 )
+from edgecompress.evaluators.data import make_loader  # noqa: E402
 from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
-from edgecompress.evaluators.latency import device_name  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 
 SCHEMES = ("u8s8", "u8u8", "u8s8_rr")
 ROUNDS = 5
-PREDICT = ROOT / "tests" / "evaluators" / "ort_predict.py"
+PREDICT = ROOT / "tests" / "deploy" / "ort_predict.py"
 
 
 def main() -> None:

@@ -36,7 +36,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.evaluators.latency import cpu_name  # noqa: E402
+from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.evaluators.result import EvalResult  # noqa: E402
 from edgecompress.results import hypervolume, non_dominated, reference_point  # noqa: E402
 from edgecompress.search import make_sampler, resolve_sampler_name, run_search, space_for  # noqa: E402

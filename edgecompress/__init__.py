@@ -44,8 +44,9 @@ _API = {
     "front_ranks": "edgecompress.study", "hypervolume": "edgecompress.study",
     # choosing, reporting, exporting
     "select": "edgecompress.results", "knee_point": "edgecompress.results", "Selection": "edgecompress.results",
-    "build_report": "edgecompress.results", "export_trial": "edgecompress.results",
-    "retarget_study": "edgecompress.results",
+    "build_report": "edgecompress.results",
+    # deployment
+    "export_trial": "edgecompress.deploy", "retarget_study": "edgecompress.deploy", "deploy": "edgecompress.deploy",
     # cascades
     "cascade_from_study": "edgecompress.cascade", "build_cascade": "edgecompress.cascade",
     "load_cascade": "edgecompress.cascade", "save_cascade": "edgecompress.cascade",

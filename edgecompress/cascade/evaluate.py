@@ -160,8 +160,8 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
     `spinning=False` for stages called in turn: ONNX Runtime's idle threads would otherwise spin on the
     cores the next stage needs (measured: 0.33 ms instead of 0.17 ms per batch-1 call of a 2-stage cascade).
     """
+    from edgecompress.deploy.runtime import deploy
     from edgecompress.evaluators.compress import load_compressed
-    from edgecompress.evaluators.deploy import deploy
     from edgecompress.evaluators.evaluate import precision_for
 
     out: list[Any] = []
@@ -229,8 +229,8 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
                      data: Any, samples: int = 1000,
                      notes: list[str] | None = None) -> tuple[CascadeEvaluation, LeanCascade]:
     """Measure `plan` end to end on the test split and compare with the best single model and the seed's rule."""
+    from edgecompress.deploy.latency import latency_lock
     from edgecompress.evaluators.data import make_loader
-    from edgecompress.evaluators.latency import latency_lock
 
     by_name = {c.spec.name: c for c in cands}
     names = plan.names

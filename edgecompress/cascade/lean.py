@@ -14,8 +14,8 @@ import torch
 
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
+from edgecompress.deploy.runtime import Deployed
 from edgecompress.evaluators.data import resize_batch
-from edgecompress.evaluators.deploy import Deployed
 
 ArrayStage = Callable[[np.ndarray], np.ndarray]
 

@@ -257,7 +257,7 @@ def register(app: typer.Typer) -> None:
                                         "faster, 7-bit weights)"),
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed."""
-        from edgecompress.results.export import ExportError, export_trial
+        from edgecompress.deploy.export import ExportError, export_trial
         from edgecompress.results.pareto import parse_latency_ms
 
         try:
@@ -290,7 +290,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Re-measure latency of every complete trial on this device (no retraining) into a new study."""
         from edgecompress.cli.base import step_progress
-        from edgecompress.results.retarget import retarget_study
+        from edgecompress.deploy.retarget import retarget_study
 
         progress, task = step_progress(f"re-measuring on {device}")
         with user_errors(), progress:

@@ -7,10 +7,7 @@ them, so this is the count that tracks what a deployed kernel does. BitOPs = MAC
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -88,24 +85,3 @@ def count_costs(
         "param_bytes": int(round(params * w_bits / 8)),
         "bitops": macs * w_bits * a_bits,
     }
-
-
-def serialized_size(obj: Any) -> int:
-    """Bytes of a model's shipped form: a file path, raw bytes, an onnx.ModelProto, or an nn.Module.
-
-    An nn.Module is measured as its torch.save'd state dict (what model.pt holds).
-    """
-    if isinstance(obj, (str, os.PathLike)):
-        path = Path(obj)
-        if not path.is_file():
-            raise ValueError(f"serialized_size: no such file {path}")
-        return path.stat().st_size
-    if isinstance(obj, (bytes, bytearray)):
-        return len(obj)
-    if isinstance(obj, nn.Module):
-        buf = io.BytesIO()
-        torch.save(obj.state_dict(), buf)
-        return buf.getbuffer().nbytes
-    if hasattr(obj, "SerializeToString"):  # onnx.ModelProto without importing onnx here
-        return len(obj.SerializeToString())
-    raise ValueError(f"serialized_size: cannot size an object of type {type(obj).__name__}")

@@ -17,12 +17,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
-from edgecompress.evaluators.deploy import Deployed, deploy, estimate_sub8bit
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig

@@ -1,4 +1,4 @@
-"""Results: choosing a point of a front, hypervolume history, HTML report, export and retarget.
+"""Results: choosing a point of a front, hypervolume history, HTML report (export/retarget: edgecompress.deploy).
 
 The study frame, THE front and hypervolume live in edgecompress.study and are re-exported here;
 `pareto_front` is `edgecompress.study.front`.
@@ -28,46 +28,21 @@ from edgecompress.study import (
     study_to_frame,
 )
 
-# export / retarget need torch and the evaluators: imported on first use, so `edgecompress.results` stays light
-_LAZY = {
-    "ExportError": "export", "ExportResult": "export", "ModelCheck": "export", "choose_trial": "export",
-    "export_trial": "export", "load_export_config": "export",
-    "RetargetSummary": "retarget", "RetargetedTrial": "retarget", "retarget_study": "retarget",
-}
-
-
-def __getattr__(name: str):  # noqa: ANN202 - PEP 562 lazy attribute
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"edgecompress.results.{_LAZY[name]}"), name)
-    raise AttributeError(f"module 'edgecompress.results' has no attribute {name!r}")
-
-
 __all__ = [
-    "ExportError",
-    "ExportResult",
-    "ModelCheck",
-    "RetargetSummary",
-    "RetargetedTrial",
     "Selection",
     "build_report",
-    "choose_trial",
     "compute_hypervolume",
-    "export_trial",
     "front",
     "front_ranks",
     "hypervolume",
     "hypervolume_history",
     "knee_point",
-    "load_export_config",
     "load_study",
     "non_dominated",
     "nondominated_ranks",
     "pareto_front",
     "parse_latency_ms",
     "reference_point",
-    "retarget_study",
     "select",
     "study_objectives",
     "study_to_frame",

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.evaluators.cost import count_costs, count_macs, count_params, serialized_size
+from edgecompress.deploy.runtime import serialized_size
+from edgecompress.evaluators.cost import count_costs, count_macs, count_params
 from edgecompress.evaluators.models import create_model
 
 

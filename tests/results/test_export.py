@@ -9,10 +9,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import edgecompress.results.export as export_mod
-from edgecompress.evaluators.compress import load_compressed
-from edgecompress.results import load_study, study_to_frame
-from edgecompress.results.export import (
+import edgecompress.deploy.export as export_mod
+from edgecompress.deploy.export import (
     ExportError,
     ExportResult,
     ModelCheck,
@@ -21,6 +19,8 @@ from edgecompress.results.export import (
     load_export_config,
     parse_formats,
 )
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.results import load_study, study_to_frame
 from edgecompress.results.pareto import Selection
 from edgecompress.spaces import CompressionConfig, parse_experiment
 

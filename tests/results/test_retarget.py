@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import edgecompress.evaluators.evaluate as ev_mod
+from edgecompress.deploy.retarget import retarget_study
 from edgecompress.results import load_study, pareto_front, study_to_frame
-from edgecompress.results.retarget import retarget_study
 
 
 def test_retarget_keeps_accuracy_and_remeasures_latency(real_db, tmp_path, monkeypatch) -> None:
@@ -53,12 +53,12 @@ FALLBACK = "fp32 (int8 unsupported on torch cuda)"  # what torch on CUDA deploys
 @pytest.mark.parametrize("falls_back", [True, False], ids=["fp32-fallback", "int8"])
 def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -> None:
     """Retarget re-measures a 4-bit trial with the evaluator's estimate, from the precision it really deployed at."""
-    import edgecompress.evaluators.deploy as deploy_mod
-    import edgecompress.results.retarget as retarget_mod
+    import edgecompress.deploy.retarget as retarget_mod
+    import edgecompress.deploy.runtime as deploy_mod
+    from edgecompress.deploy.runtime import SCALED_LATENCY_KEYS
     from edgecompress.evaluators.base import BaseModel
     from edgecompress.evaluators.compress import compress_model
     from edgecompress.evaluators.data import load_data
-    from edgecompress.evaluators.deploy import SCALED_LATENCY_KEYS
     from edgecompress.evaluators.evaluate import CompressionEvaluator
     from edgecompress.evaluators.models import create_model
     from edgecompress.spaces import CompressionConfig, parse_experiment

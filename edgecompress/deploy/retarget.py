@@ -21,13 +21,13 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
+from edgecompress.deploy.export import check_device
+from edgecompress.deploy.runtime import deploy, estimate_sub8bit
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
-from edgecompress.evaluators.deploy import deploy, estimate_sub8bit
 from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for
 from edgecompress.evaluators.result import ARTEFACT_FILES
-from edgecompress.results.export import check_device
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
 from edgecompress.study.attrs import set_objectives, study_experiment, study_objectives

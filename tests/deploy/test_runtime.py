@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompress.evaluators.deploy import (
+from edgecompress.deploy.latency import LatencyStats
+from edgecompress.deploy.runtime import (
     SCALED_LATENCY_KEYS,
     deploy,
     estimate_latency,
@@ -23,7 +24,6 @@ from edgecompress.evaluators.deploy import (
     quantized_conv_share,
     resolve_int8_scheme,
 )
-from edgecompress.evaluators.latency import LatencyStats
 from edgecompress.evaluators.models import create_model
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

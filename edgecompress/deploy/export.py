@@ -26,17 +26,17 @@ import torch.nn as nn
 import yaml
 
 import edgecompress
-from edgecompress.errors import EdgeCompressError
-from edgecompress.evaluators.compress import load_compressed
-from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
-from edgecompress.evaluators.deploy import (
+from edgecompress.deploy.latency import device_name, measure_latency
+from edgecompress.deploy.runtime import (
     deploy,
     estimate_latency,
     export_onnx,
     ort_session_options,
     resolve_int8_scheme,
 )
-from edgecompress.evaluators.latency import device_name, measure_latency
+from edgecompress.errors import EdgeCompressError
+from edgecompress.evaluators.compress import load_compressed
+from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig

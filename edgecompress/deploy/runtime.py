@@ -11,6 +11,8 @@ there are no real kernels: `estimate_latency` scales a measured latency by the B
 from __future__ import annotations
 
 import copy
+import io
+import os
 import tempfile
 import time
 import warnings
@@ -23,9 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecompress.deploy.latency import LatencyStats, measure_latency
 from edgecompress.errors import CompressionError, EdgeCompressError
-from edgecompress.evaluators.cost import serialized_size
-from edgecompress.evaluators.latency import LatencyStats, measure_latency
 
 BACKENDS = ("onnxruntime", "torch", "torch_compile")
 # ONNX Runtime int8 schemes (activations, weights). U8S8 is fastest, but on x86 CPUs without VNNI its
@@ -508,3 +509,24 @@ def _build_torch(model: nn.Module, example: torch.Tensor, backend: str, precisio
         size_bytes=size, path=path, device=str(dev), threads=threads,
         _call=runner, _prepare=prepare, _to_tensor=lambda t: t,
     )
+
+
+def serialized_size(obj: Any) -> int:
+    """Bytes of a model's shipped form: a file path, raw bytes, an onnx.ModelProto, or an nn.Module.
+
+    An nn.Module is measured as its torch.save'd state dict (what model.pt holds).
+    """
+    if isinstance(obj, (str, os.PathLike)):
+        path = Path(obj)
+        if not path.is_file():
+            raise ValueError(f"serialized_size: no such file {path}")
+        return path.stat().st_size
+    if isinstance(obj, (bytes, bytearray)):
+        return len(obj)
+    if isinstance(obj, nn.Module):
+        buf = io.BytesIO()
+        torch.save(obj.state_dict(), buf)
+        return buf.getbuffer().nbytes
+    if hasattr(obj, "SerializeToString"):  # onnx.ModelProto without importing onnx here
+        return len(obj.SerializeToString())
+    raise ValueError(f"serialized_size: cannot size an object of type {type(obj).__name__}")

@@ -1,0 +1,33 @@
+"""Deployment: the runtimes a model ships on, and turning a study's trial into shipped, checked files.
+
+Two layers in one package (see pyproject.toml's import-linter contract):
+    runtime, latency   below the evaluators: ONNX Runtime / torch / torch.compile backends, int8 settings
+                       (schemes, calibration, session options), latency measurement. The evaluator measures
+                       every candidate through them.
+    export, retarget   above results: pick a trial of a study, export it with its exact preprocessing and
+                       check every file; re-measure a study on another device.
+Names are imported on first use (PEP 562), so importing one layer never loads the other.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_API = {
+    "Deployed": "runtime", "deploy": "runtime", "estimate_latency": "runtime", "estimate_sub8bit": "runtime",
+    "export_onnx": "runtime", "ort_session_options": "runtime", "resolve_int8_scheme": "runtime",
+    "serialized_size": "runtime", "INT8_SCHEMES": "runtime",
+    "LatencyStats": "latency", "measure_latency": "latency", "device_name": "latency",
+    "ExportError": "export", "ExportResult": "export", "ModelCheck": "export", "choose_trial": "export",
+    "export_trial": "export", "load_export_config": "export",
+    "RetargetSummary": "retarget", "RetargetedTrial": "retarget", "retarget_study": "retarget",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(f"edgecompress.deploy.{_API[name]}"), name)
+    raise AttributeError(f"module 'edgecompress.deploy' has no attribute {name!r}")
