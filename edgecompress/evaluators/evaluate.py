@@ -20,6 +20,7 @@ import torch.nn as nn
 from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, get_base_model
+from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
@@ -28,6 +29,7 @@ from edgecompress.evaluators.train import TrainSettings, predict_logits, train_m
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study.constraints import violations
+from edgecompress.study.intervals import wilson_interval
 from edgecompress.utils import atomic_path, seed_everything
 
 EpochCallback = Callable[[int, float], None]
@@ -129,10 +131,14 @@ class CompressionEvaluator:
         if config.importance == "taylor":  # first-order Taylor importance needs a labelled batch
             taylor = next(iter(make_loader(data.train, size, 64, shuffle=True, seed=exp.seed, limit=64)))
         model, report = compress_model(self.base.model, config, example, taylor_batch=taylor)
+        n_bn = exp.finetune.bn_recalibration_images
+        if n_bn:  # the base model's BatchNorm statistics no longer fit the compressed features
+            loader = make_loader(data.train, size, min(128, n_bn), shuffle=True, seed=exp.seed + 1, limit=n_bn)
+            n_bn = recalibrate_batchnorm(model, (x for x, _ in loader))
         w, a = config.w_bits, config.a_bits
         metrics: dict[str, Any] = {
             "input_size": size, "achieved_prune": report["achieved_prune"],
-            "blocks_kept": report["blocks_kept"], "w_bits": w, "a_bits": a,
+            "blocks_kept": report["blocks_kept"], "w_bits": w, "a_bits": a, "bn_recalibration_images": n_bn,
             **count_costs(model, (1, data.in_chans, size, size), w_bits=w, a_bits=a),
         }
         # 1. latency and cost first (cheap); weights do not matter for speed
@@ -174,6 +180,9 @@ class CompressionEvaluator:
         test_logits = predict_logits(runner, data.test, size, eb, self.device)
         metrics["accuracy"] = float((val_logits.argmax(1) == data.val.labels.numpy()).mean())
         metrics["test_accuracy"] = float((test_logits.argmax(1) == data.test.labels.numpy()).mean())
+        for split, n in (("accuracy", len(data.val)), ("test_accuracy", len(data.test))):
+            metrics[f"{split}_low"], metrics[f"{split}_high"] = wilson_interval(round(metrics[split] * n), n)
+        metrics["val_images"], metrics["test_images"] = len(data.val), len(data.test)
         metrics["eval_seconds"] = round(time.perf_counter() - t0, 3)
         result = EvalResult(config, state="complete", metrics=metrics,
                             violations={**pre, **violations(metrics, exp.constraints, "post")})

@@ -59,6 +59,8 @@ class FinetuneRecipe(_Strict):
     distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the KD term")
     temperature: float = Field(4.0, gt=0)
     qat: bool = Field(False, description="fake-quantise during fine-tune for sub-8-bit configs")
+    bn_recalibration_images: int = Field(512, ge=0, description="training images to re-estimate BatchNorm "
+                                         "statistics on after compression, before fine-tuning (0 = off)")
     max_seconds: float = Field(3600.0, gt=0, description="wall-clock budget of one trial's evaluation "
                                "(compress, measure, fine-tune, evaluate); past it the trial fails")
 
