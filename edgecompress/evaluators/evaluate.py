@@ -21,7 +21,7 @@ from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, get_base_model
 from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
-from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed
+from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed, weights_hash
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
@@ -159,7 +159,7 @@ class CompressionEvaluator:
         ft = exp.finetune
         settings = TrainSettings.from_recipe(ft, exp.seed)
         settings.epochs = ft.epochs if config.finetune_epochs is None else config.finetune_epochs
-        settings.augment = False
+        settings.augment = ft.augment
         settings.memory_format = exp.device.train_memory_format
         settings.max_seconds = max(0.0, ft.max_seconds - (time.perf_counter() - t0))
         if w < 8 and ft.qat:
@@ -175,6 +175,7 @@ class CompressionEvaluator:
         metrics["finetune_epochs"] = settings.epochs
         # 3. the shipped form gives the accuracy
         runner, fp_model = self._final_form(model, config, size)
+        metrics["weights_sha256"] = weights_hash(fp_model)  # names the trained weights (export records it too)
         eb = exp.device.eval_batch_size
         val_logits = predict_logits(runner, data.val, size, eb, self.device)
         test_logits = predict_logits(runner, data.test, size, eb, self.device)

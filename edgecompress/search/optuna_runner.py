@@ -140,7 +140,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
             trial.set_user_attr(A.STATE_DETAIL, "interrupted")
             trial.set_user_attr(A.FAIL_REASON, "interrupted (Ctrl-C)")
             study.tell(trial, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={A.RETRY_OF: trial.number})
+            links = {k: trial.user_attrs[k] for k in A.LINK_ATTRS if k in trial.user_attrs}
+            study.enqueue_trial(trial.params, user_attrs={**links, A.RETRY_OF: trial.number})
             raise
         except Exception as e:  # noqa: BLE001 - a bug outside the evaluator still only fails this trial
             trial.set_user_attr(A.STATE_DETAIL, "failed")

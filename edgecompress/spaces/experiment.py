@@ -59,6 +59,7 @@ class FinetuneRecipe(_Strict):
     distill_weight: float = Field(0.5, ge=0, le=1, description="weight of the KD term")
     temperature: float = Field(4.0, gt=0)
     qat: bool = Field(False, description="fake-quantise during fine-tune for sub-8-bit configs")
+    augment: bool = Field(False, description="crop+flip augmentation while fine-tuning (finalize turns it on)")
     bn_recalibration_images: int = Field(512, ge=0, description="training images to re-estimate BatchNorm "
                                          "statistics on after compression, before fine-tuning (0 = off)")
     max_seconds: float = Field(3600.0, gt=0, description="wall-clock budget of one trial's evaluation "
@@ -122,7 +123,7 @@ class Objective(_Strict):
 class Budget(_Strict):
     trials: int = Field(40, ge=1)
     timeout_s: float | None = Field(None, gt=0)
-    sampler: Literal["auto", "nsga2", "tpe", "random", "grid", "qmc"] = "auto"
+    sampler: Literal["auto", "nsga2", "tpe", "random", "grid", "qmc", "fixed"] = "auto"
     population: int = Field(10, ge=2, description="NSGA-II population size")
     enqueue_uncompressed: bool = True
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="extra configs tried first")

@@ -185,6 +185,11 @@ class SearchSpace:
         counts = CompressionConfig(depth=fraction).stage_depth(self.blocks_per_stage)
         return 1.0 if counts == self.blocks_per_stage else tuple(counts)
 
+    def uncompressed(self) -> CompressionConfig:
+        """The uncompressed model as this space states it (its round_to, importance, ...): the config the search
+        enqueues first and finalize always re-trains; ConfigError when the space cannot express it."""
+        return self.from_params(self.params_of(CompressionConfig(), source="uncompressed model"))
+
     def params_of(self, config: CompressionConfig, source: str = "config") -> dict[str, Any]:
         """The param dict that `from_params` maps back to `config` (for enqueue_trial)."""
         params: dict[str, Any] = {}

@@ -15,6 +15,7 @@ import optuna
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.study.storage import FINAL_SUFFIX  # noqa: F401 - finalize writes <study>-final
 
 # ---- study user attributes
 EXPERIMENT = "experiment"  # the ExperimentConfig dict the study was created with
@@ -36,6 +37,13 @@ LATENCY_SOURCE = "latency_source"  # measured | estimated
 FIDELITY = "fidelity"  # proxy (search) | final (full-fidelity training); absent = proxy
 ENQUEUED = "enqueued"
 RETRY_OF = "retry_of"
+PROXY_TRIAL = "proxy_trial"  # a finalized trial: the search trial whose config it re-trained
+WEIGHTS_HASH = "weights_sha256"  # edgecompress.evaluators.compress.weights_hash of the trained model
+#: trial attrs set when a trial is enqueued that a re-queued copy must keep
+LINK_ATTRS = (PROXY_TRIAL, FIDELITY)
+
+# ---- finalized studies
+FINALIZED_FROM = "finalized_from"  # study attr of a finalized study: the search study's name
 
 #: trial attrs that are bookkeeping, not metrics
 BOOKKEEPING_ATTRS = frozenset({CONFIG, CONFIG_HASH, STATE_DETAIL, FAIL_REASON, VIOLATIONS, ARTEFACT_DIR,

@@ -15,19 +15,24 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.utils import runs_dir
 
+FINAL_SUFFIX = "-final"  # finalize writes <study>-final into the search study's storage
+
 __all__ = [
     "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "check_study_name",
     "default_storage_url", "is_journal", "list_local_studies", "load_study", "make_storage", "storage_for_path",
+    "study_location", "StudyLocation",
 ]
 
 HEARTBEAT_INTERVAL_S = 30
@@ -139,16 +144,40 @@ def list_local_studies() -> list[str]:
     return sorted(p.stem for p in root.iterdir() if p.suffix in (".db", *JOURNAL_SUFFIXES))
 
 
-def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any = None) -> optuna.Study:
+FIDELITIES = ("auto", "final", "proxy")
+
+
+@dataclass
+class StudyLocation:
+    """A loaded study and where it lives: `url` is a string `make_storage` accepts (None when the caller
+    gave a storage object), so a linked study (e.g. `<study>-final`) can be written beside it."""
+
+    study: optuna.Study
+    url: str | None
+    names: list[str]  # every study in that storage
+
+
+def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any = None, *,
+               final: str = "auto") -> optuna.Study:
     """Open a stored study.
 
     A bare name maps to <runs_dir()>/<name>.journal when it exists, else sqlite:///<runs_dir()>/<name>.db
     (the search's default); a storage URL (`sqlite:///x.db`, `postgresql://...`,
-    `journal:path`) or a .db/.journal path opens the only study there; with `storage` given,
-    `name_or_url` is the study name in it (a URL/path string or an Optuna storage object).
+    `journal:path`) or a .db/.journal path opens the only study there (a search study and its
+    `-final` twin count as one); with `storage` given, `name_or_url` is the study name in it (a URL/path
+    string or an Optuna storage object). `final`: "auto" opens `<name>-final` instead when finalize
+    wrote complete trials there, "final" requires it, "proxy" opens the search study itself.
     """
+    return study_location(name_or_url, storage, final=final).study
+
+
+def study_location(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any = None, *,
+                   final: str = "auto") -> StudyLocation:
+    """`load_study`, also returning the storage URL and the studies stored there."""
+    if final not in FIDELITIES:
+        raise ConfigError(f"final: expected one of {', '.join(FIDELITIES)}, got {final!r}")
     if isinstance(name_or_url, optuna.Study):
-        return name_or_url
+        return StudyLocation(name_or_url, None, [name_or_url.study_name])
     text = str(name_or_url)
     study_name: str | None
     where: str
@@ -189,11 +218,12 @@ def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any 
             )
         study_name, store, where = text, storage_for_path(found), str(found)
     names = _list_studies(store)
-    if study_name is not None and storage is None and study_name not in names and len(names) == 1:
-        study_name = names[0]  # runs/<name>.db holding one study under another name
+    searches = [n for n in names if not (n.endswith(FINAL_SUFFIX) and n.removesuffix(FINAL_SUFFIX) in names)]
+    if study_name is not None and storage is None and study_name not in names and len(searches) == 1:
+        study_name = searches[0]  # runs/<name>.db holding one study under another name
     if study_name is None:
-        if len(names) == 1:
-            study_name = names[0]
+        if len(searches) == 1:
+            study_name = searches[0]
         elif not names:
             raise EdgeCompressError(f"no studies in {where}")
         else:
@@ -201,8 +231,22 @@ def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any 
                 f"{where} holds several studies ({', '.join(names)}): "
                 "name one, e.g. load_study(NAME, storage=...)"
             )
+    url = store if isinstance(store, str) else (where if storage is None or isinstance(storage, str) else None)
     try:
-        return optuna.load_study(study_name=study_name, storage=store)
+        study = optuna.load_study(study_name=study_name, storage=store)
+        twin = study_name + FINAL_SUFFIX
+        if final == "final" and twin not in names and not study_name.endswith(FINAL_SUFFIX):
+            raise EdgeCompressError(f"study {study_name!r} has no finalized results in {where}: run "
+                                    f"`edgecompress finalize {study_name}` (or leave out --final)")
+        if final != "proxy" and twin in names:
+            finalized = optuna.load_study(study_name=twin, storage=store)
+            if final == "final" or any(t.state == TrialState.COMPLETE for t in finalized.get_trials(deepcopy=False)):
+                study = finalized
+        elif final == "proxy" and study_name.endswith(FINAL_SUFFIX):
+            base = study_name.removesuffix(FINAL_SUFFIX)
+            if base in names:
+                study = optuna.load_study(study_name=base, storage=store)
+        return StudyLocation(study, url, names)
     except KeyError:
         listing = ", ".join(names) if names else "none"
         raise EdgeCompressError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgecompress.evaluators.compress.apply import compress_model
 from edgecompress.evaluators.compress.depth import apply_depth, is_droppable, keep_blocks, stage_blocks
-from edgecompress.evaluators.compress.io import load_compressed, save_compressed
+from edgecompress.evaluators.compress.io import load_compressed, save_compressed, weights_hash
 from edgecompress.evaluators.compress.prune import PruneReport, count_macs_params, prune_model
 from edgecompress.evaluators.compress.quantize import (
     FakeQuantConv2d,
@@ -31,5 +31,6 @@ __all__ = [
     "quantize_activation",
     "quantize_weight",
     "save_compressed",
+    "weights_hash",
     "stage_blocks",
 ]

@@ -10,6 +10,7 @@ state dict strictly, so any mismatch fails loudly instead of silently.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -126,3 +127,14 @@ def load_compressed(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, 
             f"cannot rebuild compressed model {path}: {type(e).__name__}: {str(e).splitlines()[0]}"
         ) from None
     return model.eval(), meta
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 of a model's weights (every state-dict tensor's name, shape, dtype and bytes, in order):
+    names a trained model independently of how it is serialised (model.pt, TorchScript, ONNX source)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
