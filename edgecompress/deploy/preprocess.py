@@ -257,6 +257,8 @@ def preprocessing_graph(spec: Preprocess, size: int, layout: str = "NHWC", opset
         nodes.append(helper.make_node(op, inputs, [f"pp/{name}"], name=f"pp/{name}_op", **attrs))
         return f"pp/{name}"
 
+    # Resize gets `sizes` for all 4 axes (no `axes` attribute): onnxruntime's transpose optimizer, which moves
+    # the NHWC -> NCHW Transpose when an int8 model runs in NHWC, mis-permutes a 2-element `sizes`
     resize_attrs = {"mode": "linear", "antialias": 1, "exclude_outside": 1,
                     "coordinate_transformation_mode": "half_pixel"}
     x = input_name
@@ -269,7 +271,12 @@ def preprocessing_graph(spec: Preprocess, size: int, layout: str = "NHWC", opset
         new_hw = node("Floor", [node("Add", [node("Mul", [in_hw, factor], "scaled"), const("half", 0.5, np.float64)],
                                      "scaled_half")], "new_hw_f")
         new_hw = node("Cast", [new_hw], "new_hw", to=TensorProto.INT64)
-        x = node("Resize", [x, "", "", new_hw], "pil_resize", axes=hw, **resize_attrs)
+        n_axis = node("Shape", [x], "n", start=0, end=1)
+        if layout == "NHWC":
+            sizes = node("Concat", [n_axis, new_hw, node("Shape", [x], "c", start=3, end=4)], "pil_sizes", axis=0)
+        else:
+            sizes = node("Concat", [node("Shape", [x], "nc", start=0, end=2), new_hw], "pil_sizes", axis=0)
+        x = node("Resize", [x, "", "", sizes], "pil_resize", **resize_attrs)
         if spec.center_crop:
             start = node("Div", [node("Sub", [new_hw, const("size", [size, size], np.int64)], "margin"),
                                  const("two", [2, 2], np.int64)], "crop_start")
@@ -280,8 +287,9 @@ def preprocessing_graph(spec: Preprocess, size: int, layout: str = "NHWC", opset
     if layout == "NHWC":
         x = node("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
     if spec.tensor_resize:
-        x = node("Resize", [x, "", "", const("out_hw", [size, size], np.int64)], "resize", axes=[2, 3],
-                 **resize_attrs)
+        sizes = node("Concat", [node("Shape", [x], "nc_out", start=0, end=2), const("out_hw", [size, size], np.int64)],
+                     "sizes", axis=0)
+        x = node("Resize", [x, "", "", sizes], "resize", **resize_attrs)
     c = spec.channels
     x = node("Sub", [x, const("mean", np.reshape(spec.mean, (1, c, 1, 1)), np.float32)], "centred")
     nodes.append(helper.make_node("Div", [x, const("std", np.reshape(spec.std, (1, c, 1, 1)), np.float32)],
@@ -314,7 +322,7 @@ def with_preprocessing(model: Any, spec: Preprocess, size: int, layout: str = "N
     opset; the graphs are joined with onnx.compose.merge_models.
     """
     import onnx
-    from onnx import compose, version_converter
+    from onnx import compose, helper, version_converter
 
     if not isinstance(model, onnx.ModelProto):
         model = onnx.load(str(model))
@@ -336,5 +344,10 @@ def with_preprocessing(model: Any, spec: Preprocess, size: int, layout: str = "N
                               output_name="pp/model_input", ir_version=model.ir_version)
     merged = compose.merge_models(pre, model, io_map=[("pp/model_input", inputs[0].name)],
                                   producer_name="edgecompress.preprocess", doc_string=pre.graph.doc_string)
+    opsets: dict[str, int] = {}
+    for o in merged.opset_import:  # merge_models lists a domain both graphs import twice
+        opsets.setdefault(o.domain, o.version)
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(d, v) for d, v in opsets.items())
     onnx.checker.check_model(merged)
     return merged

@@ -146,3 +146,24 @@ def test_with_preprocessing_joins_an_opset_17_model(tmp_path) -> None:
         assert np.abs(got - want).max() < 1e-2
     same = np.stack([_image(40, 52, seed=s) for s in range(3)])  # a batch of one size
     assert sess.run(None, {"images": same})[0].shape == (3, 5)
+
+
+@pytest.mark.parametrize(("spec", "size", "shape"), [(GRAY, 21, (28, 28, 1)), (FOLDER, 24, (30, 41, 3))])
+def test_with_preprocessing_in_front_of_an_int8_qdq_model(tmp_path, spec: Preprocess, size: int, shape) -> None:
+    """onnxruntime's optimisers rewrite int8 QDQ graphs (NHWC convs, moved transposes): the graph must survive."""
+    from edgecompress.deploy.runtime import deploy
+
+    torch.manual_seed(0)
+    c = spec.channels
+    net = nn.Sequential(nn.Conv2d(c, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 5)).eval()
+    deploy(net, torch.randn(1, c, size, size), backend="onnxruntime", precision="int8",
+           calib_batches=[torch.randn(16, c, size, size)], workdir=tmp_path)
+    merged = with_preprocessing(tmp_path / "model_int8.onnx", spec, size)
+    assert len({o.domain for o in merged.opset_import}) == len(merged.opset_import)  # one entry per domain
+    sess = _session(merged)  # default optimisation level
+    imgs = np.stack([_image(*shape[:2], c, seed=s).reshape(shape) for s in range(4)])
+    got = sess.run(None, {"images": imgs})[0]
+    with torch.no_grad():
+        want = net(torch.from_numpy(np.stack([spec.apply(im, size) for im in imgs]))).numpy()
+    assert got.shape == (4, 5) and np.abs(got - want).max() < 0.1 * np.abs(want).max() + 0.05

@@ -205,3 +205,23 @@ def test_a_stated_preprocessing_that_is_wrong_fails_the_export(real_db, tmp_path
         export_trial(real_db.url, tmp_path / "out", trial=n, data=data, formats="yaml")
     assert e.value.result.preprocess_check.max_input_diff > 0.5
     assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_onnx_of_an_idx_dataset_takes_stored_uint8_images(real_db, tmp_path: Path) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 8)
+    out = tmp_path / "out"
+    res = export_trial(real_db.url, out, trial=n, data=real_db.data, formats="onnx", preprocess=True)
+    checks = {c.name: c for c in res.checks}
+    assert set(checks) == {"onnx", "onnx_int8", "onnx_preprocess", "onnx_int8_preprocess"}
+    assert checks["onnx_preprocess"].passed and checks["onnx_preprocess"].agreement >= 0.99
+    _, doc = load_export_config(out)
+    assert doc["input"]["preprocessed_onnx"]["shape"] == ["N", "H", "W", 1]
+    size = doc["input"]["size"]
+    imgs = real_db.data.val.images[:64].permute(0, 2, 3, 1).numpy()  # the stored 28 x 28 pixels, N x H x W x 1
+    sess = ort.InferenceSession(str(out / "model_preprocess.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": imgs})[0]
+    model, _ = load_compressed(Path(df[df["number"] == n].iloc[0]["artefact_dir"]) / "model.pt")
+    with torch.no_grad():
+        ref = model(real_db.data.val.batch(torch.arange(64), size)).numpy()
+    assert np.abs(got - ref).max() < 1e-3 and size != 28  # the graph resizes 28 -> size as the loader does
