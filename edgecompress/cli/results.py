@@ -169,6 +169,17 @@ def _checks_table(result: Any) -> Table:
     return t
 
 
+def _preprocess_line(pc: Any) -> str:
+    """One line: config.yaml's stated preprocessing, run on raw validation files, next to the study's accuracy."""
+    def acc(v: Any) -> str:
+        return "-" if v is None else f"{v:.4f}"
+
+    ok = "[green]ok[/]" if pc.passed else "[red]NO[/]"
+    return (f"stated preprocessing on {pc.samples} raw validation images: accuracy {acc(pc.stated_accuracy)} "
+            f"(model.onnx {acc(pc.onnx_accuracy)}, loader {acc(pc.loader_accuracy)}, study {acc(pc.study_accuracy)}), "
+            f"top-1 agreement {pc.agreement:.4f}, max input diff {pc.max_input_diff:.2g}: {ok}")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Bad option values (ValueError from the library) become one-line EdgeCompressErrors (exit 2)."""
@@ -255,8 +266,13 @@ def register(app: typer.Typer) -> None:
                                         help="int8 file for the target CPU: auto (this CPU), u8s8 (VNNI or ARM), "
                                         "u8u8 (x86 without VNNI, accurate), u8s8_rr (x86 without VNNI, "
                                         "faster, 7-bit weights)"),
+        preprocess: bool = typer.Option(False, "--preprocess",
+                                        help="also write each ONNX file with the dataset's preprocessing in the "
+                                        "graph (model_preprocess.onnx: uint8 N x H x W x C images in; needs "
+                                        "--format onnx)"),
     ) -> None:
-        """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed."""
+        """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed; config.yaml
+        states the loader's preprocessing, checked on the dataset's raw validation files."""
         from edgecompress.deploy.export import ExportError, export_trial
         from edgecompress.results.pareto import parse_latency_ms
 
@@ -265,7 +281,7 @@ def register(app: typer.Typer) -> None:
                 max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
                                       knee=knee, formats=formats, force=force, storage=storage, device=device,
-                                      int8_scheme=int8_scheme)
+                                      int8_scheme=int8_scheme, preprocess=preprocess)
         except ExportError as e:
             if e.result is not None:
                 print_wide(_checks_table(e.result))
@@ -274,6 +290,10 @@ def register(app: typer.Typer) -> None:
             raise SystemExit(1) from None
         console.print(f"trial {result.number}: {result.selection.reason}")
         print_wide(_checks_table(result))
+        if result.preprocess_check is not None:
+            print_wide(_preprocess_line(result.preprocess_check))
+        for note in result.notes:
+            console.print(f"[yellow]note:[/] {note}")
         for p in result.problems:
             console.print(f"[red]forced despite:[/] {p}")
         console.print(f"exported to {result.out_dir.resolve()}: {', '.join(result.files)}")

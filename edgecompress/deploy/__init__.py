@@ -1,9 +1,11 @@
 """Deployment: the runtimes a model ships on, and turning a study's trial into shipped, checked files.
 
-Two layers in one package (see pyproject.toml's import-linter contract):
-    runtime, latency   below the evaluators: ONNX Runtime / torch / torch.compile backends, int8 settings
+Layers of one package (see pyproject.toml's import-linter contract):
+    runtime, preprocess, latency
+                       below the evaluators: ONNX Runtime / torch / torch.compile backends, int8 settings
                        (schemes, calibration, session options), latency measurement. The evaluator measures
-                       every candidate through them.
+                       every candidate through them. `preprocess`: each dataset loader's preprocessing as data
+                       (`Preprocess`), its PIL + numpy reference and its ONNX graph (`with_preprocessing`).
     export, retarget   above results: pick a trial of a study, export it with its exact preprocessing and
                        check every file; re-measure a study on another device.
 Names are imported on first use (PEP 562), so importing one layer never loads the other.
@@ -18,9 +20,10 @@ _API = {
     "Deployed": "runtime", "deploy": "runtime", "estimate_latency": "runtime", "estimate_sub8bit": "runtime",
     "export_onnx": "runtime", "ort_session_options": "runtime", "resolve_int8_scheme": "runtime",
     "serialized_size": "runtime", "INT8_SCHEMES": "runtime",
+    "Preprocess": "preprocess", "preprocessing_graph": "preprocess", "with_preprocessing": "preprocess",
     "LatencyStats": "latency", "measure_latency": "latency", "device_name": "latency",
     "ExportError": "export", "ExportResult": "export", "ModelCheck": "export", "choose_trial": "export",
-    "export_trial": "export", "load_export_config": "export",
+    "export_trial": "export", "load_export_config": "export", "PreprocessCheck": "export",
     "RetargetSummary": "retarget", "RetargetedTrial": "retarget", "retarget_study": "retarget",
 }
 

@@ -1,5 +1,10 @@
 """Export one trial of a study: config.yaml to reproduce it, TorchScript and ONNX (fp32, int8 QDQ) models.
 
+config.yaml states the dataset loader's preprocessing (its `Preprocess`) in words and as data, and the export
+checks that statement: the stated steps, run with PIL + numpy on the dataset's raw files (not the loader's
+tensors), must give the model the loader's input. With `preprocess`, the ONNX files are also written with the
+preprocessing in the graph (uint8 N x H x W x C images in), checked against the torch pipeline.
+
 Nothing is written under the final name until every exported model has been reloaded, compared with the
 in-memory model on a validation batch (top-1 agreement, max logit difference) and re-timed on this
 device: the files are built in a temp folder next to the output folder, which then replaces it
@@ -27,6 +32,7 @@ import yaml
 
 import edgecompress
 from edgecompress.deploy.latency import device_name, measure_latency
+from edgecompress.deploy.preprocess import Preprocess, with_preprocessing
 from edgecompress.deploy.runtime import (
     deploy,
     estimate_latency,
@@ -48,12 +54,17 @@ from edgecompress.study.storage import load_study
 from edgecompress.utils import plain, replace_dir
 
 FORMAT = "edgecompress.export"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: input.preprocess is the loader's steps (words + data), not one line
+READABLE_VERSIONS = (1, 2)
 FORMATS = ("yaml", "torchscript", "onnx")
 FILES = {"config": "config.yaml", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
-         "onnx_int8": "model_int8.onnx"}
+         "onnx_int8": "model_int8.onnx", "onnx_preprocess": "model_preprocess.onnx",
+         "onnx_int8_preprocess": "model_int8_preprocess.onnx"}
 FP32_MIN_AGREEMENT = 0.99  # fp32 exports must give the same top-1 as the in-memory model
 CHECK_SAMPLES = 256  # validation images used to compare an exported model with the in-memory one
+RAW_CHECK_SAMPLES = 1000  # validation images the stated preprocessing is checked on (from the raw files)
+MAX_INPUT_DIFF = 1e-3  # stated preprocessing vs the loader's tensor, after normalisation
+PREPROCESS_LAYOUT = "NHWC"  # the uint8 input of the files with the preprocessing in the graph
 _METRIC_TYPES = (int, float, str, bool)
 
 
@@ -86,6 +97,23 @@ class ModelCheck:
 
 
 @dataclass
+class PreprocessCheck:
+    """config.yaml's stated preprocessing run with PIL + numpy on the raw files of validation images."""
+
+    samples: int  # the first `samples` validation images (all of them when samples == validation images)
+    validation_images: int
+    size: int
+    max_input_diff: float  # max |stated - loader's tensor| over all inputs (after normalisation)
+    agreement: float  # top-1 agreement of the in-memory model on the stated inputs vs the loader's
+    stated_accuracy: float  # the in-memory model on the stated inputs
+    loader_accuracy: float  # the in-memory model on the loader's tensors (the study's pipeline), same images
+    onnx_accuracy: float | None  # model.onnx on the stated inputs (None: no ONNX file exported)
+    study_accuracy: float | None  # the trial's accuracy in the study (its shipped precision, all validation images)
+    passed: bool
+    note: str = ""
+
+
+@dataclass
 class ExportResult:
     """What was exported where, the checks, and whether the re-measured latency meets the budget."""
 
@@ -100,6 +128,8 @@ class ExportResult:
     max_latency_ms: float | None = None
     problems: list[str] = field(default_factory=list)
     forced: bool = False
+    preprocess_check: PreprocessCheck | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -250,10 +280,75 @@ def _check_onnx(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: Experiment
                                 tuple(xval.shape))
 
 
+def raw_items(split: Any, n: int) -> list[Any]:
+    """The first `n` images of `split` as the dataset stores them: file paths (folders) or uint8 H x W x C arrays
+    (datasets read into memory), not the loader's tensors."""
+    if hasattr(split, "files"):
+        return list(split.files[:n])
+    if hasattr(split, "images"):
+        return [im.permute(1, 2, 0).numpy() for im in split.images[:n]]
+    raise EdgeCompressError(f"cannot read the stored images of a {type(split).__name__} to check the preprocessing")
+
+
+def check_stated_preprocess(model: nn.Module, data: DataBundle, spec: Preprocess, size: int,
+                            study_accuracy: float | None = None, onnx_path: Path | None = None,
+                            n: int = RAW_CHECK_SAMPLES, threads: int = 2, chunk: int = 128) -> PreprocessCheck:
+    """Run `spec`'s stated steps (PIL + numpy, `Preprocess.apply`) on the raw files of the first `n` validation
+    images and compare with the loader's tensors: input difference, the in-memory model's top-1 agreement and
+    accuracy on both, and `onnx_path`'s accuracy on the stated inputs."""
+    n = min(n, len(data.val))
+    items, labels = raw_items(data.val, n), data.val.labels[:n].numpy()
+    sess = ort_session(onnx_path, "cpu", threads) if onnx_path is not None else None
+    diff, stated_pred, loader_pred, onnx_pred = 0.0, [], [], []
+    for start in range(0, n, chunk):
+        stated = np.stack([spec.apply(it, size) for it in items[start: start + chunk]])
+        loader = data.val.batch(torch.arange(start, min(n, start + chunk)), size)
+        diff = max(diff, float(np.abs(stated - loader.numpy()).max()))
+        with torch.no_grad():
+            stated_pred.append(model(torch.from_numpy(stated)).argmax(1).numpy())
+            loader_pred.append(model(loader).argmax(1).numpy())
+        if sess is not None:
+            out = sess.run(None, {sess.get_inputs()[0].name: stated})[0]
+            onnx_pred.append(np.asarray(out).argmax(1))
+    sp, lp = np.concatenate(stated_pred), np.concatenate(loader_pred)
+    agreement = float((sp == lp).mean())
+    return PreprocessCheck(
+        samples=n, validation_images=len(data.val), size=size, max_input_diff=diff, agreement=agreement,
+        stated_accuracy=float((sp == labels).mean()), loader_accuracy=float((lp == labels).mean()),
+        onnx_accuracy=float((np.concatenate(onnx_pred) == labels).mean()) if onnx_pred else None,
+        study_accuracy=study_accuracy, passed=agreement >= FP32_MIN_AGREEMENT and diff <= MAX_INPUT_DIFF,
+    )
+
+
+def _check_onnx_raw(path: Path, ref: np.ndarray, images: list[np.ndarray], exp: ExperimentConfig,
+                    device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
+    """A file with the preprocessing in its graph, fed the decoded uint8 images (N x H x W x C, one batch per
+    image size) of the images `ref` (the in-memory model on the loader's tensors) was computed on."""
+    import onnxruntime as ort
+
+    sess = ort_session(path, device, threads)
+    name = sess.get_inputs()[0].name
+    out = np.zeros_like(ref)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, im in enumerate(images):
+        by_shape.setdefault(im.shape, []).append(i)
+    for idx in by_shape.values():
+        out[idx] = np.asarray(sess.run(None, {name: np.stack([images[i] for i in idx])})[0], dtype=np.float32)
+    agree, diff = compare_logits(ref, out)
+    d = exp.device
+    kw = dict(device=device, threads=threads, backend="onnxruntime", runtime_version=f"onnxruntime {ort.__version__}",
+              min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv, clock="host")
+    feeds = [{name: np.stack([images[0]] * b)} for b in (1, d.batch_size)]
+    s1 = measure_latency(lambda: sess.run(None, feeds[0]), batch_size=1, **kw)
+    sb = measure_latency(lambda: sess.run(None, feeds[1]), batch_size=d.batch_size, **kw)
+    return agree, diff, (s1.median_ms, s1.p90_ms, sb.median_ms)
+
+
 def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size: int, in_chans: int,
                  cfg: CompressionConfig, calib: list[torch.Tensor] | None,
-                 int8_scheme: str = "auto") -> list[tuple[str, str]]:
-    """Write the model files into `staging`; returns [(check name, precision)]."""
+                 int8_scheme: str = "auto", preprocess: Preprocess | None = None) -> list[tuple[str, str]]:
+    """Write the model files into `staging`; returns [(check name, precision)]. With `preprocess`, each ONNX file
+    also gets a copy with the preprocessing in its graph (uint8 images in)."""
     example = torch.randn(2, in_chans, size, size)
     built: list[tuple[str, str]] = []
     if "torchscript" in formats:
@@ -272,6 +367,13 @@ def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size
             os.replace(work / "model_int8.onnx", staging / FILES["onnx_int8"])
             shutil.rmtree(work, ignore_errors=True)
             built.append(("onnx_int8", dep.precision))
+    if preprocess is not None:
+        import onnx
+
+        for name, precision in [b for b in built if b[0] in ("onnx", "onnx_int8")]:
+            merged = with_preprocessing(staging / FILES[name], preprocess, size, layout=PREPROCESS_LAYOUT)
+            onnx.save(merged, str(staging / FILES[f"{name}_preprocess"]))
+            built.append((f"{name}_preprocess", precision))
     return built
 
 
@@ -295,8 +397,22 @@ def versions() -> dict[str, str]:
     return out
 
 
+def preprocessed_input(spec: Preprocess, size: int, files: list[str]) -> dict[str, Any]:
+    """config.yaml's description of the files with the preprocessing in the graph."""
+    c = spec.channels
+    decode = (f"decode with PIL: np.asarray(Image.open(file).convert({spec.pil_mode!r}))" if spec.pil_mode
+              else f"the stored uint8 pixels ({spec.stored})")
+    return {
+        "files": files, "input_name": "images", "dtype": "uint8", "layout": PREPROCESS_LAYOUT,
+        "shape": ["N", "H", "W", c], "output": "logits",
+        "words": f"uint8 images N x H x W x {c} ({decode}; all images of one batch the same H x W); the graph runs "
+                 f"the steps after decoding (ONNX Resize with antialias, opset >= 18) and the model",
+    }
+
+
 def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle, row: dict[str, Any],
-                  size: int, device: str, threads: int, staging: Path) -> dict[str, Any]:
+                  size: int, device: str, threads: int, staging: Path,
+                  spec: Preprocess | None = None) -> dict[str, Any]:
     """The config.yaml content: everything needed to reproduce and to use the exported model."""
     metric_keys = [k for k, v in row.items() if isinstance(v, _METRIC_TYPES) and not k.startswith(
         ("params_", "cfg_", "violation_", "datetime"))]
@@ -305,7 +421,16 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
     for name in result.files:
         p = staging / name
         files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
-    split = data.val
+    spec = spec or data.preprocess
+    if spec is None:
+        raise ExportError(f"dataset {data.name!r}: its loader states no preprocessing (RawData.preprocess)")
+    pre_files = [f for f in result.files if f.endswith("_preprocess.onnx")]
+    inp: dict[str, Any] = {"size": size, "channels": data.in_chans, "layout": "NCHW", "dtype": "float32",
+                           "preprocess": spec.describe(size), "mean": plain(list(spec.mean)),
+                           "std": plain(list(spec.std)), "classes": list(data.classes)}
+    if pre_files:
+        inp["preprocessed_onnx"] = preprocessed_input(spec, size, pre_files)
+    pc = result.preprocess_check
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -318,10 +443,7 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
         "config_hash": result.config.config_hash(),
         "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
         "seed": exp.seed,
-        "input": {"size": size, "channels": data.in_chans, "layout": "NCHW", "dtype": "float32",
-                  "preprocess": "pixels / 255, bilinear resize to size, then (x - mean) / std",
-                  "mean": plain(list(getattr(split, "mean", []) or [])),
-                  "std": plain(list(getattr(split, "std", []) or [])), "classes": list(data.classes)},
+        "input": inp,
         "metrics": metrics,
         "device": {"export_device": device, "export_device_name": device_name(device), "threads": threads,
                    "search_device": metrics.get("device"), "search_device_name": metrics.get("device_name"),
@@ -329,9 +451,10 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
         "versions": versions(),
         "files": files,
         "checks": [plain(asdict(c)) for c in result.checks],
+        "preprocess_check": plain(asdict(pc)) if pc is not None else None,
         "budget": {"max_latency_ms": result.max_latency_ms, "latency_check": result.latency_check},
         "problems": list(result.problems),
-        "notes": precision_notes(result.config),
+        "notes": precision_notes(result.config) + list(result.notes),
         "experiment": exp.to_dict(),
     }
 
@@ -358,9 +481,9 @@ def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig,
         raise EdgeCompressError(f"cannot read export config {path}: {e}".splitlines()[0]) from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise EdgeCompressError(f"{path} is not an edgecompress export config")
-    if doc.get("format_version") != FORMAT_VERSION:
-        raise EdgeCompressError(f"{path}: export format version {doc.get('format_version')!r} is not "
-                                f"{FORMAT_VERSION}")
+    if doc.get("format_version") not in READABLE_VERSIONS:
+        raise EdgeCompressError(f"{path}: export format version {doc.get('format_version')!r} is not one of "
+                                f"{', '.join(map(str, READABLE_VERSIONS))}")
     return CompressionConfig.from_dict(doc["compression"], str(path)), doc
 
 
@@ -368,15 +491,19 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
                  max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
                  formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
                  device: str = "cpu", threads: int | None = None, storage: Any = None,
-                 int8_scheme: str = "auto") -> ExportResult:
+                 int8_scheme: str = "auto", preprocess: bool = False) -> ExportResult:
     """Choose a trial, export it to `out_dir`, check every file; raise ExportError when a check fails.
 
     `int8_scheme` picks the int8 file's scheme for the target CPU: "auto" for this one, "u8s8" for a CPU
     with VNNI (or ARM), "u8u8" for an x86 CPU without VNNI (see deploy.INT8_SCHEMES).
     `max_latency` is in ms. With `force`, an infeasible choice or a failed check is recorded in
     `result.problems` and the export is still written. `data` skips reloading the study's dataset.
+    `preprocess` (needs the onnx format) also writes each ONNX file with the dataset's preprocessing in its graph
+    (model_preprocess.onnx, model_int8_preprocess.onnx: uint8 N x H x W x C images in).
     """
     fmts = parse_formats(formats)
+    if preprocess and "onnx" not in fmts:
+        raise ValueError("--preprocess puts the preprocessing in the ONNX graph: it needs --format onnx")
     check_device(device)
     resolve_int8_scheme(int8_scheme)  # a bad value fails before any work
     out_dir = Path(out_dir)
@@ -396,28 +523,41 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     model, meta = load_compressed(path)
     cfg = CompressionConfig.from_dict(meta.get("config") or sel.row["config"], str(path))
     data = data if data is not None else load_data(exp.dataset, exp.seed)
+    spec = data.preprocess
+    if spec is None:
+        raise ExportError(f"dataset {data.name!r}: its loader states no preprocessing (RawData.preprocess), so the "
+                          "export could not say how to feed the model")
     size = int(meta.get("input_size") or cfg.input_size(data.native_size))
     threads = threads or exp.device.threads
     result = ExportResult(out_dir, st.study_name, int(sel.number), sel, cfg, forced=force,
-                          max_latency_ms=max_latency, problems=problems)
+                          max_latency_ms=max_latency, problems=problems, notes=list(data.notes))
     xval = validation_batch(data, size)
+    raw = [spec.decode(it) for it in raw_items(data.val, len(xval))] if preprocess else []
     with torch.no_grad():
         ref = model(xval).float().numpy()
     calib = calibration_batches(data.train, size, exp.seed) if cfg.w_bits <= 8 and "onnx" in fmts else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
-        built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib, int8_scheme)
+        built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib, int8_scheme,
+                             spec if preprocess else None)
         for name, precision in built:
             file = FILES[name]
-            check = _check_torchscript if name == "torchscript" else _check_onnx
-            agree, diff, (lat, p90, lat_b) = check(staging / file, ref, xval, exp, device, threads)
+            if name.endswith("_preprocess"):
+                agree, diff, (lat, p90, lat_b) = _check_onnx_raw(staging / file, ref, raw, exp, device, threads)
+            else:
+                check = _check_torchscript if name == "torchscript" else _check_onnx
+                agree, diff, (lat, p90, lat_b) = check(staging / file, ref, xval, exp, device, threads)
             source, note = "measured", ""
-            if cfg.w_bits < 8 and name == "onnx_int8":
+            if name.endswith("_preprocess"):
+                h, w = raw[0].shape[:2]
+                note = (f"fed decoded uint8 images, compared with the in-memory model on the loader's tensors; "
+                        f"latency includes the preprocessing of a {h} x {w} image")
+            if cfg.w_bits < 8 and name.startswith("onnx_int8"):
                 lat, p90, lat_b = (estimate_latency(v, 8, cfg.w_bits, cfg.a_bits) for v in (lat, p90, lat_b))
                 source = "estimated"
-                note = (f"{cfg.w_bits}/{cfg.a_bits}-bit latency estimated from this int8 model x BitOPs ratio; "
-                        "the file itself is int8")
+                note = "; ".join(x for x in (note, f"{cfg.w_bits}/{cfg.a_bits}-bit latency estimated from this int8 "
+                                             "model x BitOPs ratio; the file itself is int8") if x)
             need = FP32_MIN_AGREEMENT if precision == "fp32" else None
             passed = need is None or agree >= need
             result.checks.append(ModelCheck(name, file, precision, len(ref), agree, diff, need, lat, p90, lat_b,
@@ -426,11 +566,22 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
                 result.problems.append(f"{file}: top-1 agreement {agree:.4f} with the in-memory model is below "
                                        f"{need:.2f} (max logit diff {diff:.3g})")
             result.files.append(file)
+        onnx_file = staging / FILES["onnx"] if "onnx" in fmts else None
+        pc = check_stated_preprocess(model, data, spec, size, _study_accuracy(sel.row), onnx_file, threads=threads)
+        if pc.samples < pc.validation_images or cfg.w_bits != 32:
+            which = "" if pc.samples == pc.validation_images else f"the first {pc.samples} of "
+            pc.note = (f"the study's accuracy is the {cfg.w_bits}/{cfg.a_bits}-bit shipped model's on all "
+                       f"{pc.validation_images} validation images; the others are the fp32 model's on {which}them")
+        result.preprocess_check = pc
+        if not pc.passed:
+            result.problems.append(
+                f"the stated preprocessing does not reproduce the loader's input on {pc.samples} raw validation "
+                f"images: max input difference {pc.max_input_diff:.3g}, top-1 agreement {pc.agreement:.4f}")
         _budget_check(result, exp, cfg)
-        if result.problems and not force and result.checks:
+        if result.problems and not force:
             raise ExportError(f"export of trial {result.number} failed its checks: {'; '.join(result.problems)} "
                               "(pass --force to write it anyway)", result)
-        doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging)
+        doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging, spec)
         with open(staging / FILES["config"], "w") as f:
             yaml.safe_dump(plain(doc), f, sort_keys=False)
         replace_dir(staging, out_dir)
@@ -439,6 +590,15 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
             shutil.rmtree(staging, ignore_errors=True)
     result.files.insert(0, FILES["config"])
     return result
+
+
+def _study_accuracy(row: Any) -> float | None:
+    v = row.get("accuracy") if hasattr(row, "get") else None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(f) else f
 
 
 def _budget_check(result: ExportResult, exp: ExperimentConfig, cfg: CompressionConfig) -> None:

@@ -2,17 +2,19 @@
 
 Every dataset yields train/val/test splits with a seeded train/validation split of the training set: the
 search only sees validation accuracy, the test split is for final reports. Batches are resized to the
-requested input resolution on the fly.
+requested input resolution on the fly. Each loader's inference-time preprocessing is a `Preprocess` (deploy/
+preprocess.py) defined next to it and used by its code: exports state it in config.yaml and embed it in ONNX.
 """
 
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import pickle
 import struct
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,10 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgecompress.deploy.preprocess import Preprocess
 from edgecompress.errors import DataError
 from edgecompress.registry import Registry
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
+log = logging.getLogger(__name__)
 
 
 class Split(Protocol):
@@ -44,6 +48,7 @@ class RawData:
     classes: list[str]
     in_chans: int
     native_size: int
+    preprocess: Preprocess | None = None  # how the loader turns a stored image into the model's input
 
 
 @dataclass
@@ -57,6 +62,8 @@ class DataBundle:
     train: Split
     val: Split
     test: Split
+    preprocess: Preprocess | None = None
+    notes: list[str] = field(default_factory=list)  # warnings about the data (e.g. upsampling)
 
     @property
     def num_classes(self) -> int:
@@ -116,40 +123,51 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None, flip: bool) -> 
     return out
 
 
-class FolderSplit:
-    """Images decoded from files on demand (ImageNet-style folders): resize short side, centre crop."""
+# ---- ImageNet-style folders' preprocessing (FolderSplit follows it step by step) ------------------------
+FOLDER_PREPROCESS = Preprocess(
+    dataset="imagefolder", stored="image files <root>/{train,val}/<class>/<image>", channels=3,
+    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), pil_mode="RGB", short_side_ratio=1.14,
+    center_crop=True, tensor_resize=False,
+)
 
-    def __init__(self, files: list[Path], labels: list[int], in_chans: int = 3) -> None:
+
+class FolderSplit:
+    """Images decoded from files on demand (ImageNet-style folders), as `preprocess` says: PIL decode, resize
+    the short side to 1.14 x size, centre crop (random crop and flip when augmenting), /255, normalise."""
+
+    def __init__(self, files: list[Path], labels: list[int], in_chans: int = 3,
+                 preprocess: Preprocess = FOLDER_PREPROCESS) -> None:
         self.files = files
         self.labels = torch.tensor(labels, dtype=torch.int64)
         self.in_chans = in_chans
-        self.mean, self.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+        self.preprocess = preprocess
+        self.mean, self.std = preprocess.mean, preprocess.std
 
     def __len__(self) -> int:
         return len(self.files)
 
     def subset(self, indices: torch.Tensor) -> FolderSplit:
-        return FolderSplit([self.files[int(i)] for i in indices], self.labels[indices].tolist(), self.in_chans)
+        return FolderSplit([self.files[int(i)] for i in indices], self.labels[indices].tolist(), self.in_chans,
+                           self.preprocess)
 
     def _load(self, path: Path, size: int, augment: bool, gen: torch.Generator | None) -> torch.Tensor:
         from PIL import Image, UnidentifiedImageError
 
+        pp = self.preprocess
         try:
             with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                scale = size * 1.14 / min(w, h)
-                im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
+                im = im.convert(pp.pil_mode)
+                im = im.resize(pp.resized_dims(im.width, im.height, size), Image.BILINEAR)
+                arr = np.asarray(im, dtype=np.uint8).reshape(im.height, im.width, -1)
         except (UnidentifiedImageError, OSError) as e:
             raise DataError(f"{path}: cannot decode image ({e})") from None
-        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        t = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(pp.divisor)
         h, w = t.shape[1:]
         if augment:
             top = int(torch.randint(0, h - size + 1, (1,), generator=gen))
             left = int(torch.randint(0, w - size + 1, (1,), generator=gen))
         else:
-            top, left = (h - size) // 2, (w - size) // 2
+            left, top, _, _ = pp.crop_box(w, h, size)
         t = t[:, top: top + size, left: left + size]
         if augment and float(torch.rand(1, generator=gen)) < 0.5:
             t = t.flip(-1)
@@ -194,10 +212,16 @@ def load_data(cfg: Any, seed: int = 0) -> DataBundle:
     test = raw.test
     if getattr(cfg, "test_subset", None) and cfg.test_subset < len(test):
         test = test.subset(torch.arange(cfg.test_subset))  # type: ignore[attr-defined]
+    resolution = getattr(cfg, "resolution", None)
+    notes = []
+    if resolution and resolution > raw.native_size:
+        notes.append(f"dataset.resolution {resolution} px upsamples the {cfg.name} images: they give "
+                     f"{raw.native_size} px without enlarging (training costs more, with no more detail)")
+        log.warning(notes[-1])
     return DataBundle(
-        name=cfg.name, classes=raw.classes, in_chans=raw.in_chans,
-        native_size=getattr(cfg, "resolution", None) or raw.native_size,
+        name=cfg.name, classes=raw.classes, in_chans=raw.in_chans, native_size=resolution or raw.native_size,
         train=raw.train.subset(train_idx), val=raw.train.subset(val_idx), test=test,  # type: ignore[attr-defined]
+        preprocess=raw.preprocess, notes=notes,
     )
 
 
@@ -281,6 +305,12 @@ def read_idx(path: Path, expect_dims: int) -> np.ndarray:
     return body.reshape(shape)
 
 
+# TensorSplit.batch: /255, torch antialiased bilinear resize to size (no-op at 28), (x - mean) / std
+FMNIST_PREPROCESS = Preprocess(
+    dataset="fashion_mnist", stored="IDX uint8 N x 28 x 28 grayscale (*-images-idx3-ubyte.gz)", channels=1,
+    mean=(0.2860,), std=(0.3530,))
+
+
 @register_dataset("fashion_mnist", native_size=28)
 def _fashion_mnist(root: Path | None) -> RawData:
     cands = fmnist_candidates(root)
@@ -295,13 +325,14 @@ def _fashion_mnist(root: Path | None) -> RawData:
             raise DataError(f"{folder / FMNIST_FILES[split + '_labels']}: {nl} labels for {ni} images")
         if arrays[f"{split}_labels"].max(initial=0) >= 10:
             raise DataError(f"{folder / FMNIST_FILES[split + '_labels']}: label out of range 0..9")
-    mean, std = (0.2860,), (0.3530,)
+    mean, std = FMNIST_PREPROCESS.mean, FMNIST_PREPROCESS.std
 
     def mk(s: str) -> TensorSplit:
         imgs = torch.from_numpy(arrays[f"{s}_images"].copy()).unsqueeze(1)
         return TensorSplit(imgs, torch.from_numpy(arrays[f"{s}_labels"].astype(np.int64)), mean, std)
 
-    return RawData(mk("train"), mk("test"), list(FMNIST_CLASSES), in_chans=1, native_size=28)
+    return RawData(mk("train"), mk("test"), list(FMNIST_CLASSES), in_chans=1, native_size=28,
+                   preprocess=FMNIST_PREPROCESS)
 
 
 # ---- CIFAR-10 (python pickles) -----------------------------------------------------------------
@@ -332,6 +363,13 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32), labels
 
 
+# TensorSplit.batch: /255, torch antialiased bilinear resize to size (no-op at 32), (x - mean) / std
+CIFAR_PREPROCESS = Preprocess(
+    dataset="cifar10", stored="pickle b'data' uint8 N x 3072 = N x 3 x 32 x 32 RGB planes, i.e. "
+    "row.reshape(3, 32, 32).transpose(1, 2, 0)", channels=3,
+    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
+
+
 @register_dataset("cifar10", native_size=32)
 def _cifar10(root: Path | None) -> RawData:
     folder = _cifar_folder(root)
@@ -345,11 +383,11 @@ def _cifar10(root: Path | None) -> RawData:
                 classes = [c.decode() for c in pickle.load(f, encoding="bytes")[b"label_names"]]  # noqa: S301
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{meta}: not a readable CIFAR meta pickle ({e})") from None
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    mean, std = CIFAR_PREPROCESS.mean, CIFAR_PREPROCESS.std
     train = TensorSplit(torch.from_numpy(np.concatenate([p[0] for p in parts])),
                         torch.from_numpy(np.concatenate([p[1] for p in parts])), mean, std)
     test = TensorSplit(torch.from_numpy(test_x.copy()), torch.from_numpy(test_y), mean, std)
-    return RawData(train, test, classes, in_chans=3, native_size=32)
+    return RawData(train, test, classes, in_chans=3, native_size=32, preprocess=CIFAR_PREPROCESS)
 
 
 # ---- ImageNet-style folders --------------------------------------------------------------------
@@ -370,7 +408,25 @@ def scan_class_folders(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, classes
 
 
-@register_dataset("imagefolder", native_size=224)
+def folder_native_size(files: list[Path], preprocess: Preprocess = FOLDER_PREPROCESS, sample: int = 64) -> int:
+    """The input size a folder's images give without enlarging: the largest size (at most 224) whose short-side
+    resize (1.14 x size) is not above the median short side of up to `sample` evenly spaced images."""
+    from PIL import Image, UnidentifiedImageError
+
+    step = max(1, len(files) // sample)
+    shorts = []
+    for path in files[::step][:sample]:
+        try:
+            with Image.open(path) as im:  # reads the header only
+                shorts.append(min(im.size))
+        except (UnidentifiedImageError, OSError):
+            continue  # reported when the image is loaded
+    if not shorts:
+        raise DataError(f"{files[0].parent.parent}: none of {min(len(files), sample)} sampled images can be read")
+    return preprocess.largest_size(int(np.median(shorts)))
+
+
+@register_dataset("imagefolder", native_size=224)  # 224 at most: the size comes from the images
 def _imagefolder(root: Path | None) -> RawData:
     if root is None:
         raise DataError("imagefolder needs dataset.root (a folder with train/ and val/ class folders)")
@@ -379,7 +435,9 @@ def _imagefolder(root: Path | None) -> RawData:
     if va_classes != classes:
         extra = sorted(set(va_classes) ^ set(classes))[:3]
         raise DataError(f"{root / 'val'}: class folders differ from {root / 'train'} (e.g. {extra})")
-    return RawData(FolderSplit(tr_files, tr_labels), FolderSplit(va_files, va_labels), classes, 3, 224)
+    native = folder_native_size(tr_files)
+    return RawData(FolderSplit(tr_files, tr_labels), FolderSplit(va_files, va_labels), classes, 3, native,
+                   preprocess=FOLDER_PREPROCESS)
 
 
 def download(name: str, dest: Path | None = None) -> Path:

@@ -204,3 +204,45 @@ def test_calibration_batches_are_a_seeded_draw(tmp_path: Path) -> None:
     assert not torch.equal(a[0], calibration_batches(data.train, 14, seed=4)[0])
     small = calibration_batches(data.train, 14, seed=3, n=2, batch_size=5)
     assert [len(x) for x in small] == [5, 5]
+
+
+# ---- each loader follows its stated preprocessing (deploy.preprocess.Preprocess), so they cannot drift ------
+@pytest.mark.parametrize("size", [14, 28, 32])
+def test_fmnist_loader_is_its_stated_preprocessing(tmp_path: Path, size: int) -> None:
+    arrays = make_fmnist(tmp_path)
+    bundle = load_data(DatasetConfig(root=str(tmp_path)), 0)
+    assert bundle.preprocess is not None and bundle.preprocess.dataset == "fashion_mnist"
+    x = bundle.test.batch(torch.arange(5), size).numpy()
+    stated = np.stack([bundle.preprocess.apply(arrays["test_images"][i].astype(np.uint8), size) for i in range(5)])
+    assert np.abs(x - stated).max() < 1e-4
+
+
+@pytest.mark.parametrize("size", [24, 32, 40])
+def test_cifar_loader_is_its_stated_preprocessing(tmp_path: Path, size: int) -> None:
+    folder = make_cifar(tmp_path)
+    bundle = load_data(DatasetConfig(name="cifar10", root=str(tmp_path)), 0)
+    with open(folder / "test_batch", "rb") as f:
+        rows = pickle.load(f, encoding="bytes")[b"data"]
+    stated = np.stack([bundle.preprocess.apply(r.reshape(3, 32, 32).transpose(1, 2, 0), size) for r in rows])
+    assert np.abs(bundle.test.batch(torch.arange(len(rows)), size).numpy() - stated).max() < 1e-4
+
+
+@pytest.mark.parametrize("size", [24, 32, 37])
+def test_imagefolder_loader_is_its_stated_preprocessing(tmp_path: Path, size: int) -> None:
+    make_folders(tmp_path)
+    bundle = load_data(DatasetConfig(name="imagefolder", root=str(tmp_path)), 0)
+    spec = bundle.preprocess
+    assert spec.pil_mode == "RGB" and spec.short_side_ratio == 1.14 and spec.center_crop
+    stated = np.stack([spec.apply(p, size) for p in bundle.test.files])  # PIL + numpy from the files
+    assert np.array_equal(bundle.test.batch(torch.arange(len(stated)), size).numpy(), stated)
+
+
+def test_imagefolder_native_size_comes_from_the_images(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    make_folders(tmp_path)  # training images 40-43 x 50 px, median short side 41: 1.14 x 36 = 41 px, not 224
+    bundle = load_data(DatasetConfig(name="imagefolder", root=str(tmp_path)), 0)
+    assert bundle.native_size == bundle.preprocess.largest_size(41) == 36 and not bundle.notes
+    with caplog.at_level("WARNING", logger="edgecompress.evaluators.data"):
+        big = load_data(DatasetConfig(name="imagefolder", root=str(tmp_path), resolution=64), 0)
+    assert big.native_size == 64
+    assert big.notes and "dataset.resolution 64 px upsamples" in big.notes[0] and "36 px" in big.notes[0]
+    assert any("upsamples" in r.getMessage() for r in caplog.records)

@@ -63,13 +63,23 @@ def test_int8_trial_exports_checked_onnx_and_torchscript(real_db, tmp_path: Path
 
     cfg, doc = load_export_config(out)
     assert cfg == CompressionConfig.from_dict(row["config"])  # round-trips to the trial's config
-    assert doc["trial"] == n and doc["format_version"] == 1
+    assert doc["trial"] == n and doc["format_version"] == 2
     exp = parse_experiment(doc["experiment"])
     assert doc["base_model"]["key"] == exp.base_key() and doc["seed"] == exp.seed
     assert doc["metrics"]["accuracy"] == pytest.approx(row["accuracy"])
     assert set(doc["versions"]) >= {"torch", "onnxruntime", "edgecompress"}
     assert doc["input"]["size"] == meta["input_size"] and doc["files"]["model.onnx"]["bytes"] > 0
     assert not list(tmp_path.glob(".out.*"))  # staging folder gone
+
+    # config.yaml states the loader's preprocessing; the stated steps, run on the stored images, give its input
+    pre = doc["input"]["preprocess"]
+    assert pre["dataset"] == "fashion_mnist" and pre["size"] == meta["input_size"]
+    assert [s["op"] for s in pre["steps"]] == ["decode", "to_float", "resize", "normalize", "layout"]
+    assert any("antialias" in w for w in pre["words"]) and doc["input"]["mean"] == [0.286]
+    pc = res.preprocess_check
+    assert pc.passed and pc.samples == 200 and pc.max_input_diff < 1e-4 and pc.agreement == 1.0
+    assert pc.stated_accuracy == pc.loader_accuracy and pc.study_accuracy == pytest.approx(row["accuracy"])
+    assert doc["preprocess_check"]["passed"] is True
 
 
 def test_int8_file_is_calibrated_on_the_evaluators_batches(real_db, tmp_path: Path, monkeypatch) -> None:
@@ -176,3 +186,42 @@ def test_refuses_to_overwrite_a_folder_that_is_not_an_export(tmp_path: Path) -> 
     with pytest.raises(ExportError, match="refusing to overwrite"):
         export_trial("any-study", tmp_path / "mine", trial=0)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_preprocess_needs_the_onnx_format(real_db, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--preprocess .* needs --format onnx"):
+        export_trial(real_db.url, tmp_path / "out", trial=0, data=real_db.data, formats="torchscript",
+                     preprocess=True)
+
+
+def test_a_stated_preprocessing_that_is_wrong_fails_the_export(real_db, tmp_path: Path) -> None:
+    import dataclasses
+
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 32)
+    wrong = dataclasses.replace(real_db.data.preprocess, mean=(0.5,))  # says something the loader does not do
+    data = dataclasses.replace(real_db.data, preprocess=wrong)
+    with pytest.raises(ExportError, match="stated preprocessing does not reproduce the loader's input") as e:
+        export_trial(real_db.url, tmp_path / "out", trial=n, data=data, formats="yaml")
+    assert e.value.result.preprocess_check.max_input_diff > 0.5
+    assert not (tmp_path / "out").exists()
+
+
+def test_preprocess_onnx_of_an_idx_dataset_takes_stored_uint8_images(real_db, tmp_path: Path) -> None:
+    df = study_to_frame(load_study(real_db.url))
+    n = _trial_with(df, 8)
+    out = tmp_path / "out"
+    res = export_trial(real_db.url, out, trial=n, data=real_db.data, formats="onnx", preprocess=True)
+    checks = {c.name: c for c in res.checks}
+    assert set(checks) == {"onnx", "onnx_int8", "onnx_preprocess", "onnx_int8_preprocess"}
+    assert checks["onnx_preprocess"].passed and checks["onnx_preprocess"].agreement >= 0.99
+    _, doc = load_export_config(out)
+    assert doc["input"]["preprocessed_onnx"]["shape"] == ["N", "H", "W", 1]
+    size = doc["input"]["size"]
+    imgs = real_db.data.val.images[:64].permute(0, 2, 3, 1).numpy()  # the stored 28 x 28 pixels, N x H x W x 1
+    sess = ort.InferenceSession(str(out / "model_preprocess.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": imgs})[0]
+    model, _ = load_compressed(Path(df[df["number"] == n].iloc[0]["artefact_dir"]) / "model.pt")
+    with torch.no_grad():
+        ref = model(real_db.data.val.batch(torch.arange(64), size)).numpy()
+    assert np.abs(got - ref).max() < 1e-3 and size != 28  # the graph resizes 28 -> size as the loader does
