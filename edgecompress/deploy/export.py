@@ -41,12 +41,13 @@ from edgecompress.deploy.runtime import (
     resolve_int8_scheme,
 )
 from edgecompress.errors import EdgeCompressError
-from edgecompress.evaluators.compress import load_compressed
+from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import attrs as A
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.frame import study_to_frame
 from edgecompress.study.front import front
@@ -130,6 +131,8 @@ class ExportResult:
     forced: bool = False
     preprocess_check: PreprocessCheck | None = None
     notes: list[str] = field(default_factory=list)
+    weights_sha256: str = ""  # evaluators.compress.weights_hash of the exported model (= the trial's record)
+    fidelity: str = "proxy"  # "final": a finalize study's trial (fully trained), "proxy": a search trial
 
     @property
     def ok(self) -> bool:
@@ -441,6 +444,8 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
                       "violations": plain(result.selection.violations)},
         "compression": result.config.to_dict(),
         "config_hash": result.config.config_hash(),
+        "weights_sha256": result.weights_sha256,
+        "fidelity": result.fidelity,
         "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
         "seed": exp.seed,
         "input": inp,
@@ -530,7 +535,13 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     size = int(meta.get("input_size") or cfg.input_size(data.native_size))
     threads = threads or exp.device.threads
     result = ExportResult(out_dir, st.study_name, int(sel.number), sel, cfg, forced=force,
-                          max_latency_ms=max_latency, problems=problems, notes=list(data.notes))
+                          max_latency_ms=max_latency, problems=problems, notes=list(data.notes),
+                          weights_sha256=weights_hash(model),
+                          fidelity=str(st.user_attrs.get(A.FIDELITY, A.DEFAULT_FIDELITY)))
+    recorded = sel.row.get(A.WEIGHTS_HASH)
+    if isinstance(recorded, str) and recorded != result.weights_sha256:
+        raise ExportError(f"trial {sel.number}: {path} does not hold the weights the trial recorded "
+                          f"({A.WEIGHTS_HASH} {recorded[:12]}..., file {result.weights_sha256[:12]}...)")
     xval = validation_batch(data, size)
     raw = [spec.decode(it) for it in raw_items(data.val, len(xval))] if preprocess else []
     with torch.no_grad():

@@ -183,7 +183,8 @@ def finalize_study(
     final, _ = create_or_load_study(fexp, name, make_storage(loc.url))
     final.set_user_attr(A.FINALIZED_FROM, src.study_name)
     final.set_user_attr(A.FIDELITY, "final")
-    queued = {t.user_attrs.get(A.CONFIG_HASH) or _hash_of(space, t.params) for t in final.get_trials(deepcopy=False)}
+    # every trial carries its config hash from the moment it is enqueued (a WAITING trial has no params yet)
+    queued = {t.user_attrs.get(A.CONFIG_HASH) for t in final.get_trials(deepcopy=False)} - {None}
     for c in chosen:
         if c.config_hash in queued:
             continue
@@ -192,15 +193,9 @@ def finalize_study(
         except ConfigError as e:
             notes.append(f"not finalizing {c.reason} config: {e}")
             continue
-        final.enqueue_trial(params, user_attrs={A.PROXY_TRIAL: c.proxy_trial, A.FIDELITY: "final"})
+        final.enqueue_trial(params, user_attrs={A.PROXY_TRIAL: c.proxy_trial, A.FIDELITY: "final",
+                                                A.CONFIG_HASH: c.config_hash})
         queued.add(c.config_hash)
     summary = run_search(fexp, name, storage=loc.url, trials=len(queued), sampler="fixed", workers=workers,
                          evaluator=evaluator, progress=progress)
     return FinalizeSummary(src.study_name, name, loc.url, chosen, summary, epochs, notes + summary.warnings, close)
-
-
-def _hash_of(space: Any, params: dict[str, Any]) -> str | None:
-    try:
-        return space.from_params(params).config_hash()
-    except (ConfigError, KeyError, ValueError):
-        return None

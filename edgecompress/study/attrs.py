@@ -40,7 +40,7 @@ RETRY_OF = "retry_of"
 PROXY_TRIAL = "proxy_trial"  # a finalized trial: the search trial whose config it re-trained
 WEIGHTS_HASH = "weights_sha256"  # edgecompress.evaluators.compress.weights_hash of the trained model
 #: trial attrs set when a trial is enqueued that a re-queued copy must keep
-LINK_ATTRS = (PROXY_TRIAL, FIDELITY)
+LINK_ATTRS = (PROXY_TRIAL, FIDELITY, CONFIG_HASH)
 
 # ---- finalized studies
 FINALIZED_FROM = "finalized_from"  # study attr of a finalized study: the search study's name
