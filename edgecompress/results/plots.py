@@ -187,3 +187,26 @@ def cascade_figure(info: dict[str, Any]) -> go.Figure | None:
     fig.update_layout(height=400, title="Cascade: accuracy vs expected latency",
                       xaxis_title="expected latency (ms)", yaxis_title="accuracy")
     return fig
+
+
+def fidelity_figure(info: dict[str, Any]) -> go.Figure | None:
+    """Search (proxy) accuracy vs finalized accuracy, one point per config, with the y = x line."""
+    fid = info.get("fidelity")
+    if not fid or not fid.get("points"):
+        return None
+    pts = fid["points"]
+    x = [p["proxy_accuracy"] for p in pts]
+    y = [p["final_accuracy"] for p in pts]
+    lo, hi = min(x + y), max(x + y)
+    fig = go.Figure(go.Scatter(
+        x=x, y=y, mode="markers", name="config", marker={"size": 10},
+        text=[f"search trial {p['proxy_trial']} -> final trial {p['final_trial']}" for p in pts],
+        hovertemplate="%{text}<br>proxy %{x:.4f}, final %{y:.4f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot"}))
+    tau = fid.get("kendall_tau")
+    title = "Search (proxy) vs finalized validation accuracy"
+    if tau is not None:
+        title += f" (Kendall tau {tau:.2f}, Spearman {fid.get('spearman'):.2f})"
+    fig.update_layout(height=400, title=title, xaxis_title="search (proxy) accuracy",
+                      yaxis_title="finalized accuracy")
+    return fig

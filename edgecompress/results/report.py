@@ -20,14 +20,15 @@ import pandas as pd
 
 from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
-from edgecompress.study.frame import CONFIG_PREFIX, PARAM_PREFIX, counts, frame_objectives, study_to_frame
+from edgecompress.study import attrs as A
+from edgecompress.study.frame import CONFIG_PREFIX, PARAM_PREFIX, as_frame, counts, frame_objectives, study_to_frame
 from edgecompress.study.front import front, front_ranks
 from edgecompress.study.storage import load_study
 from edgecompress.utils import atomic_write_text, plain
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 FRONT_TABLE_COLUMNS = (
-    "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
+    "accuracy_low", "accuracy_high", "test_accuracy", "val_images", "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
     "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", "latency_source",
 )
 _HOVER_SKIP = {"config", "datetime_start", "datetime_complete", "state"}
@@ -88,10 +89,36 @@ def _check_cascade(cascade_info: Any) -> list[dict[str, Any]] | None:
     return sorted(out, key=lambda c: c["expected_latency_ms"])
 
 
+def _fidelity_info(final: pd.DataFrame, proxy: pd.DataFrame | None) -> dict[str, Any] | None:
+    """Proxy (search) vs final (finalize) validation accuracy per config, with rank correlations."""
+    if proxy is None or A.PROXY_TRIAL not in final or "accuracy" not in final:
+        return None
+    done = final[(final["state"] == "COMPLETE") & final[A.PROXY_TRIAL].notna()]
+    by_number = proxy.set_index("number")
+    points = []
+    for r in done.to_dict("records"):
+        n = int(r[A.PROXY_TRIAL])
+        if n in by_number.index and pd.notna(by_number.loc[n, "accuracy"]):
+            points.append({"final_trial": int(r["number"]), "proxy_trial": n,
+                           "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
+                           "final_accuracy": float(r["accuracy"])})
+    out: dict[str, Any] = {"points": points, "kendall_tau": None, "spearman": None}
+    if len(points) >= 3:
+        from scipy import stats
+
+        x = [p["proxy_accuracy"] for p in points]
+        y = [p["final_accuracy"] for p in points]
+        out["kendall_tau"] = plain(float(stats.kendalltau(x, y).statistic), flat=True)
+        out["spearman"] = plain(float(stats.spearmanr(x, y).statistic), flat=True)
+    return out
+
+
 def _get_report_info(
-    study_or_df: Any, cascade_info: list[dict[str, Any]] | None = None, objectives: Any = None
+    study_or_df: Any, cascade_info: list[dict[str, Any]] | None = None, objectives: Any = None,
+    proxy: Any = None,
 ) -> dict[str, Any]:
-    """Everything the report shows, as plain data (lists, dicts, floats, strings)."""
+    """Everything the report shows, as plain data (lists, dicts, floats, strings). `proxy`: the search study
+    (or its frame) of a finalized study, for proxy vs final accuracy."""
     study = None
     if isinstance(study_or_df, pd.DataFrame):
         df = study_or_df
@@ -194,6 +221,7 @@ def _get_report_info(
         "cascade": _check_cascade(cascade_info),
         "single_models": single,
         "failures": failures,
+        "fidelity": _fidelity_info(df, None if proxy is None else as_frame(proxy)),
         "notes": notes,
     }
 
@@ -235,6 +263,7 @@ def render_html(info: dict[str, Any]) -> str:
         ("Hypervolume over trials", plots.hypervolume_figure(info)),
         ("Parameter importance", plots.importance_figure(info)),
         ("Cascade", plots.cascade_figure(info)),
+        ("Search (proxy) vs finalized accuracy", plots.fidelity_figure(info)),
     ]
     title = f"edgecompress report: {info['study_name'] or 'study'}"
     c = info["counts"]
@@ -272,10 +301,11 @@ def render_html(info: dict[str, Any]) -> str:
 
 
 def build_report(
-    study: Any, path: str | os.PathLike[str], cascade_info: list[dict[str, Any]] | None = None
+    study: Any, path: str | os.PathLike[str], cascade_info: list[dict[str, Any]] | None = None, proxy: Any = None
 ) -> Path:
-    """Write the offline HTML report of `study` (Study, name, URL or frame) to `path` atomically."""
-    info = _get_report_info(study, cascade_info=cascade_info)
+    """Write the offline HTML report of `study` (Study, name, URL or frame) to `path` atomically; with `proxy`
+    (the search study of a finalized study), proxy vs final accuracy per config is drawn too."""
+    info = _get_report_info(study, cascade_info=cascade_info, proxy=proxy)
     out = Path(path)
     atomic_write_text(out, render_html(info))
     return out

@@ -72,6 +72,14 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
     assert doc["study"] == "tiny-final" and doc["fidelity"] == "final"
     assert doc["weights_sha256"] == pick.user_attrs[A.WEIGHTS_HASH]
     assert doc["weights_sha256"] != by_number[pick.user_attrs[A.PROXY_TRIAL]].user_attrs[A.WEIGHTS_HASH]
+    # the report draws search vs finalized accuracy per config
+    from edgecompress.results.report import _get_report_info
+
+    fid = _get_report_info(load_study("tiny"), proxy=load_study("tiny", final="proxy"))["fidelity"]
+    linked = [t for t in trials if t.user_attrs[A.PROXY_TRIAL] is not None]
+    assert sorted(p["final_trial"] for p in fid["points"]) == sorted(t.number for t in linked)
+    assert all(p["proxy_accuracy"] == by_number[p["proxy_trial"]].values[0] for p in fid["points"])
+    assert len(linked) < 3 or -1 <= fid["kendall_tau"] <= 1
     before = {t.number: t.datetime_complete for t in trials}
     again = finalize_study("tiny", storage=proxy["storage"], top=2, epochs=1)
     assert again.search.new_trials == 0
