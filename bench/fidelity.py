@@ -1,0 +1,146 @@
+"""Benchmark of the search proxy against finalized training (issue 14), on Fashion-MNIST.
+
+1. A grid study over prune x bits x resolution (12 configs by default, the uncompressed one included),
+   each evaluated with the demo's proxy: BatchNorm re-estimation, then 1 fine-tune epoch on 8000 images.
+2. `finalize` of every config: the whole training split (54k images), E epochs, augmentation, distillation.
+3. proxy vs final validation accuracy: Kendall tau, Spearman, mean gap (pp), each with a bootstrap 95%
+   interval over configs; Kendall tau over the configs in the proxy's top two non-dominated ranks.
+4. The finalized front's headline: latency of the finalized uncompressed config / latency of the fastest
+   finalized model within 0.5 pp (and 1 pp) of its test accuracy, at batch 1 and at the serving batch.
+
+Usage: .venv/bin/python bench/fidelity.py [--epochs 3] [--out bench/results/fidelity.json]
+Runs under its own runs folder (bench/data/fidelity-runs), reusing the demo's cached base model when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from edgecompress.deploy.latency import cpu_name  # noqa: E402
+from edgecompress.deploy.runtime import cpu_flags  # noqa: E402
+from edgecompress.search import run_search  # noqa: E402
+from edgecompress.search.finalize import finalize_study  # noqa: E402
+from edgecompress.spaces import load_experiment  # noqa: E402
+from edgecompress.study import front_ranks, load_study, study_to_frame  # noqa: E402
+from edgecompress.utils import atomic_write_json  # noqa: E402
+
+STUDY = "bench-fidelity"
+GRID = {"space.prune": {"choices": [0.0, 0.25, 0.5]}, "space.bits": {"choices": [32, 8]},
+        "space.resolution": {"choices": [0.643, 1.0]}}  # 3 x 2 x 2 = 12 configs, 18 and 28 px
+ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd")
+
+
+def bootstrap(fn: Any, x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0) -> list[float]:
+    """95% percentile interval of fn(x, y) over configs resampled with replacement."""
+    rng = np.random.default_rng(seed)
+    vals = []
+    for _ in range(reps):
+        i = rng.integers(0, len(x), len(x))
+        if len(set(x[i])) > 1 and len(set(y[i])) > 1:
+            vals.append(fn(x[i], y[i]))
+    return [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))]
+
+
+def speedup(final: Any, within_pp: float, key: str) -> dict[str, Any] | None:
+    """Latency of the uncompressed config / the fastest model within `within_pp` of its test accuracy."""
+    base = final[final["proxy_reason"] == "uncompressed"]
+    if base.empty:
+        return None
+    b = base.iloc[0]
+    ok = final[final["test_accuracy"] >= b["test_accuracy"] - within_pp / 100]
+    ok = ok[ok["latency_source"] == "measured"]
+    best = ok.sort_values(key).iloc[0]
+    return {"speedup": float(b[key] / best[key]), "trial": int(best["number"]), "config": best["config"],
+            "test_accuracy": float(best["test_accuracy"]), "base_test_accuracy": float(b["test_accuracy"]),
+            f"{key}": float(best[key]), f"base_{key}": float(b[key])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--config", default="configs/fmnist-quick.yaml")
+    ap.add_argument("--runs", default="bench/data/fidelity-runs")
+    ap.add_argument("--out", default="bench/results/fidelity.json")
+    args = ap.parse_args()
+    os.environ["EDGECOMPRESS_RUNS"] = str((ROOT / args.runs).resolve())
+    Path(os.environ["EDGECOMPRESS_RUNS"]).mkdir(parents=True, exist_ok=True)
+    demo_cache = ROOT / "runs" / "cache"
+    cache = Path(os.environ["EDGECOMPRESS_RUNS"]) / "cache"
+    if demo_cache.is_dir() and not cache.exists():
+        cache.symlink_to(demo_cache.resolve())  # the demo's base model: same dataset, model, recipe, seed
+    exp = load_experiment(ROOT / args.config, {**GRID, "budget.sampler": "grid"})
+    t0 = time.time()
+    search = run_search(exp, STUDY, trials=12, sampler="grid")
+    t_search = time.time() - t0
+    fin = finalize_study(STUDY, top=11, epochs=args.epochs)
+    t_final = time.time() - t0 - t_search
+    proxy = study_to_frame(load_study(STUDY, final="proxy"))
+    final = study_to_frame(load_study(STUDY, final="final"))
+    reason = {c.proxy_trial: c.reason for c in fin.chosen}
+    final = final[final["state"] == "COMPLETE"].copy()
+    final["proxy_reason"] = [reason.get(int(n)) if n == n else None for n in final["proxy_trial"]]
+    pairs = final.merge(proxy[["number", "accuracy"]], left_on="proxy_trial", right_on="number",
+                        suffixes=("", "_proxy"))
+    x, y = pairs["accuracy_proxy"].to_numpy(float), pairs["accuracy"].to_numpy(float)
+
+    def tau(a: np.ndarray, b: np.ndarray) -> float:
+        return float(stats.kendalltau(a, b).statistic)
+
+    def rho(a: np.ndarray, b: np.ndarray) -> float:
+        return float(stats.spearmanr(a, b).statistic)
+
+    def gap(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.mean(b - a) * 100)
+
+    ranks = front_ranks(proxy)
+    near = set(proxy.loc[(ranks >= 0) & (ranks <= 1), "number"].astype(int))
+    near_pairs = pairs[pairs["proxy_trial"].astype(int).isin(near)]
+    result = {
+        "what": "proxy (BN re-estimation + 1 epoch on 8000 images) vs finalized (all 54k images, "
+                f"{args.epochs} epochs, augmentation, distillation) validation accuracy per config",
+        "configs": int(len(pairs)),
+        "kendall_tau": tau(x, y), "kendall_tau_ci95": bootstrap(tau, x, y),
+        "spearman": rho(x, y), "spearman_ci95": bootstrap(rho, x, y),
+        "mean_gap_pp": gap(x, y), "mean_gap_pp_ci95": bootstrap(gap, x, y),
+        "kendall_tau_near_front": tau(near_pairs["accuracy_proxy"].to_numpy(float),
+                                      near_pairs["accuracy"].to_numpy(float)) if len(near_pairs) > 2 else None,
+        "near_front_configs": int(len(near_pairs)),
+        "goal": "kendall_tau >= 0.7; best_speedup_0p5_batch >= 3",
+        "per_config": [{"proxy_trial": int(r["proxy_trial"]), "final_trial": int(r["number"]),
+                        "config": r["config"], "proxy_accuracy": float(r["accuracy_proxy"]),
+                        "final_accuracy": float(r["accuracy"]), "test_accuracy": float(r["test_accuracy"]),
+                        "macs": float(r["macs"]), "latency_ms": float(r["latency_ms"]),
+                        "latency_batch_ms": float(r["latency_batch_ms"]), "latency_source": r["latency_source"]}
+                       for r in pairs.to_dict("records")],
+        "seconds": {"search": round(t_search, 1), "finalize": round(t_final, 1)},
+        "device": {"cpu": cpu_name(), "isa": sorted(f for f in cpu_flags() if f in ISA),
+                   "cores": os.cpu_count(), "threads": exp.device.threads},
+        "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/fidelity.py", *sys.argv[1:]]),
+        "search_trials": search.stats.finished,
+    }
+    for pp, tag in ((0.5, "0p5"), (1.0, "1p0")):
+        for key, suffix in (("latency_ms", "b1"), ("latency_batch_ms", "batch")):
+            s = speedup(final, pp, key)
+            result[f"best_speedup_{tag}_{suffix}"] = None if s is None else s["speedup"]
+            result[f"best_speedup_{tag}_{suffix}_detail"] = s
+    out = ROOT / args.out
+    atomic_write_json(out, result)
+    print(f"kendall_tau {result['kendall_tau']:.3f} {result['kendall_tau_ci95']}, mean gap "
+          f"{result['mean_gap_pp']:+.2f} pp, best speedup within 0.5 pp: b1 {result['best_speedup_0p5_b1']}, "
+          f"batch {result['best_speedup_0p5_batch']} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
