@@ -1,6 +1,7 @@
 """`edgecompress demo CONFIG`: the whole pipeline on a small budget (what `make demo` runs).
 
-train base -> search -> Pareto table -> export the knee model -> dynamic cascade -> report (with the cascade).
+train base -> search (proxy fidelity) -> finalize the front at full fidelity -> Pareto table -> export the knee
+model -> dynamic cascade -> report (with the cascade). Steps after finalize read the finalized study.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import typer
 
 from edgecompress.cli.base import console
 
+DEMO_TOP, DEMO_EPOCHS = 3, 2  # finalize: 3 front configs + the uncompressed one, 2 epochs on all 54k images
 
-def _step(app: typer.Typer, title: str, args: list[str]) -> None:
-    console.rule(f"[bold]{title}[/]  edgecompress {' '.join(args)}")
+
+def _run(app: typer.Typer, args: list[str]) -> None:
     try:
         rc = app(args=args, standalone_mode=False)  # click returns typer.Exit codes in this mode
     except SystemExit as e:  # a step's own non-zero exit stops the demo with that code
@@ -27,6 +29,22 @@ def _step(app: typer.Typer, title: str, args: list[str]) -> None:
         raise SystemExit(rc)
 
 
+def _step(app: typer.Typer, title: str, args: list[str], optional: bool = False) -> bool:
+    """Run one CLI step; a failure stops the demo unless `optional` (then it is reported and skipped)."""
+    from edgecompress.errors import EdgeCompressError
+
+    console.rule(f"[bold]{title}[/]  edgecompress {' '.join(args)}")
+    if not optional:
+        _run(app, args)
+        return True
+    try:
+        _run(app, args)
+    except (EdgeCompressError, SystemExit) as e:
+        console.print(f"[yellow]skipped:[/] {e}")
+        return False
+    return True
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
@@ -38,13 +56,16 @@ def register(app: typer.Typer) -> None:
         """Run train-base, search, pareto, export, cascade and report on a small budget."""
         out.mkdir(parents=True, exist_ok=True)
         trial_args = ["--trials", str(trials)] if trials else []
-        _step(app, "1/6 base model", ["train-base", str(config)])
-        _step(app, "2/6 search", ["search", str(config), "--study", study, *trial_args])
-        _step(app, "3/6 Pareto front", ["pareto", study])
-        _step(app, "4/6 export the knee model", ["export", study, "--knee", "-o", str(out / "export"),
+        _step(app, "1/7 base model", ["train-base", str(config)])
+        _step(app, "2/7 search", ["search", str(config), "--study", study, *trial_args])
+        _step(app, "3/7 finalize the front", ["finalize", study, "--top", str(DEMO_TOP), "--epochs",
+                                               str(DEMO_EPOCHS)])
+        _step(app, "4/7 Pareto front (finalized)", ["pareto", study])
+        _step(app, "5/7 export the knee model", ["export", study, "--knee", "-o", str(out / "export"),
                                                  "--format", "yaml,onnx,torchscript", "--force"])
-        _step(app, "5/6 dynamic cascade", ["cascade", study, "-o", str(out / "cascade")])
-        _step(app, "6/6 report", ["report", study, "-o", str(out / "report.html"), "--cascade", str(out / "cascade")])
+        cascade = _step(app, "6/7 dynamic cascade", ["cascade", study, "-o", str(out / "cascade")], optional=True)
+        _step(app, "7/7 report", ["report", study, "-o", str(out / "report.html"),
+                                  *(["--cascade", str(out / "cascade")] if cascade else [])])
         console.rule("[bold green]demo finished")
         console.print(f"report:   {out / 'report.html'}")
         console.print(f"exported: {out / 'export'}")
