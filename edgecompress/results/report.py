@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from edgecompress.errors import ConfigError
 from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
 from edgecompress.study.frame import CONFIG_PREFIX, PARAM_PREFIX, counts, frame_objectives, study_to_frame
@@ -80,7 +81,7 @@ def _check_cascade(cascade_info: Any) -> list[dict[str, Any]] | None:
         try:
             lat, acc = float(c["expected_latency_ms"]), float(c["accuracy"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(
+            raise ConfigError(
                 f"cascade_info[{k}]: expected a mapping with expected_latency_ms and accuracy, got {c!r}"
             ) from None
         extra = {k2: plain(v, flat=True) for k2, v in dict(c).items()}
