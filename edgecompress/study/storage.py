@@ -27,8 +27,9 @@ from edgecompress.errors import ConfigError, EdgeCompressError, StorageError
 from edgecompress.utils import runs_dir
 
 __all__ = [
-    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "check_storage_file", "check_study_name",
-    "default_storage_url", "is_journal", "list_local_studies", "load_study", "make_storage", "storage_for_path",
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "check_storage_file",
+    "check_storage_url", "check_study_name", "default_storage_url", "is_journal", "list_local_studies",
+    "load_study", "make_storage", "storage_for_path",
 ]
 
 HEARTBEAT_INTERVAL_S = 30
@@ -81,18 +82,28 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES)
 
 
-def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
-    """Storage object for a URL: a journal file path, or an SQLAlchemy URL (sqlite://, postgresql://...)."""
+def check_storage_url(url: str) -> None:
+    """What `make_storage(url)` checks before it creates anything: the URL's form (ConfigError) and, for a
+    journal or SQLite file that exists, its content (StorageError). Nothing is created or connected to."""
     if is_journal(url):
-        path = Path(url.removeprefix("journal://").removeprefix("journal:"))
-        check_storage_file(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        check_storage_file(url.removeprefix("journal://").removeprefix("journal:"))
+        return
     if "://" not in url:
         raise ConfigError(
             f"--storage {url!r}: expected an SQLAlchemy URL (sqlite:///x.db, postgresql://...) or a "
             f"journal file path ending in {'/'.join(JOURNAL_SUFFIXES)}"
         )
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        check_storage_file(url.removeprefix("sqlite:///"))
+
+
+def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
+    """Storage object for a URL: a journal file path, or an SQLAlchemy URL (sqlite://, postgresql://...)."""
+    check_storage_url(url)
+    if is_journal(url):
+        path = Path(url.removeprefix("journal://").removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
     kwargs: dict[str, Any] = {}
@@ -151,6 +162,18 @@ def check_study_name(name: str) -> None:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _has_optuna_tables(path: Path) -> bool:
+    """Whether an SQLite file holds Optuna's schema, read without writing (a new file: False)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as con:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone() \
+                is not None
+    except sqlite3.Error as e:
+        raise StorageError(f"{path}: cannot read as an SQLite database ({e})") from None
 
 
 def _list_studies(storage: Any, where: str) -> list[str]:
@@ -233,7 +256,12 @@ def load_study(name_or_url: str | os.PathLike[str] | optuna.Study, storage: Any 
             )
         study_name, store, where = text, storage_for_path(found), str(found)
     if isinstance(store, str) and store.startswith("sqlite:///") and store != "sqlite:///:memory:":
-        check_storage_file(store[len("sqlite:///") :])
+        db = Path(store[len("sqlite:///") :])
+        check_storage_file(db)
+        if db.exists() and not _has_optuna_tables(db):
+            # opening it with Optuna would create its tables: a write into a file that may be a search's
+            # storage being created right now (both would insert the schema version, one would fail)
+            raise EdgeCompressError(f"no studies in {where}")
     names = _list_studies(store, where)
     if study_name is not None and storage is None and study_name not in names and len(names) == 1:
         study_name = names[0]  # runs/<name>.db holding one study under another name
