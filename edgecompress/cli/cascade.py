@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import console
+from edgecompress.cli.base import busy, console
 
 
 def _change(reduction: float) -> str:
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from edgecompress.cascade.pipeline import cascade_from_study
         from edgecompress.results import parse_latency_ms
 
-        with console.status("building and measuring the cascade end to end ..."):
+        with busy("building and measuring the cascade end to end ..."):
             built = cascade_from_study(study, out, min_accuracy=min_accuracy,
                                        max_latency=parse_latency_ms(max_latency) if max_latency else None,
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
