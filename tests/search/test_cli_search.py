@@ -13,8 +13,6 @@ from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import optuna_runner
 from edgecompress.study import load_study
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-
 
 @pytest.fixture(autouse=True)
 def _app_with_search(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,7 +60,7 @@ def test_cli_search_errors_are_one_line(fakes, tmp_path: Path, capsys) -> None:
 
 
 # 25-80 s on 2 cores: base model + 6 fine-tunes + latency measurements (in the default run: it is the e2e test)
-@pytest.mark.skipif(not FMNIST.is_file(), reason="Fashion-MNIST files not installed (make data)")
+@pytest.mark.usefixtures("fmnist_dir")
 def test_cli_search_real_evaluator_fashion_mnist(tmp_path: Path, runs: Path) -> None:
     exp = {
         "name": "fm-tiny", "seed": 0,
