@@ -15,6 +15,10 @@ class DataError(EdgeCompressError):
     """A dataset file is missing, truncated or does not match its format."""
 
 
+class StorageError(EdgeCompressError):
+    """A study storage (SQLite file, journal, database server) cannot be opened or read."""
+
+
 class UnknownNameError(EdgeCompressError, KeyError):
     """A registry lookup failed; the message lists the valid names."""
 

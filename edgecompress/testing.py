@@ -39,8 +39,8 @@ class FaultyEvaluator:
         self.inner = build_evaluator(exp)
         self.crash_on, self.hang_on = crash_on, hang_on
 
-    def prepare(self) -> None:
-        self.inner.prepare()
+    def prepare(self, on_progress=None) -> None:  # noqa: ANN001
+        self.inner.prepare(on_progress)
 
     @staticmethod
     def _matches(config: object, spec: dict | None) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see edgecompress/__init__.py
 
@@ -11,6 +12,20 @@ import torch  # noqa: E402
 
 # one thread: tests run beside each other on 2 cores, and 1 thread is faster for tiny models there
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    """The folder the Fashion-MNIST loader itself reads (evaluators.data.fmnist_folder: $EDGECOMPRESS_DATA,
+    Debian's dataset-fashion-mnist, or `make data`'s download into ~/.cache/edgecompress); the test is
+    skipped, with the reason, only when the loader finds the data nowhere."""
+    from edgecompress.evaluators.data import fmnist_candidates, fmnist_folder
+
+    folder = fmnist_folder()
+    if folder is None:
+        pytest.skip("Fashion-MNIST not found where the loader looks ("
+                    + ", ".join(map(str, fmnist_candidates(None))) + "): run `make data`")
+    return folder
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +50,7 @@ TINY_PIPELINE = {
 
 
 @pytest.fixture(scope="session")
-def tiny_study(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def tiny_study(tmp_path_factory: pytest.TempPathFactory, fmnist_dir: Path) -> dict:
     """A real 5-trial study on a Fashion-MNIST subset (real evaluator, SQLite), built once per session.
 
     Returns {"name", "storage", "runs", "config"}; tests pass `--storage` explicitly.

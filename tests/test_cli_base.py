@@ -69,7 +69,7 @@ def test_zoo_lists_models_and_datasets(tmp_path: Path) -> None:
     ("yaml_text", "message"),
     [("model: {name: resnet9}\n", "unknown model 'resnet9'"),
      ("model: {nme: resnet8}\n", "model.nme: unknown key"),
-     ("dataset: {root: /nonexistent/fm}\n", "Fashion-MNIST not found")],
+     ("dataset: {root: /nonexistent/fm}\n", "dataset.root /nonexistent/fm: folder not found")],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, yaml_text: str, message: str) -> None:
     cfg = tmp_path / "bad.yaml"
@@ -78,3 +78,21 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, yaml_text: str, messa
     assert res.returncode == 2
     assert message in res.stderr and res.stderr.strip().count("\n") == 0
     assert "Traceback" not in res.stderr
+
+
+def test_train_base_in_logs_prints_one_line_per_epoch_on_stderr(tmp_path: Path) -> None:
+    """With stderr not a terminal (a pipe here, CI logs), base training is not silent: one plain line per
+    epoch on stderr (loss, training accuracy, elapsed time); stdout carries only the result (valid JSON)."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("epochs: 1", "epochs: 2"))
+    res = run_cli(["train-base", str(cfg), "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 2, res.stderr
+    for epoch, line in enumerate(lines, 1):
+        assert line.startswith(f"training base resnet8 on fashion_mnist: epoch {epoch}/2 loss ")
+        assert "train acc" in line and "s elapsed" in line
+    metrics = json.loads(res.stdout)  # nothing but the JSON on stdout
+    assert metrics["reused_cache"] is False and metrics["epochs"] == 2
+    cached = run_cli(["train-base", str(cfg), "--json"], tmp_path)  # reused: nothing trains, nothing printed
+    assert cached.returncode == 0 and cached.stderr == "" and json.loads(cached.stdout)["reused_cache"] is True

@@ -30,7 +30,7 @@ from edgecompress.cascade.plan import (
     running_outputs,
     simulate,
 )
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 
 _FIELDS = ("name", "latency_ms", "input_size", "val_logits", "latency_batch_ms", "batch_size")
@@ -303,9 +303,9 @@ def _prepare(
     check_kind(kind)
     combine_weight(combine, alpha)
     if not 2 <= int(max_stages) <= 8:
-        raise ValueError(f"max_stages must be between 2 and 8, got {max_stages!r}")
+        raise ConfigError(f"max_stages must be between 2 and 8, got {max_stages!r}")
     if not (math.isfinite(routing_overhead_ms) and routing_overhead_ms >= 0):
-        raise ValueError(f"routing_overhead_ms must be >= 0, got {routing_overhead_ms!r}")
+        raise ConfigError(f"routing_overhead_ms must be >= 0, got {routing_overhead_ms!r}")
     specs = [as_stage_spec(c) for c in candidates]
     if len(specs) < 2:
         names = ", ".join(s.name for s in specs) or "none"
@@ -387,13 +387,13 @@ def build_cascade(
     than two candidates are given or no cascade meets the constraint (the message names the closest).
     """
     if (min_accuracy is None) == (max_latency is None):
-        raise ValueError("give exactly one of min_accuracy or max_latency")
+        raise ConfigError("give exactly one of min_accuracy or max_latency")
     if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-        raise ValueError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
+        raise ConfigError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
     if max_latency is not None and not max_latency > 0:
-        raise ValueError(f"max_latency must be > 0 ms, got {max_latency!r}")
+        raise ConfigError(f"max_latency must be > 0 ms, got {max_latency!r}")
     if beam < 1:
-        raise ValueError(f"beam must be >= 1, got {beam!r}")
+        raise ConfigError(f"beam must be >= 1, got {beam!r}")
     prob = _prepare(
         candidates,
         labels,

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgecompress.errors import ConfigError
+
 ConfidenceKind = Literal["margin", "max_softmax", "entropy"]
 CONFIDENCE_KINDS: tuple[str, ...] = ("margin", "max_softmax", "entropy")
 
@@ -20,9 +22,10 @@ ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 
 def check_kind(kind: str) -> str:
-    """Return `kind` if it names a confidence score, else raise ValueError listing the valid ones."""
+    """Return `kind` if it names a confidence score, else raise ConfigError (a ValueError) listing the
+    valid ones."""
     if kind not in CONFIDENCE_KINDS:
-        raise ValueError(f"unknown confidence kind {kind!r}; valid: {', '.join(CONFIDENCE_KINDS)}")
+        raise ConfigError(f"unknown confidence kind {kind!r}; valid: {', '.join(CONFIDENCE_KINDS)}")
     return kind
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompress.cascade.confidence import check_kind
 from edgecompress.cascade.evaluate import (
     Candidate,
     CascadeEvaluation,
@@ -19,13 +20,14 @@ from edgecompress.cascade.evaluate import (
     stage_modules,
     study_candidates,
 )
-from edgecompress.cascade.plan import CascadePlan
+from edgecompress.cascade.plan import SEED_ALPHA, CascadePlan, combine_weight
 from edgecompress.cascade.runtime import CascadeModel, save_cascade
+from edgecompress.errors import ConfigError
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.storage import load_study
 from edgecompress.utils import atomic_write_json
 
-__all__ = ["CascadeBuild", "cascade_from_study"]
+__all__ = ["CascadeBuild", "cascade_from_study", "check_options"]
 
 
 @dataclass
@@ -39,6 +41,23 @@ class CascadeBuild:
     candidates: list[Candidate]
     notes: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+
+
+def check_options(*, kind: str = "margin", combine: str = "last", max_stages: int = 4,
+                  min_accuracy: float | None = None, max_latency: float | None = None, samples: int = 1000) -> None:
+    """ConfigError (one line) for a bad option, before any study is opened or model loaded."""
+    check_kind(kind)
+    combine_weight(combine, SEED_ALPHA)
+    if not 2 <= int(max_stages) <= 8:
+        raise ConfigError(f"max_stages must be between 2 and 8, got {max_stages!r}")
+    if min_accuracy is not None and max_latency is not None:
+        raise ConfigError("give at most one of min_accuracy or max_latency")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise ConfigError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
+    if max_latency is not None and not max_latency > 0:
+        raise ConfigError(f"max_latency must be > 0 ms, got {max_latency!r}")
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples!r}")
 
 
 def cascade_from_study(
@@ -59,6 +78,8 @@ def cascade_from_study(
     (TorchScript stages + cascade.yaml, evaluation.json, front.json). `max_latency` is in ms."""
     from edgecompress.evaluators.data import load_data
 
+    check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
+                  max_latency=max_latency, samples=samples)
     st = load_study(study, storage)
     exp = study_experiment(st)
     cands, labels, notes = study_candidates(st)

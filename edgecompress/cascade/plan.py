@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from edgecompress.cascade.confidence import check_kind, check_temperature, confidence
+from edgecompress.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -51,7 +52,7 @@ class StagePlan:
 def combine_weight(combine: str, alpha: float) -> float | None:
     """Weight of a later stage's logits added to the running output (None: replace, for "last")."""
     if combine not in COMBINES:
-        raise ValueError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
+        raise ConfigError(f"unknown combine {combine!r}; valid: {', '.join(COMBINES)}")
     return None if combine == "last" else (1.0 if combine == "sum" else float(alpha))
 
 

@@ -1,9 +1,18 @@
-"""Foundation commands: `zoo`, `download`, `train-base`, `demo`."""
+"""Foundation commands: `zoo`, `download`, `train-base`, `demo`; the CLI's consoles and progress displays.
+
+Results go to stdout (`console`); progress and logs go to stderr (`err_console`): a rich bar or spinner
+when stderr is a terminal, plain lines otherwise (CI logs, `2> log`), so a long step is never silent.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -11,6 +20,12 @@ from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingC
 from rich.table import Table
 
 console = Console()
+err_console = Console(stderr=True)
+
+
+def log_line(text: str) -> None:
+    """One plain progress/log line on stderr."""
+    print(text, file=sys.stderr, flush=True)
 
 
 def parse_sets(items: list[str] | None) -> dict[str, object]:
@@ -28,11 +43,81 @@ def parse_sets(items: list[str] | None) -> dict[str, object]:
     return out
 
 
-def step_progress(description: str) -> tuple[Progress, object]:
+class LineSteps:
+    """`step_progress` when stderr is not a terminal: the rich Progress calls it needs (context manager,
+    `update(task, completed=, total=)`), written as plain lines on stderr: one when the count changes,
+    at most one every `every_s` seconds, and always the last."""
+
+    def __init__(self, description: str, every_s: float = 5.0) -> None:
+        self.description, self.every_s = description, every_s
+        self._started = self._last_time = time.monotonic()
+        self._last: Any = None
+
+    def __enter__(self) -> LineSteps:
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+    def update(self, _task: object = None, completed: Any = None, total: Any = None, **_: Any) -> None:
+        now = time.monotonic()
+        if completed is None or completed == self._last:
+            return
+        if completed != total and now - self._last_time < self.every_s and self._last is not None:
+            return
+        self._last, self._last_time = completed, now
+        log_line(f"{self.description}: {completed}/{total if total is not None else '?'} "
+                 f"({now - self._started:.0f} s elapsed)")
+
+
+def step_progress(description: str) -> tuple[Any, object]:
+    """(progress, task) on stderr: a transient rich bar on a terminal, else a LineSteps."""
+    if not err_console.is_terminal:
+        return LineSteps(description), None
     progress = Progress("[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total}",
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
     task = progress.add_task(description, total=None)
     return progress, task
+
+
+class TrainDisplay:
+    """A train.TrainProgress callback for a model training: a rich bar on stderr when it is a terminal,
+    else one plain line per epoch (loss, training accuracy, elapsed time). Nothing when nothing trains."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._bar: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> TrainDisplay:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, p: Any) -> None:
+        if not err_console.is_terminal:
+            if p.epoch_end:
+                log_line(p.line(self.what))
+            return
+        if self._bar is None:
+            self._bar, self._task = step_progress(self.what)
+            self._bar.start()
+        self._bar.update(self._task, completed=p.step, total=p.total_steps,
+                         description=f"{self.what}: epoch {p.epoch}/{p.epochs}")
+
+
+@contextlib.contextmanager
+def busy(message: str) -> Iterator[None]:
+    """A spinner on stderr when it is a terminal, else the message as one line on stderr."""
+    if err_console.is_terminal:
+        with err_console.status(message):
+            yield
+    else:
+        log_line(message)
+        yield
 
 
 def train_base_cmd(config: Path, set_: list[str] | None, force: bool, as_json: bool) -> dict:
@@ -40,10 +125,8 @@ def train_base_cmd(config: Path, set_: list[str] | None, force: bool, as_json: b
     from edgecompress.spaces import load_experiment
 
     exp = load_experiment(config, parse_sets(set_))
-    progress, task = step_progress(f"training base {exp.model.name} on {exp.dataset.name}")
-    with progress:
-        base = get_base_model(exp, force=force,
-                              on_step=lambda done, total: progress.update(task, completed=done, total=total))
+    with TrainDisplay(f"training base {exp.model.name} on {exp.dataset.name}") as display:
+        base = get_base_model(exp, force=force, on_progress=display)
     m = dict(base.metrics, reused_cache=base.reused, cache_dir=str(base.path))
     if as_json:
         print(json.dumps(m, indent=2))

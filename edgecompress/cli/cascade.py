@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import console
+from edgecompress.cli.base import busy, console
 
 
 def _change(reduction: float) -> str:
@@ -29,12 +29,14 @@ def register(app: typer.Typer) -> None:
         samples: int = typer.Option(1000, help="test images timed one by one"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
-        from edgecompress.cascade.pipeline import cascade_from_study
+        from edgecompress.cascade.pipeline import cascade_from_study, check_options
         from edgecompress.results import parse_latency_ms
 
-        with console.status("building and measuring the cascade end to end ..."):
-            built = cascade_from_study(study, out, min_accuracy=min_accuracy,
-                                       max_latency=parse_latency_ms(max_latency) if max_latency else None,
+        max_ms = parse_latency_ms(max_latency) if max_latency else None
+        check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
+                      max_latency=max_ms, samples=samples)  # one line, before any work is announced
+        with busy("building and measuring the cascade end to end ..."):
+            built = cascade_from_study(study, out, min_accuracy=min_accuracy, max_latency=max_ms,
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
                                        batch=batch, samples=samples)
         plan, ev = built.plan, built.evaluation

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import console, parse_sets
+from edgecompress.cli.base import TrainDisplay, busy, console, err_console, parse_sets
 
 ALIASES = {"bits": ("w_bits", "a_bits"), "epochs": ("finetune_epochs",), "ratio": ("prune",)}
 
@@ -54,9 +54,13 @@ def register(app: typer.Typer) -> None:
 
         exp = load_experiment(config, parse_sets(override))
         cc = compression_from_sets(parse_sets(set_))
-        with console.status(f"evaluating {cc.config_hash()} ..."):
-            result = build_evaluator(exp)(cc, artefact_dir=out,
-                                          on_epoch=lambda e, a: console.log(f"epoch {e}: val accuracy {a:.4f}"))
+        evaluator = build_evaluator(exp)
+        # data and base model first: a data error is one line before any work; base training shows progress
+        with TrainDisplay(f"training base {exp.model.name} on {exp.dataset.name}") as display:
+            evaluator.prepare(on_progress=display)
+        with busy(f"evaluating {cc.config_hash()} ..."):
+            result = evaluator(cc, artefact_dir=out, on_epoch=lambda e, a: err_console.print(
+                f"fine-tune epoch {e}: val accuracy {a:.4f}", highlight=False))
         if as_json:
             print(json.dumps(result.to_dict(), indent=2, default=str))
         else:

@@ -64,8 +64,9 @@ def search_cmd(
     """Load the experiment, run the search with a live progress line, print the summary."""
     import optuna
 
+    from edgecompress.cli.base import err_console
     from edgecompress.errors import ConfigError
-    from edgecompress.search.progress import RichProgress
+    from edgecompress.search.progress import LineProgress, RichProgress
     from edgecompress.spaces import load_experiment
 
     if backend not in ("optuna", "ray"):
@@ -75,9 +76,13 @@ def search_cmd(
     exp = load_experiment(config, parse_sets(set_))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray").setLevel(logging.WARNING)
-    display = RichProgress(Console(stderr=True), title=study) if progress and not as_json else None
+    # on stderr: a live bar on a terminal; in logs (not a terminal, or --json) one line per trial and epoch
+    display: Any = None
+    if progress:
+        live = err_console.is_terminal and not as_json
+        display = RichProgress(err_console, title=study) if live else LineProgress(title=study)
     kwargs: dict[str, Any] = dict(storage=storage, trials=trials, timeout=timeout, sampler=sampler, seed=seed,
-                                  progress=display)
+                                  progress=display, train_progress=display.train if display is not None else None)
     if display is not None:
         display.__enter__()
     try:
@@ -121,7 +126,7 @@ def register(app: typer.Typer) -> None:
         set_: list[str] | None = typer.Option(None, "--set", help="override a config key: a.b=value"),
         cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="ray: CPUs per trial"),
         gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs per trial"),
-        no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no progress (bar or log lines)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
     ) -> None:
         """Search compressed models (launch or resume a study); prints the Pareto front at the end."""

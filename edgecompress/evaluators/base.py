@@ -16,7 +16,7 @@ from filelock import FileLock
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
-from edgecompress.evaluators.train import TrainSettings, accuracy, train_model
+from edgecompress.evaluators.train import ProgressCallback, TrainSettings, accuracy, train_model
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.utils import atomic_path, atomic_write_json, runs_dir, seed_everything
 
@@ -47,8 +47,10 @@ def get_base_model(
     on_step: Callable[[int, int], None] | None = None,
     force: bool = False,
     device: str = "cpu",
+    on_progress: ProgressCallback | None = None,
 ) -> BaseModel:
-    """Return the cached base model for `exp`, training it first if no cache entry exists."""
+    """Return the cached base model for `exp`, training it first if no cache entry exists; while it trains,
+    `on_step(done, total)` and `on_progress(TrainProgress)` follow it (train.train_model)."""
     folder = base_dir(exp)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
@@ -68,13 +70,15 @@ def get_base_model(
         settings = TrainSettings.from_recipe(exp.base_training, exp.seed)
         settings.memory_format = exp.device.train_memory_format
         start = time.perf_counter()
-        hist = train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device)
+        hist = train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device,
+                           on_progress=on_progress)
         train_seconds = time.perf_counter() - start
         model = model.cpu().eval()
         metrics = {
             "val_accuracy": accuracy(model, data.val, data.native_size),
             "test_accuracy": accuracy(model, data.test, data.native_size),
             "train_seconds": round(train_seconds, 2),
+            "train_accuracy": hist.train_accuracy[-1] if hist.train_accuracy else None,
             "epochs": settings.epochs,
             "model": exp.model.name,
             "dataset": exp.dataset.name,

@@ -198,8 +198,12 @@ def cache_root() -> Path:
 
 
 def load_data(cfg: Any, seed: int = 0) -> DataBundle:
-    """Load `cfg.name` (a DatasetConfig) and split train into train/val with `seed`."""
-    raw = _DATASETS.get(cfg.name)(Path(cfg.root).expanduser() if cfg.root else None)
+    """Load `cfg.name` (a DatasetConfig) and split train into train/val with `seed`. A missing, truncated or
+    corrupt file raises DataError naming it (the whole dataset is read and checked here)."""
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if root is not None and not root.is_dir():
+        raise DataError(f"dataset.root {root}: " + ("not a folder" if root.exists() else "folder not found"))
+    raw = _DATASETS.get(cfg.name)(root)
     n = len(raw.train)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=gen)
@@ -271,6 +275,8 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 
 def fmnist_candidates(root: Path | None) -> list[Path]:
+    """Folders the Fashion-MNIST loader looks in, in order: under `root` when given, else $EDGECOMPRESS_DATA,
+    Debian's dataset-fashion-mnist, then `make data`'s download fallback (cache_root())."""
     if root is not None:
         return [root, root / "FashionMNIST" / "raw"]
     cands = []
@@ -278,6 +284,11 @@ def fmnist_candidates(root: Path | None) -> list[Path]:
         cands.append(Path(os.environ["EDGECOMPRESS_DATA"]) / "fashion-mnist")
     cands += [Path("/usr/share/datasets/fashion-mnist"), cache_root() / "FashionMNIST" / "raw"]
     return cands
+
+
+def fmnist_folder(root: Path | None = None) -> Path | None:
+    """The folder the Fashion-MNIST loader reads (the first candidate holding the training images), or None."""
+    return next((c for c in fmnist_candidates(root) if (c / FMNIST_FILES["train_images"]).is_file()), None)
 
 
 def read_idx(path: Path, expect_dims: int) -> np.ndarray:
@@ -313,9 +324,9 @@ FMNIST_PREPROCESS = Preprocess(
 
 @register_dataset("fashion_mnist", native_size=28)
 def _fashion_mnist(root: Path | None) -> RawData:
-    cands = fmnist_candidates(root)
-    folder = next((c for c in cands if (c / FMNIST_FILES["train_images"]).is_file()), None)
+    folder = fmnist_folder(root)
     if folder is None:
+        cands = fmnist_candidates(root)
         raise DataError(f"Fashion-MNIST not found (looked for {FMNIST_FILES['train_images']} in "
                         f"{', '.join(map(str, cands))}); run `make data` or `edgecompress download fashion_mnist`")
     arrays = {k: read_idx(folder / f, 3 if k.endswith("images") else 1) for k, f in FMNIST_FILES.items()}

@@ -25,7 +25,7 @@ from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compre
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
-from edgecompress.evaluators.train import TrainSettings, predict_logits, train_model
+from edgecompress.evaluators.train import ProgressCallback, TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study.constraints import violations
@@ -75,9 +75,13 @@ class CompressionEvaluator:
             self._base = get_base_model(self.exp, self.data)
         return self._base
 
-    def prepare(self) -> None:
-        """Load the data and the base model now (a trial worker does this before its first time budget)."""
-        _ = self.base
+    def prepare(self, on_progress: ProgressCallback | None = None) -> None:
+        """Load the data and the base model now, training the base first when it is not cached (`on_progress`
+        follows that training). The search calls this before its first trial, so a data error (DataError)
+        stops it with one line instead of failing every trial; a trial worker calls it before its first
+        time budget."""
+        if self._base is None:
+            self._base = get_base_model(self.exp, self.data, on_progress=on_progress)
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
         """This experiment's int8 calibration images at `size` (data.calibration_batches)."""
@@ -219,6 +223,25 @@ class CompressionEvaluator:
             with atomic_path(folder / ARTEFACT_FILES[key]) as tmp:
                 with open(tmp, "wb") as f:
                     np.save(f, arr)
+
+
+def prepare_evaluator(evaluator: Any, on_progress: ProgressCallback | None = None) -> None:
+    """Call `evaluator.prepare` if it has one (CompressionEvaluator, IsolatedEvaluator: load the data and
+    the base model now), passing `on_progress` when its prepare takes it. Evaluators without one (fakes,
+    custom ones) are left alone."""
+    prepare = getattr(evaluator, "prepare", None)
+    if prepare is None:
+        return
+    import inspect
+
+    try:
+        takes = "on_progress" in inspect.signature(prepare).parameters
+    except (TypeError, ValueError):  # a builtin or C callable without a signature
+        takes = False
+    if takes:
+        prepare(on_progress=on_progress)
+    else:
+        prepare()
 
 
 def build_evaluator(exp: ExperimentConfig) -> CompressionEvaluator:

@@ -5,10 +5,15 @@ that takes the whole study down. `IsolatedEvaluator` keeps one worker process (d
 once), sends it one config at a time and waits with a wall-clock budget. A worker that dies gives a
 failed result "process died (signal 11, SIGSEGV)"; one that runs past the budget is killed and gives
 "timed out". The next call starts a fresh worker.
+
+`prepare()` starts the worker before any trial: its set-up (loading the data, training the base model when
+it is not cached) is followed through `on_progress`, and a set-up error is raised in the parent with its
+own type (a DataError stays a DataError: one line at the CLI, no trial run).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import signal
 import time
@@ -18,11 +23,14 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.result import EvalResult
+from edgecompress.evaluators.train import ProgressCallback, TrainProgress
 from edgecompress.spaces.config import CompressionConfig
 
 EvaluatorFactory = Callable[[], Callable[..., EvalResult]]
 KILL_GRACE_S = 30.0  # past the budget, the evaluator's own check gets this long before the kill
+PROGRESS_EVERY_S = 0.5  # set-up progress messages between epoch ends, at most this often
 
 
 class _Pruned(Exception):
@@ -42,14 +50,22 @@ def describe_exit(exitcode: int | None) -> str:
 
 def _worker(conn: Connection, factory: EvaluatorFactory) -> None:
     """Child: build the evaluator, then evaluate configs until told to stop."""
+    from edgecompress.evaluators.evaluate import prepare_evaluator
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    last = [0.0]
+
+    def on_progress(p: TrainProgress) -> None:  # base-model training during set-up, throttled
+        now = time.monotonic()
+        if p.epoch_end or now - last[0] >= PROGRESS_EVERY_S:
+            last[0] = now
+            conn.send(("progress", dataclasses.asdict(p)))
+
     try:
         evaluator = factory()
-        prepare = getattr(evaluator, "prepare", None)
-        if prepare is not None:
-            prepare()
-    except Exception as e:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("setup_error", f"{type(e).__name__}: {e}"))
+        prepare_evaluator(evaluator, on_progress)
+    except Exception as e:  # noqa: BLE001 - reported to the parent as one line, with its type
+        conn.send(("setup_error", (type(e).__name__, str(e), isinstance(e, EdgeCompressError))))
         return
     conn.send(("ready", None))
     while True:
@@ -77,6 +93,20 @@ def _worker(conn: Connection, factory: EvaluatorFactory) -> None:
                                             fail_reason=f"{type(e).__name__}: {e}{where}").to_dict()))
 
 
+def _setup_error(kind: str, payload: Any) -> EdgeCompressError:
+    """The parent's exception for a worker that could not set up: the worker's own EdgeCompressError type
+    and message when it raised one, else 'trial worker could not start: ...'."""
+    from edgecompress import errors
+
+    if kind == "setup_error":
+        name, message, typed = payload
+        cls = getattr(errors, name, None)
+        if typed and isinstance(cls, type) and issubclass(cls, EdgeCompressError):
+            return cls(message)
+        return EdgeCompressError(f"trial worker could not start: {name}: {message}")
+    return EdgeCompressError(f"trial worker could not start: {payload}")
+
+
 class IsolatedEvaluator:
     """Evaluator wrapper: each call runs `factory()`'s evaluator in a worker process with a time budget.
 
@@ -89,7 +119,7 @@ class IsolatedEvaluator:
     def __init__(self, factory: EvaluatorFactory, max_seconds: float | None = None,
                  start_method: str = "spawn") -> None:
         if max_seconds is not None and not max_seconds > 0:
-            raise ValueError(f"IsolatedEvaluator: max_seconds must be > 0, got {max_seconds!r}")
+            raise ConfigError(f"IsolatedEvaluator: max_seconds must be > 0, got {max_seconds!r}")
         self.factory = factory
         self.max_seconds = max_seconds
         self._ctx = mp.get_context(start_method)
@@ -97,7 +127,7 @@ class IsolatedEvaluator:
         self._conn: Connection | None = None
         self.starts = 0  # worker processes started so far (1 + restarts after crashes and timeouts)
 
-    def _start(self) -> None:
+    def _start(self, on_progress: ProgressCallback | None = None) -> None:
         self.starts += 1
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=_worker, args=(child, self.factory), daemon=True,
@@ -105,12 +135,25 @@ class IsolatedEvaluator:
         self._proc.start()
         child.close()
         self._conn = parent
-        kind, payload = self._receive(None)
+        try:
+            kind, payload = self._receive(None)
+            while kind == "progress":
+                if on_progress is not None:
+                    on_progress(TrainProgress(**payload))
+                kind, payload = self._receive(None)
+        except BaseException:  # Ctrl-C while the worker sets up: do not leave it training
+            self._kill()
+            raise
         if kind != "ready":
             self.close()
-            from edgecompress.errors import EdgeCompressError
+            raise _setup_error(kind, payload)
 
-            raise EdgeCompressError(f"trial worker could not start: {payload}")
+    def prepare(self, on_progress: ProgressCallback | None = None) -> None:
+        """Start the worker now and wait until its evaluator is set up (data loaded, base model trained or
+        read from the cache), following base-model training through `on_progress`. A set-up error is
+        raised here with its own type (DataError, ...) rather than failing the first trial."""
+        if self._proc is None or not self._proc.is_alive():
+            self._start(on_progress)
 
     def _receive(self, deadline: float | None) -> tuple[str, Any]:
         """Next message from the worker; ('died', reason) or ('timeout', None) when there is none."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.study.frame import VIOLATION_PREFIX, as_frame, frame_objectives
 from edgecompress.study.front import completed, frame_violation
 from edgecompress.study.front import front as pareto_front
@@ -86,10 +86,10 @@ def parse_latency_ms(text: str | float) -> float:
     else:
         m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(ms|s|us|µs|ns)?\s*", str(text))
         if not m:
-            raise ValueError(f"latency: cannot read {text!r} (examples: 2ms, 500us, 0.5s)")
+            raise ConfigError(f"latency: cannot read {text!r} (examples: 2ms, 500us, 0.5s)")
         value = float(m.group(1)) * _UNITS_MS[m.group(2) or ""]
     if not value > 0:
-        raise ValueError(f"latency: must be > 0, got {text!r}")
+        raise ConfigError(f"latency: must be > 0, got {text!r}")
     return value
 
 
@@ -145,24 +145,24 @@ def select(
     budgets: list[Budget] = []
     if max_latency is not None:
         if not max_latency > 0:
-            raise ValueError(f"max_latency: must be > 0, got {max_latency}")
+            raise ConfigError(f"max_latency: must be > 0, got {max_latency}")
         budgets.append((f"max_{latency_key}", latency_key, "max", float(max_latency)))
     if min_accuracy is not None:
         if not 0 <= min_accuracy <= 1:
-            raise ValueError(f"min_accuracy: must be in [0, 1], got {min_accuracy}")
+            raise ConfigError(f"min_accuracy: must be in [0, 1], got {min_accuracy}")
         budgets.append((f"min_{accuracy_key}", accuracy_key, "min", float(min_accuracy)))
     if max_size is not None:
         if not max_size > 0:
-            raise ValueError(f"max_size: must be > 0, got {max_size}")
+            raise ConfigError(f"max_size: must be > 0, got {max_size}")
         budgets.append((f"max_{size_key}", size_key, "max", float(max_size)))
     for _, key, _, _ in budgets:
         if not any(key in r for r in rows):
-            raise ValueError(f"select: the front has no {key!r} column")
+            raise ConfigError(f"select: the front has no {key!r} column")
     if prefer is None:
         only_floor = min_accuracy is not None and max_latency is None and max_size is None
         prefer = "latency" if only_floor else "accuracy"
     if prefer not in ("accuracy", "latency"):
-        raise ValueError(f"prefer: expected 'accuracy' or 'latency', got {prefer!r}")
+        raise ConfigError(f"prefer: expected 'accuracy' or 'latency', got {prefer!r}")
 
     def preference(r: Mapping[str, Any]) -> tuple[float, float]:
         acc, lat = as_float(r.get(accuracy_key)), as_float(r.get(latency_key))
@@ -219,7 +219,7 @@ def knee_point(front: Any, objectives: Any = None) -> Selection:
         objectives = (df.attrs.get("objectives") or default)[:2]
     objs = frame_objectives(df, objectives)
     if len(objs) != 2:
-        raise ValueError(f"objectives: knee_point needs exactly two objectives, got {len(objs)}")
+        raise ConfigError(f"objectives: knee_point needs exactly two objectives, got {len(objs)}")
     names = [o["name"] for o in objs]
     cand = df[np.all(np.isfinite(df[names].to_numpy(dtype=float)), axis=1)]
     if "feasible" in cand and cand["feasible"].astype(bool).any():

@@ -18,6 +18,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from edgecompress.errors import ConfigError
 from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
 from edgecompress.study import attrs as A
@@ -28,7 +29,8 @@ from edgecompress.utils import atomic_write_text, plain
 
 MIN_TRIALS_FOR_IMPORTANCE = 5
 FRONT_TABLE_COLUMNS = (
-    "accuracy_low", "accuracy_high", "test_accuracy", "val_images", "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
+    "accuracy_low", "accuracy_high", "test_accuracy", "val_images",
+    "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
     "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", "latency_source",
 )
 _HOVER_SKIP = {"config", "datetime_start", "datetime_complete", "state"}
@@ -81,7 +83,7 @@ def _check_cascade(cascade_info: Any) -> list[dict[str, Any]] | None:
         try:
             lat, acc = float(c["expected_latency_ms"]), float(c["accuracy"])
         except (KeyError, TypeError, ValueError):
-            raise ValueError(
+            raise ConfigError(
                 f"cascade_info[{k}]: expected a mapping with expected_latency_ms and accuracy, got {c!r}"
             ) from None
         extra = {k2: plain(v, flat=True) for k2, v in dict(c).items()}

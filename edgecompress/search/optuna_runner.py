@@ -4,6 +4,9 @@
 Each trial is started under a file lock that re-counts the study, so N workers never overshoot the total.
 Failed evaluations are FAIL trials (the study goes on); Ctrl-C marks the running trial FAIL
 (state_detail "interrupted"), re-queues its params and returns, so running the same command resumes.
+Before the study is created or loaded, the real evaluator is set up (`prepare_trial_evaluator`: data
+loaded and checked, base model trained if not cached): a data error stops the search there, with one
+line and no trial.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators import Evaluator
+from edgecompress.evaluators.train import ProgressCallback
 from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
@@ -35,7 +39,7 @@ from edgecompress.spaces.space import SearchSpace
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import objective_dicts, set_objectives, study_objectives
 from edgecompress.study.front import front
-from edgecompress.study.storage import default_storage_url, make_storage
+from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
 from edgecompress.utils import runs_dir
 
 ProgressFn = Callable[[StudyStats], None]
@@ -191,8 +195,12 @@ def run_search(
     workers: int = 1,
     evaluator: Evaluator | None = None,
     progress: ProgressFn | None = None,
+    train_progress: ProgressCallback | None = None,
 ) -> SearchSummary:
-    """Create or resume `study_name` and run it until it counts `trials` trials (default exp.budget)."""
+    """Create or resume `study_name` and run it until it counts `trials` trials (default exp.budget).
+
+    The evaluator is set up first (`prepare_trial_evaluator`; `train_progress` follows base-model training
+    when the base is not cached): a DataError there is raised before any study or trial exists."""
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     total = trials if trials is not None else exp.budget.trials
@@ -202,10 +210,20 @@ def run_search(
     seed = exp.seed if seed is None else seed
     space = space_for(exp)
     url = storage or default_storage_url(study_name, workers)
-    store = make_storage(url)
+    check_storage_url(url)
     sampler_name = resolve_sampler_name(
         sampler or exp.budget.sampler, len(exp.objectives), total, exp.budget.population, space
     )
+    if workers == 1:
+        evaluator = prepare_trial_evaluator(exp, evaluator, train_progress)
+    elif evaluator is None:  # each worker process builds its own: set up (and cache the base) once here
+        _close(prepare_trial_evaluator(exp, None, train_progress))
+    try:
+        store = make_storage(url)
+    except BaseException:
+        if workers == 1:
+            _close(evaluator)
+        raise
     study, fresh = create_or_load_study(exp, study_name, store)
     notes: list[str] = []
     # the grid covers every point of the space, and GridSampler does not count enqueued trials as visited
@@ -270,6 +288,22 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
 
 def _opt_int(v: Any) -> int | None:
     return None if v is None or v != v else int(v)
+
+
+def prepare_trial_evaluator(exp: ExperimentConfig, evaluator: Evaluator | None = None,
+                            on_progress: ProgressCallback | None = None) -> Evaluator:
+    """`evaluator` (default: the real one, build_trial_evaluator), set up now, outside any trial: its data
+    is loaded and checked and its base model trained when not cached (`on_progress` follows the training).
+    A set-up error (DataError for a missing, truncated or corrupt dataset file) closes it and is raised."""
+    from edgecompress.evaluators.evaluate import prepare_evaluator
+
+    evaluator = evaluator or build_trial_evaluator(exp)
+    try:
+        prepare_evaluator(evaluator, on_progress)
+    except BaseException:
+        _close(evaluator)
+        raise
+    return evaluator
 
 
 def build_trial_evaluator(exp: ExperimentConfig) -> Evaluator:

@@ -72,13 +72,14 @@ from edgecompress.search.optuna_runner import (
     create_or_load_study,
     front_rows,
     initial_points,
+    prepare_trial_evaluator,
     space_for,
     study_dir,
 )
 from edgecompress.search.progress import is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
 from edgecompress.spaces.experiment import ExperimentConfig
-from edgecompress.study.storage import default_storage_url, make_storage
+from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
 from edgecompress.utils import runs_dir
 
 METRIC = "val_accuracy"
@@ -260,8 +261,12 @@ def run_ray_search(
     evaluator: Evaluator | None = None,
     evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None = None,
     progress: ProgressFn | None = None,
+    train_progress: Callable[[Any], None] | None = None,
 ) -> SearchSummary:
-    """Run the study's remaining trials as Ray Tune trials (local Ray, or the cluster at `address`)."""
+    """Run the study's remaining trials as Ray Tune trials (local Ray, or the cluster at `address`).
+    With the real evaluator, it is set up once here first (optuna_runner.prepare_trial_evaluator: data
+    checked, base model trained and cached, followed by `train_progress`): a DataError stops the search
+    before any study or trial exists."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -273,6 +278,11 @@ def run_ray_search(
     seed = exp.seed if seed is None else seed
     space = space_for(exp)
     url = storage or default_storage_url(study_name)
+    check_storage_url(url)
+    if evaluator is None and evaluator_factory is None:
+        probe = prepare_trial_evaluator(exp, None, train_progress)
+        if callable(getattr(probe, "close", None)):
+            probe.close()
     study, fresh = create_or_load_study(exp, study_name, make_storage(url))
     sampler_name = resolve_sampler_name(
         sampler or exp.budget.sampler, len(exp.objectives), total, exp.budget.population, space

@@ -13,6 +13,7 @@ is older than the grace period becomes FAIL and is re-queued once (RetryHeartbea
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -24,21 +25,51 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
-from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError, StorageError
 from edgecompress.utils import runs_dir
 
 FINAL_SUFFIX = "-final"  # finalize writes <study>-final into the search study's storage
 
 __all__ = [
-    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "check_study_name",
-    "default_storage_url", "is_journal", "list_local_studies", "load_study", "make_storage", "storage_for_path",
-    "study_location", "StudyLocation",
+    "GRACE_PERIOD_S", "HEARTBEAT_INTERVAL_S", "JOURNAL_SUFFIXES", "MAX_RETRY", "StudyLocation",
+    "check_storage_file", "check_storage_url", "check_study_name", "default_storage_url", "is_journal",
+    "list_local_studies", "load_study", "make_storage", "storage_for_path", "study_location",
 ]
 
 HEARTBEAT_INTERVAL_S = 30
 GRACE_PERIOD_S = 120
 MAX_RETRY = 1  # a trial whose search process died is re-queued once: a config that died twice is not
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
+SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def check_storage_file(path: str | os.PathLike[str]) -> None:
+    """StorageError (one line, naming the file) when `path` exists but is not what a study storage reads
+    there: an Optuna journal (JSON lines) for .journal/.log/.jsonl, else an SQLite database. A missing
+    or empty file passes: the storage creates it."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if path.is_dir():
+        raise StorageError(f"{path}: a folder, not a study storage file")
+    journal = path.suffix in JOURNAL_SUFFIXES
+    try:
+        with open(path, "rb") as f:
+            head = f.readline(1 << 20) if journal else f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise StorageError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not head:
+        return
+    if journal:
+        try:
+            ok = "op_code" in json.loads(head)
+        except (ValueError, TypeError):  # not JSON, or JSON but not an object
+            ok = False
+        if not ok:
+            raise StorageError(f"{path}: not an Optuna journal file (its first line is not a journal record)")
+    elif head != SQLITE_MAGIC:
+        raise StorageError(f"{path}: not an SQLite database (a study storage is an Optuna SQLite .db file "
+                           f"or a {'/'.join(JOURNAL_SUFFIXES)} journal)")
 
 
 def default_storage_url(study_name: str, workers: int = 1) -> str:
@@ -55,17 +86,28 @@ def is_journal(url: str) -> bool:
     return url.startswith("journal:") or url.endswith(JOURNAL_SUFFIXES)
 
 
-def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
-    """Storage object for a URL: a journal file path, or an SQLAlchemy URL (sqlite://, postgresql://...)."""
+def check_storage_url(url: str) -> None:
+    """What `make_storage(url)` checks before it creates anything: the URL's form (ConfigError) and, for a
+    journal or SQLite file that exists, its content (StorageError). Nothing is created or connected to."""
     if is_journal(url):
-        path = Path(url.removeprefix("journal://").removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        check_storage_file(url.removeprefix("journal://").removeprefix("journal:"))
+        return
     if "://" not in url:
         raise ConfigError(
             f"--storage {url!r}: expected an SQLAlchemy URL (sqlite:///x.db, postgresql://...) or a "
             f"journal file path ending in {'/'.join(JOURNAL_SUFFIXES)}"
         )
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        check_storage_file(url.removeprefix("sqlite:///"))
+
+
+def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
+    """Storage object for a URL: a journal file path, or an SQLAlchemy URL (sqlite://, postgresql://...)."""
+    check_storage_url(url)
+    if is_journal(url):
+        path = Path(url.removeprefix("journal://").removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
         _prepare_sqlite(Path(url.removeprefix("sqlite:///")))
     kwargs: dict[str, Any] = {}
@@ -95,9 +137,13 @@ def _prepare_sqlite(path: Path) -> None:
     """Create the file in WAL mode: one fsync per commit instead of three (Optuna commits every attr)."""
     import sqlite3
 
+    check_storage_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
-        con.execute("PRAGMA journal_mode=WAL")
+    try:
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as e:
+        raise StorageError(f"{path}: cannot open as an SQLite database ({e})") from None
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -117,14 +163,33 @@ def check_study_name(name: str) -> None:
 # ---- loading --------------------------------------------------------------------------------------
 
 
-def _list_studies(storage: Any) -> list[str]:
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _has_optuna_tables(path: Path) -> bool:
+    """Whether an SQLite file holds Optuna's schema, read without writing (a new file: False)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as con:
+            return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone() \
+                is not None
+    except sqlite3.Error as e:
+        raise StorageError(f"{path}: cannot read as an SQLite database ({e})") from None
+
+
+def _list_studies(storage: Any, where: str) -> list[str]:
+    """Study names in a storage; StorageError naming `where` when the storage cannot be read."""
     try:
         return sorted(optuna.get_all_study_names(storage))
-    except Exception:  # noqa: BLE001 - listing is best effort inside an error message
-        return []
+    except Exception as e:  # noqa: BLE001 - SQLAlchemy, driver and file errors: one line, not a traceback
+        raise StorageError(f"{where}: cannot read the study storage ({_first_line(e)})") from None
 
 
 def _journal(path: Path) -> Any:
+    check_storage_file(path)
     return JournalStorage(JournalFileBackend(str(path)))
 
 
@@ -133,6 +198,7 @@ def storage_for_path(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if path.suffix in JOURNAL_SUFFIXES:
         return _journal(path)
+    check_storage_file(path)
     return f"sqlite:///{path}"
 
 
@@ -217,7 +283,14 @@ def study_location(name_or_url: str | os.PathLike[str] | optuna.Study, storage: 
                 f"(studies in {root}: {listing})"
             )
         study_name, store, where = text, storage_for_path(found), str(found)
-    names = _list_studies(store)
+    if isinstance(store, str) and store.startswith("sqlite:///") and store != "sqlite:///:memory:":
+        db = Path(store[len("sqlite:///") :])
+        check_storage_file(db)
+        if db.exists() and not _has_optuna_tables(db):
+            # opening it with Optuna would create its tables: a write into a file that may be a search's
+            # storage being created right now (both would insert the schema version, one would fail)
+            raise EdgeCompressError(f"no studies in {where}")
+    names = _list_studies(store, where)
     searches = [n for n in names if not (n.endswith(FINAL_SUFFIX) and n.removesuffix(FINAL_SUFFIX) in names)]
     if study_name is not None and storage is None and study_name not in names and len(searches) == 1:
         study_name = searches[0]  # runs/<name>.db holding one study under another name
@@ -252,3 +325,5 @@ def study_location(name_or_url: str | os.PathLike[str] | optuna.Study, storage: 
         raise EdgeCompressError(
             f"study {study_name!r} not found in {where} (studies there: {listing})"
         ) from None
+    except Exception as e:  # noqa: BLE001 - an unreadable storage: one line, not a traceback
+        raise StorageError(f"{where}: cannot read study {study_name!r} ({_first_line(e)})") from None

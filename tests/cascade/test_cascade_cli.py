@@ -68,3 +68,23 @@ def test_one_model_front_is_a_clear_message(tiny_study: dict, tmp_path: Path) ->
     with pytest.raises(EdgeCompressError, match="cascade needs at least 2 Pareto models; the front has 1"):
         study_candidates(one)
     assert np.isfinite(best.values[1])
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    (["--kind", "foo"], "error: unknown confidence kind 'foo'; valid: margin, max_softmax, entropy"),
+    (["--combine", "bar"], "error: unknown combine 'bar'; valid: last, sum, seed_alpha"),
+    (["--max-latency", "fast"], "error: latency: cannot read 'fast' (examples: 2ms, 500us, 0.5s)"),
+    (["--max-stages", "1"], "error: max_stages must be between 2 and 8, got 1"),
+])
+def test_bad_cascade_option_is_one_line_before_any_work(tiny_study: dict, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture, option: list[str],
+                                                        says: str) -> None:
+    """On a real study (where `--kind foo` used to end in a traceback from the planner): one line on
+    stderr, exit 2, nothing written."""
+    out = tmp_path / "cascade"
+    with pytest.raises(SystemExit) as e:
+        main(["cascade", tiny_study["name"], "--storage", tiny_study["storage"], "-o", str(out), *option])
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == says and "Traceback" not in captured.err
+    assert not out.exists()

@@ -28,7 +28,6 @@ from edgecompress.cascade.runtime import resize
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.models import create_model
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 N_IMAGES = 256
 
 
@@ -42,11 +41,9 @@ def _one_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def images() -> tuple[torch.Tensor, np.ndarray]:
-    """The first test images of Fashion-MNIST, normalised, 1 x 28 x 28."""
-    img_path, lab_path = FMNIST / "t10k-images-idx3-ubyte.gz", FMNIST / "t10k-labels-idx1-ubyte.gz"
-    if not img_path.is_file():
-        pytest.skip(f"Fashion-MNIST not installed at {FMNIST}")
+def images(fmnist_dir: Path) -> tuple[torch.Tensor, np.ndarray]:
+    """The first test images of Fashion-MNIST (where the loader finds them), normalised, 1 x 28 x 28."""
+    img_path, lab_path = fmnist_dir / "t10k-images-idx3-ubyte.gz", fmnist_dir / "t10k-labels-idx1-ubyte.gz"
     with gzip.open(img_path, "rb") as f:
         raw = f.read(16 + N_IMAGES * 784)
     with gzip.open(lab_path, "rb") as f:

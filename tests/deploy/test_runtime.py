@@ -26,16 +26,15 @@ from edgecompress.deploy.runtime import (
 )
 from edgecompress.evaluators.models import create_model
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
 ORT_PREDICT = Path(__file__).with_name("ort_predict.py")
 MEAN, STD = 0.2860, 0.3530
 
 
-def _read(prefix: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _read(folder: Path, prefix: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """First n images/labels of a Fashion-MNIST IDX gzip pair (16-byte / 8-byte headers)."""
-    with gzip.open(FMNIST / f"{prefix}-images-idx3-ubyte.gz") as f:
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz") as f:
         img = np.frombuffer(f.read(16 + n * 784)[16:], dtype=np.uint8).reshape(n, 1, 28, 28)
-    with gzip.open(FMNIST / f"{prefix}-labels-idx1-ubyte.gz") as f:
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz") as f:
         lab = np.frombuffer(f.read(8 + n)[8:], dtype=np.uint8)
     x = (torch.from_numpy(img.copy()).float() / 255 - MEAN) / STD
     return x, torch.from_numpy(lab.astype(np.int64))
@@ -51,13 +50,11 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def fmnist_model(_one_thread) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+def fmnist_model(_one_thread, fmnist_dir: Path) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     """A narrow ResNet-8 trained for a few seconds on 2000 real training images; 500 held-out test images."""
-    if not (FMNIST / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip("Fashion-MNIST not found under /usr/share/datasets/fashion-mnist")
     torch.manual_seed(0)
-    x_tr, y_tr = _read("train", 2000)
-    x_te, _ = _read("t10k", 500)
+    x_tr, y_tr = _read(fmnist_dir, "train", 2000)
+    x_te, _ = _read(fmnist_dir, "t10k", 500)
     model = create_model("resnet8", num_classes=10, in_chans=1, widths=(8, 16, 32))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()

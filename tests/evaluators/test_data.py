@@ -15,6 +15,8 @@ from edgecompress.errors import DataError, UnknownNameError
 from edgecompress.evaluators.data import (
     FMNIST_FILES,
     calibration_batches,
+    fmnist_candidates,
+    fmnist_folder,
     list_datasets,
     load_data,
     make_loader,
@@ -107,8 +109,27 @@ def test_label_count_mismatch(tmp_path: Path) -> None:
 
 
 def test_missing_fmnist_folder(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="Fashion-MNIST not found"):
+    with pytest.raises(DataError, match=r"dataset.root .*nowhere: folder not found"):
         load_data(DatasetConfig(root=str(tmp_path / "nowhere")), 0)
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(DataError, match=r"dataset.root .*a-file: not a folder"):
+        load_data(DatasetConfig(root=str(tmp_path / "a-file")), 0)
+    with pytest.raises(DataError, match="Fashion-MNIST not found"):  # a folder, but no data in it
+        load_data(DatasetConfig(root=str(tmp_path)), 0)
+
+
+def test_fmnist_folder_is_where_the_loader_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fmnist_folder (what the tests use instead of a hard-coded path) follows the loader's own search:
+    under a root, the root itself or torchvision's download layout; else $EDGECOMPRESS_DATA first."""
+    assert fmnist_folder(tmp_path) is None
+    make_fmnist(tmp_path / "FashionMNIST" / "raw")  # `edgecompress download` / `make data` fallback layout
+    assert fmnist_folder(tmp_path) == tmp_path / "FashionMNIST" / "raw"
+    assert len(load_data(DatasetConfig(root=str(tmp_path), val_fraction=0.2), 0).test) == 20
+    make_fmnist(tmp_path / "data" / "fashion-mnist")
+    monkeypatch.setenv("EDGECOMPRESS_DATA", str(tmp_path / "data"))
+    assert fmnist_folder() == tmp_path / "data" / "fashion-mnist"
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
+    assert fmnist_candidates(None)[-1] == tmp_path / "cache" / "FashionMNIST" / "raw"
 
 
 # ---- CIFAR-10 ----------------------------------------------------------------------------------

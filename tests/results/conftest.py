@@ -120,7 +120,7 @@ REAL_EXPERIMENT = {
 
 
 @pytest.fixture(scope="session")
-def real_study_template(tmp_path_factory):
+def real_study_template(tmp_path_factory, fmnist_dir):
     """(folder, study name, DataBundle): 3 real trials (fp32, int8, 4-bit estimated) in folder/fmx.db.
 
     Artefacts live under folder/fmx/trials/<n>/ with absolute paths, so copies of the .db stay valid.

@@ -111,3 +111,21 @@ def test_load_study_from_a_journal_file(tmp_path, monkeypatch, spec):
     assert load_study(f"journal:{path}").study_name == "jr"
     assert load_study(str(path)).study_name == "jr"
     assert list(study_to_frame(load_study("jr", storage=str(path)))["number"]) == sorted(spec.TRIALS)
+
+
+def test_load_study_on_a_file_that_is_not_a_storage_is_one_line(tmp_path, monkeypatch):
+    """A text file named x.db (or a garbage journal) is a StorageError naming the file, not an SQLAlchemy
+    traceback or a misleading 'no studies'; whichever way the file is named."""
+    from edgecompress.errors import StorageError
+
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    (tmp_path / "x.db").write_text("this is not a database\n" * 50)
+    (tmp_path / "j.journal").write_text("not json either\n")
+    for args in [("x",), (str(tmp_path / "x.db"),), (f"sqlite:///{tmp_path / 'x.db'}",),
+                 ("fm", str(tmp_path / "x.db")), ("fm", f"sqlite:///{tmp_path / 'x.db'}")]:
+        with pytest.raises(StorageError, match=r"x\.db: not an SQLite database") as e:
+            load_study(*args)
+        assert "\n" not in str(e.value)
+    with pytest.raises(StorageError, match=r"j\.journal: not an Optuna journal"):
+        load_study(str(tmp_path / "j.journal"))
+    assert (tmp_path / "x.db").read_text().startswith("this is not")  # left as it was

@@ -13,8 +13,6 @@ from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import optuna_runner
 from edgecompress.study import load_study
 
-FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
-
 
 @pytest.fixture(autouse=True)
 def _app_with_search(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -49,6 +47,24 @@ def test_cli_search_runs_resumes_and_prints_front(fakes, fake_evaluator, tmp_pat
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 5
 
 
+def test_cli_search_in_logs_prints_one_line_per_trial_on_stderr(fakes, fake_evaluator, tmp_path: Path,
+                                                              monkeypatch, capsys) -> None:
+    """Not on a terminal (and with --json), progress is plain lines on stderr, one per finished trial with
+    its outcome; stdout holds only the JSON summary."""
+    import json
+
+    monkeypatch.setattr(optuna_runner, "build_trial_evaluator", lambda exp: fake_evaluator)
+    cfg = _write(tmp_path, fakes.small_experiment())
+    main(["search", str(cfg), "--study", "logs", "--trials", "3", "--json"])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["stats"]["finished"] == 3
+    lines = captured.err.splitlines()
+    assert len(lines) == 4 and all(line.startswith("logs [") for line in lines), captured.err
+    assert "0/3 trials" in lines[0]
+    for n, line in enumerate(lines[1:]):
+        assert f"] trial {n} complete (accuracy " in line and ", latency_ms " in line and f"{n + 1}/3 trials" in line
+
+
 def test_cli_search_errors_are_one_line(fakes, tmp_path: Path, capsys) -> None:
     cfg = _write(tmp_path, fakes.small_experiment())
     with pytest.raises(SystemExit) as e:
@@ -62,13 +78,15 @@ def test_cli_search_errors_are_one_line(fakes, tmp_path: Path, capsys) -> None:
 
 
 # 25-80 s on 2 cores: base model + 6 fine-tunes + latency measurements (in the default run: it is the issue's e2e test)
-@pytest.mark.skipif(not FMNIST.is_file(), reason="Fashion-MNIST files not installed (make data)")
-def test_cli_search_real_evaluator_fashion_mnist(tmp_path: Path, runs: Path) -> None:
+@pytest.mark.usefixtures("fmnist_dir")
+def test_cli_search_real_evaluator_fashion_mnist(tmp_path: Path, runs: Path, capsys: pytest.CaptureFixture) -> None:
+    """The real evaluator end to end; with stderr not a terminal (captured here, as in CI logs) the base
+    model's training (in the trial worker process) and every finished trial print a plain line on stderr."""
     exp = {
         "name": "fm-tiny", "seed": 0,
         "dataset": {"name": "fashion_mnist", "train_subset": 300, "val_subset": 100, "test_subset": 100},
         "model": {"name": "resnet8"},
-        "base_training": {"epochs": 1, "batch_size": 64},
+        "base_training": {"epochs": 2, "batch_size": 64},
         "finetune": {"epochs": 1, "batch_size": 64},
         "space": {"prune": {"choices": [0.0, 0.25, 0.5]}, "bits": {"choices": [32, 8]},
                   "resolution": {"choices": [0.5, 1.0]}},
@@ -77,7 +95,17 @@ def test_cli_search_real_evaluator_fashion_mnist(tmp_path: Path, runs: Path) -> 
     }
     cfg = tmp_path / "fm.yaml"
     cfg.write_text(yaml.safe_dump(exp))
-    main(["search", str(cfg), "--study", "fm", "--trials", "6", "--no-progress"])
+    main(["search", str(cfg), "--study", "fm", "--trials", "6"])
+    captured = capsys.readouterr()
+    err = captured.err.splitlines()
+    epochs = [line for line in err if line.startswith("fm: base model: epoch ")]
+    assert [line.split()[4] for line in epochs] == ["1/2", "2/2"], captured.err
+    assert all(" loss " in line and " train acc " in line and "s elapsed" in line for line in epochs)
+    finished = [line for line in err if line.startswith("fm [") and " | " in line and "trial" in line]
+    assert [line.split("] ", 1)[1].split(" ")[:2] for line in finished[1:]] == [["trial", str(n)] for n in range(6)]
+    assert finished[0].startswith("fm [") and "0/6 trials" in finished[0] and "6/6 trials" in finished[-1]
+    assert len(err) == 2 + 1 + 6, captured.err  # nothing else, and progress never on stdout
+    assert "base model" not in captured.out and "Pareto front" in captured.out
     study = load_study("fm")
     assert len(study.trials) == 6
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 6

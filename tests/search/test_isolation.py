@@ -83,12 +83,17 @@ def test_describe_exit() -> None:
     assert describe_exit(3) == "process died (exit code 3)"
 
 
-def test_setup_error_is_one_line(tmp_path: Path) -> None:
+def test_setup_error_is_one_line_with_its_type(tmp_path: Path) -> None:
+    """A data error in the worker's set-up reaches the parent as the same DataError (one line, naming the
+    folder), from prepare() before any trial as from the first call; the worker is gone either way."""
+    from edgecompress.errors import DataError
+
     exp = parse_experiment(dict(TINY, dataset=dict(TINY["dataset"], root=str(tmp_path / "missing"))))
     ev = IsolatedEvaluator(functools.partial(build_evaluator, exp))
-    with pytest.raises(Exception, match="trial worker could not start: .*missing") as e:
-        ev(CompressionConfig())
-    assert "\n" not in str(e.value)
+    for start in (ev.prepare, lambda: ev(CompressionConfig())):
+        with pytest.raises(DataError, match=r"dataset.root .*missing: folder not found") as e:
+            start()
+        assert "\n" not in str(e.value) and ev._proc is None
 
 
 def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) -> None:

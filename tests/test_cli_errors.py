@@ -1,0 +1,135 @@
+"""User errors through the real CLI: one line on stderr, exit code 2, and no trial run.
+
+Data errors (a dataset.root that does not exist, a truncated IDX file) stop `search`, `train-base` and
+`evaluate` before any work; a storage file that is not a database stops `pareto`, `report`, `export` and
+`search` without a traceback and without touching the file. (`cascade --kind foo` on a real study: see
+tests/cascade/test_cascade_cli.py.)
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgecompress.cli import main
+from edgecompress.evaluators.data import FMNIST_FILES
+
+TINY = """
+name: errors
+seed: 0
+dataset: {name: fashion_mnist, train_subset: 256, val_subset: 128, test_subset: 128}
+model: {name: resnet8, kwargs: {widths: [8, 16, 16]}}
+base_training: {epochs: 1, batch_size: 64}
+finetune: {epochs: 1, batch_size: 64, train_subset: 128}
+space: {prune: {choices: [0.0, 0.5]}, bits: {choices: [32]}, resolution: {choices: [1.0]}}
+budget: {trials: 2, sampler: random}
+device: {device: cpu, threads: 1, min_repeats: 3, max_seconds: 0.2, batch_size: 4}
+"""
+
+
+def run_cli(args: list[str], runs: Path) -> subprocess.CompletedProcess:
+    """`python -m edgecompress.cli ARGS` in a fresh process (stderr not a terminal), runs/ under `runs`."""
+    env = dict(os.environ, EDGECOMPRESS_RUNS=str(runs))
+    return subprocess.run([sys.executable, "-m", "edgecompress.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def one_error_line(stderr: str) -> str:
+    """The single line the CLI printed for a user error (fails on a traceback or extra output)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "errors.yaml"
+    path.write_text(TINY)
+    return path
+
+
+def assert_no_study(runs: Path, study: str) -> None:
+    """Nothing of the study exists: no storage file, no trial folders (so no trial ran)."""
+    assert not list(runs.glob(f"{study}.*")), list(runs.iterdir())
+    assert not (runs / study).exists()
+
+
+# ---- data errors: before any trial -----------------------------------------------------------------
+def test_search_with_a_missing_dataset_root_is_one_line_and_runs_no_trial(config: Path, tmp_path: Path) -> None:
+    runs, missing = tmp_path / "runs", tmp_path / "no-such-folder"
+    res = run_cli(["search", str(config), "--study", "s", "--set", f"dataset.root={missing}"], runs)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert one_error_line(res.stderr) == f"error: dataset.root {missing}: folder not found"
+    assert res.stdout == ""
+    assert_no_study(runs, "s")
+
+
+@pytest.mark.parametrize("command", [["train-base"], ["evaluate", "--set", "prune=0.5"]])
+def test_train_base_and_evaluate_with_a_missing_root_are_one_line(config: Path, tmp_path: Path,
+                                                                  command: list[str]) -> None:
+    missing = tmp_path / "no-such-folder"
+    flag = "--override" if command[0] == "evaluate" else "--set"
+    res = run_cli([command[0], str(config), *command[1:], flag, f"dataset.root={missing}"], tmp_path / "runs")
+    assert res.returncode == 2
+    assert one_error_line(res.stderr) == f"error: dataset.root {missing}: folder not found"
+
+
+def _copy_with(fmnist_dir: Path, dest: Path, name: str, cut: str) -> Path:
+    """The real Fashion-MNIST files in `dest`, with file `name` truncated: `cut` "gzip" keeps the first
+    half of the compressed bytes (an interrupted download); "content" re-compresses the first half of its
+    content (a valid gzip whose IDX body is shorter than its header says)."""
+    dest.mkdir()
+    for f in FMNIST_FILES.values():
+        shutil.copyfile(fmnist_dir / f, dest / f)
+    target = dest / name
+    data = target.read_bytes()
+    if cut == "gzip":
+        target.write_bytes(data[: len(data) // 2])
+    else:
+        raw = gzip.decompress(data)
+        target.write_bytes(gzip.compress(raw[: len(raw) // 2]))
+    return target
+
+
+@pytest.mark.parametrize(("name", "cut", "says"), [
+    (FMNIST_FILES["train_images"], "gzip", "cannot read (Compressed file ended"),
+    (FMNIST_FILES["test_labels"], "content", "truncated, header says 10000 values"),
+])
+def test_search_on_a_truncated_idx_file_is_one_line_and_runs_no_trial(
+        config: Path, tmp_path: Path, fmnist_dir: Path, name: str, cut: str, says: str) -> None:
+    runs = tmp_path / "runs"
+    target = _copy_with(fmnist_dir, tmp_path / "fm", name, cut)
+    res = run_cli(["search", str(config), "--study", "s", "--set", f"dataset.root={target.parent}"], runs)
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = one_error_line(res.stderr)
+    assert line.startswith(f"error: {target}: ") and says in line, line
+    assert res.stdout == ""
+    assert_no_study(runs, "s")
+
+
+# ---- storage files that are not a database ---------------------------------------------------------
+def test_results_commands_on_a_file_that_is_not_a_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture, config: Path) -> None:
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    bogus = tmp_path / "x.db"
+    text = "id,accuracy\n1,0.9\n" * 100  # e.g. a CSV saved under the wrong name
+    bogus.write_text(text)
+    for args in (["pareto", "x"], ["pareto", str(bogus)], ["pareto", "x", "--storage", str(bogus)],
+                 ["pareto", f"sqlite:///{bogus}"], ["report", str(bogus), "-o", str(tmp_path / "r.html")],
+                 ["export", str(bogus), "-o", str(tmp_path / "out"), "--trial", "0"],
+                 ["search", str(config), "--study", "x", "--storage", f"sqlite:///{bogus}"]):
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2, args
+        line = one_error_line(capsys.readouterr().err)
+        assert line == f"error: {bogus}: not an SQLite database (a study storage is an Optuna SQLite .db file " \
+                       "or a .journal/.log/.jsonl journal)", (args, line)
+    assert bogus.read_text() == text  # not written to (no schema created, no trial)
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "out").exists()
