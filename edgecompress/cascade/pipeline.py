@@ -72,6 +72,7 @@ def cascade_from_study(
     max_stages: int = 4,
     batch: bool = False,
     samples: int = 1000,
+    final: str = "auto",
 ) -> CascadeBuild:
     """Choose stages and thresholds on validation logits from the study's front (edgecompress.study.front over
     feasible, measured trials), measure the cascade end to end on the test split, and save it to `out`
@@ -80,7 +81,7 @@ def cascade_from_study(
 
     check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
                   max_latency=max_latency, samples=samples)
-    st = load_study(study, storage)
+    st = load_study(study, storage, final=final)
     exp = study_experiment(st)
     cands, labels, notes = study_candidates(st)
     plan = plan_cascade(cands, labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,

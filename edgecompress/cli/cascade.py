@@ -27,6 +27,7 @@ def register(app: typer.Typer) -> None:
         max_stages: int = typer.Option(4, help="at most this many models"),
         batch: bool = typer.Option(False, help="plan for the serving batch latency instead of batch 1"),
         samples: int = typer.Option(1000, help="test images timed one by one"),
+        proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) models, not the finalized ones"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
         from edgecompress.cascade.pipeline import cascade_from_study, check_options
@@ -38,10 +39,11 @@ def register(app: typer.Typer) -> None:
         with busy("building and measuring the cascade end to end ..."):
             built = cascade_from_study(study, out, min_accuracy=min_accuracy, max_latency=max_ms,
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
-                                       batch=batch, samples=samples)
+                                       batch=batch, samples=samples, final="proxy" if proxy else "auto")
         plan, ev = built.plan, built.evaluation
 
-        t = Table(title=f"cascade from study {built.study_name}")
+        fid = "finalized" if built.study_name.endswith("-final") else "search (proxy)"
+        t = Table(title=f"cascade from study {built.study_name} ({fid} models)")
         for col in ("stage", "trial", "input px", "precision", "latency ms (b1)", "threshold", "escalated (test)"):
             t.add_column(col)
         for k, s in enumerate(plan.stages):

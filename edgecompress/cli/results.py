@@ -66,7 +66,9 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
             continue
         est = r.get("latency_source") == "estimated"
         out.append({
-            "trial": int(r["number"]), "accuracy": acc, "test_accuracy": as_float(r.get("test_accuracy")),
+            "trial": int(r["number"]), "accuracy": acc,
+            "accuracy_low": as_float(r.get("accuracy_low")), "accuracy_high": as_float(r.get("accuracy_high")),
+             "test_accuracy": as_float(r.get("test_accuracy")),
             "latency_ms": lat, "latency_p90_ms": as_float(r.get("latency_p90_ms")),
             "latency_batch_ms": as_float(r.get("latency_batch_ms")), "macs": as_float(r.get("macs")),
             "size_bytes": as_float(r.get("size_bytes")), "bits": _bits(r), "input_size": as_float(r.get("input_size")),
@@ -75,6 +77,13 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
             "latency_source": r.get("latency_source") or "-",
         })
     return out
+
+
+def fmt_acc(acc: float, low: float, high: float) -> str:
+    """'0.9012 [0.8950, 0.9071]': the accuracy with its 95% interval (Wilson) when the trial recorded one."""
+    if math.isnan(low) or math.isnan(high):
+        return f"{acc:.4f}"
+    return f"{acc:.4f} [{low:.4f}, {high:.4f}]"
 
 
 def fmt_lat(p50: Any, p90: Any, estimated: bool) -> str:
@@ -99,7 +108,7 @@ def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
         mark = "" if r["feasible"] else " [red](infeasible)[/]"
         batch = as_float(r["latency_batch_ms"])
         t.add_row(
-            f"{r['trial']}{mark}", f"{r['accuracy']:.4f}",
+            f"{r['trial']}{mark}", fmt_acc(r["accuracy"], r["accuracy_low"], r["accuracy_high"]),
             f"{r['test_accuracy']:.4f}" if has_test and not math.isnan(r["test_accuracy"]) else "-",
             fmt_lat(r["latency_ms"], r["latency_p90_ms"], est),
             "-" if math.isnan(batch) else (f"~{batch:.3g}" if est else f"{batch:.3g}"),
@@ -128,6 +137,32 @@ def _counts_line(df: Any) -> str:
     c = counts(df)
     return (f"{c['total']} trials: {c['feasible']} feasible, {c['infeasible']} infeasible, {c['failed']} failed, "
             f"{c['pruned']} pruned" + (f", {c['running']} running" if c["running"] else ""))
+
+
+def is_finalized(study: Any) -> bool:
+    """Whether `study` holds finalize's results (a `<search>-final` study)."""
+    from edgecompress.study import attrs as A
+
+    return bool(study.user_attrs.get(A.FINALIZED_FROM))
+
+
+def fidelity_lines(study: Any, storage: str | None) -> list[str]:
+    """What the output rests on: finalized results (and the search-front configs not finalized) or the search's."""
+    from edgecompress.study import attrs as A
+    from edgecompress.study import front, load_study, study_to_frame
+
+    if not is_finalized(study):
+        return []
+    search = load_study(study.user_attrs[A.FINALIZED_FROM], storage, final="proxy")
+    exp = study.user_attrs.get(A.EXPERIMENT) or {}
+    epochs = (exp.get("finetune") or {}).get("epochs")
+    done = {t.user_attrs.get(A.PROXY_TRIAL) for t in study.get_trials(deepcopy=False)}
+    left = [int(n) for n in front(study_to_frame(search), feasible_only=True)["number"] if int(n) not in done]
+    lines = [f"finalized results: study {study.study_name} ({epochs} epochs on every training image); "
+             f"--proxy shows the search's ({search.study_name})"]
+    if left:
+        lines.append(f"search-front trials not finalized (proxy fidelity, not shown): {', '.join(map(str, left))}")
+    return lines
 
 
 def _cascade_info(folder: Path) -> list[dict[str, Any]]:
@@ -202,6 +237,7 @@ def register(app: typer.Typer) -> None:
         max_latency: str | None = typer.Option(None, "--max-latency", help="keep rows under, e.g. 2ms"),
         min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="keep rows at or above"),
         all_: bool = typer.Option(False, "--all", help="every complete trial, not only the front"),
+        proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
     ) -> None:
         """Pareto front of a study as a table sorted by latency (estimated latencies marked ~ (est.))."""
         from edgecompress.results import load_study, parse_latency_ms, select, study_to_frame
@@ -212,8 +248,10 @@ def register(app: typer.Typer) -> None:
             max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
             if min_accuracy is not None and not 0 <= min_accuracy <= 1:
                 raise ValueError(f"--min-accuracy: must be in [0, 1], got {min_accuracy}")
-        st = load_study(study, storage)
+        st = load_study(study, storage, final="proxy" if proxy else "auto")
         df = study_to_frame(st)
+        for line in fidelity_lines(st, storage):
+            console.print(line)
         if csv is not None:
             with atomic_path(csv) as tmp:
                 df.drop(columns=["config"], errors="ignore").to_csv(tmp, index=False)
@@ -241,13 +279,17 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "-o", "--out", help="HTML file to write"),
         storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
         cascade: Path | None = typer.Option(None, "--cascade", help="cascade folder to draw its curve"),
+        proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
     ) -> None:
         """Write a self-contained offline HTML report (front, projections, hypervolume, importance)."""
         from edgecompress.results import build_report, load_study
 
-        st = load_study(study, storage)
+        st = load_study(study, storage, final="proxy" if proxy else "auto")
+        for line in fidelity_lines(st, storage):
+            console.print(line)
         info = _cascade_info(cascade) if cascade is not None else None
-        path = build_report(st, out, cascade_info=info)
+        search = load_study(study, storage, final="proxy") if is_finalized(st) else None
+        path = build_report(st, out, cascade_info=info, proxy=search)
         console.print(f"report: {path.resolve()}")
 
     @app.command("export")
@@ -270,6 +312,7 @@ def register(app: typer.Typer) -> None:
                                         help="also write each ONNX file with the dataset's preprocessing in the "
                                         "graph (model_preprocess.onnx: uint8 N x H x W x C images in; needs "
                                         "--format onnx)"),
+        proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed; config.yaml
         states the loader's preprocessing, checked on the dataset's raw validation files."""
@@ -281,14 +324,16 @@ def register(app: typer.Typer) -> None:
                 max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
                                       knee=knee, formats=formats, force=force, storage=storage, device=device,
-                                      int8_scheme=int8_scheme, preprocess=preprocess)
+                                      int8_scheme=int8_scheme, preprocess=preprocess,
+                                      final="proxy" if proxy else "auto")
         except ExportError as e:
             if e.result is not None:
                 print_wide(_checks_table(e.result))
             typer.echo(f"error: {e}", err=True)
             # SystemExit, not typer.Exit: click returns (drops) typer.Exit's code under standalone_mode=False
             raise SystemExit(1) from None
-        console.print(f"trial {result.number}: {result.selection.reason}")
+        console.print(f"trial {result.number} of study {result.study} ({result.fidelity} fidelity): "
+                      f"{result.selection.reason}")
         print_wide(_checks_table(result))
         if result.preprocess_check is not None:
             print_wide(_preprocess_line(result.preprocess_check))

@@ -128,7 +128,13 @@ def register(app: typer.Typer) -> None:
         gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs per trial"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress (bar or log lines)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+        finalize: int = typer.Option(0, "--finalize", help="then finalize the K most promising configs (0: no)"),
+        finalize_epochs: int = typer.Option(3, "--finalize-epochs", help="epochs of each finalized config"),
     ) -> None:
         """Search compressed models (launch or resume a study); prints the Pareto front at the end."""
-        search_cmd(config, study, trials, timeout, sampler, backend, workers, storage, seed, address, set_,
-                   cpus_per_trial, gpus_per_trial, not no_progress, as_json)
+        summary = search_cmd(config, study, trials, timeout, sampler, backend, workers, storage, seed, address, set_,
+                             cpus_per_trial, gpus_per_trial, not no_progress, as_json)
+        if finalize > 0 and not summary.interrupted:
+            from edgecompress.cli.finalize import finalize_cmd
+
+            finalize_cmd(study, finalize, finalize_epochs, None, summary.storage, workers, not no_progress)

@@ -496,7 +496,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
                  max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
                  formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
                  device: str = "cpu", threads: int | None = None, storage: Any = None,
-                 int8_scheme: str = "auto", preprocess: bool = False) -> ExportResult:
+                 int8_scheme: str = "auto", preprocess: bool = False, final: str = "auto") -> ExportResult:
     """Choose a trial, export it to `out_dir`, check every file; raise ExportError when a check fails.
 
     `int8_scheme` picks the int8 file's scheme for the target CPU: "auto" for this one, "u8s8" for a CPU
@@ -515,7 +515,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir())
                                                      and not (out_dir / FILES["config"]).is_file())):
         raise ExportError(f"refusing to overwrite {out_dir}: it exists and is not an export folder")
-    st = load_study(study, storage)
+    st = load_study(study, storage, final=final)
     df = study_to_frame(st)
     sel = choose_trial(df, trial, max_latency, min_accuracy, knee)
     problems: list[str] = []

@@ -80,6 +80,18 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
     assert sorted(p["final_trial"] for p in fid["points"]) == sorted(t.number for t in linked)
     assert all(p["proxy_accuracy"] == by_number[p["proxy_trial"]].values[0] for p in fid["points"])
     assert len(linked) < 3 or -1 <= fid["kendall_tau"] <= 1
+    # `pareto` says which results it shows; --proxy shows the search's
+    def cli(*args: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "edgecompress.cli", *args], capture_output=True, text=True,
+                             env=dict(os.environ), timeout=300)
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    shown = cli("pareto", "tiny")
+    assert "finalized results: study tiny-final" in shown and "tiny-final: Pareto front" in shown
+    assert "[" in shown  # accuracies carry their 95% interval
+    search_view = cli("pareto", "tiny", "--proxy")
+    assert "finalized results" not in search_view and "tiny: Pareto front" in search_view
     before = {t.number: t.datetime_complete for t in trials}
     again = finalize_study("tiny", storage=proxy["storage"], top=2, epochs=1)
     assert again.search.new_trials == 0
