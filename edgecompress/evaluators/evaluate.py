@@ -93,8 +93,10 @@ class CompressionEvaluator:
         return self._base
 
     def prepare(self) -> None:
-        """Load the data and the base model now (a trial worker does this before its first time budget)."""
+        """Load the data and the base model and deploy (and, once per machine, calibrate) the latency
+        reference now: a trial worker does this before its first time budget."""
         _ = self.base
+        self.latency_reference()
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
         """This experiment's int8 calibration images at `size` (data.calibration_batches)."""
