@@ -74,6 +74,24 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def stop_process(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP `pid` and wait until it is stopped (the signal is asynchronous: until then it still runs,
+    and may still take a lock)."""
+    import os
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = open(f"/proc/{pid}/stat").read()
+        if text[text.rindex(")") + 2] in "Tt":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not stop")
+        time.sleep(0.001)
+
+
 def busy_neighbour(ready: str, seconds: float, lock: bool = True, threads: int = 2) -> None:
     """A search worker's training, as a neighbour: the real `train_model` loop (ResNet-8, random
     Fashion-MNIST-shaped images, batch 64) for `seconds`, each step holding the compute lock shared when

@@ -140,9 +140,13 @@ class ComputeLock:
                 fcntl.flock(self._fds[1], fcntl.LOCK_UN)
             self._cond.notify_all()
 
-    def release_thread(self) -> None:
-        """Leave every shared section of the calling thread (after an exception left one open)."""
-        while self.held_shared():
+    def depth(self) -> int:
+        """How many shared sections the calling thread is in."""
+        return getattr(self._local, "depth", 0)
+
+    def release_thread(self, to_depth: int = 0) -> None:
+        """Leave the calling thread's shared sections down to `to_depth` (after an exception left one open)."""
+        while self.depth() > to_depth:
             self.release_shared()
 
     @contextlib.contextmanager
@@ -211,7 +215,10 @@ class _NoLock:
     def release_shared(self) -> None:
         pass
 
-    def release_thread(self) -> None:
+    def depth(self) -> int:
+        return 0
+
+    def release_thread(self, to_depth: int = 0) -> None:
         pass
 
     def held_shared(self) -> bool:

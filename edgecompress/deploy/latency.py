@@ -23,6 +23,7 @@ import contextlib
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -340,7 +341,7 @@ class PairedStats:
     ratio: float  # median of the per-pair ratios trial / reference
     ratio_ci_low: float
     ratio_ci_high: float
-    repeats: int  # pairs
+    repeats: int  # pairs of blocks (trial, reference) timed
     batch_size: int
     device: str
     device_name: str
@@ -394,6 +395,16 @@ class PairedStats:
         return asdict(self)
 
 
+def _settle(fn: Callable[[], Any], ms: float) -> None:
+    """Untimed calls of `fn` for `ms` after switching to it, so what the other model left behind is gone."""
+    if ms <= 0:
+        return
+    end = time.perf_counter() + ms / 1e3
+    fn()
+    while time.perf_counter() < end:
+        fn()
+
+
 def _stable(xs: list[float], tol: float = 0.05) -> bool:
     """The median of the last 5 samples is within `tol` of the 5 before."""
     if len(xs) < 10:
@@ -411,11 +422,12 @@ def measure_paired(
     threads: int = 2,
     warmup: int = 5,
     warmup_seconds: float = 0.25,
-    warmup_max_seconds: float = 2.0,
+    warmup_max_seconds: float = 1.0,
     min_repeats: int = 20,
     max_seconds: float = 2.0,
     target_cv: float = 0.02,
     min_sample_ms: float = 1.0,
+    switch_ms: float = 0.0,
     lock_path: str | os.PathLike[str] | None = None,
     use_lock: bool = True,
     backend: str = "",
@@ -425,11 +437,14 @@ def measure_paired(
     """Time `fn` (the trial's model) interleaved with `ref_fn` (the reference) in one window.
 
     Warm-up: both alternately, at least `warmup` calls and `warmup_seconds`, until the median of each is
-    stable (5% between the last two groups of 5) or `warmup_max_seconds`. Then pairs of timed blocks, in
-    ABBA order so a linear drift cancels; each block groups calls to at least `min_sample_ms`. After
-    `min_repeats` pairs it stops once the 95% interval of the median per-pair ratio is within +-`target_cv`
-    of it (relative half-width), else at `max_seconds` (at least 3 pairs). Holds the compute lock
-    exclusively unless `use_lock` is False. `clock` as in measure_latency.
+    stable (5% between the last two groups of 5) or `warmup_max_seconds`. Then pairs of timed blocks, one
+    of each, in random order and with block lengths jittered around `min_sample_ms` (so neither a drift
+    nor a periodic disturbance lines up with one of them); `switch_ms` > 0 adds untimed calls of the next
+    model after each block, for runtimes that leave work behind (ONNX Runtime's pool spun ~20 ms after a
+    run here until deploy set session.force_spinning_stop). After `min_repeats` pairs it stops once the
+    95% order-statistic interval of the median per-pair ratio is within +-`target_cv` of it (relative
+    half-width), else at `max_seconds` (at least 3 pairs). Holds the compute lock exclusively unless
+    `use_lock` is False. `clock` as in measure_latency.
     """
     for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
         if not isinstance(val, int) or val < 1:
@@ -469,31 +484,42 @@ def measure_paired(
         one_b = max(statistics.median(wb[-5:]), 1e-6)
         inner_a = max(1, math.ceil(min_sample_ms / one_a)) if one_a < min_sample_ms else 1
         inner_b = max(1, math.ceil(min_sample_ms / one_b)) if one_b < min_sample_ms else 1
-        sa: list[float] = []
+        sa: list[float] = []  # per-call ms of each pair's block of the trial and of the reference
         sb: list[float] = []
         ratios: list[float] = []
+        rng = random.Random(0x5EED)
         settled = False
         probe = LoadProbe()
         t0 = time.perf_counter()
         next_check = min_repeats
         while True:
-            if len(sa) % 2 == 0:
-                a = ta.sample_ms(inner_a) / inner_a
-                b = tb.sample_ms(inner_b) / inner_b
+            # Random order within each pair and jittered block lengths: interference that comes back
+            # periodically (another process's time slice stalling one of a pool's threads, here every ~4th
+            # block of a fixed ABBA sequence, always at the same place) then hits the trial's and the
+            # reference's blocks alike, and the median of the per-pair ratios discards it.
+            na = max(1, round(inner_a * rng.uniform(0.75, 1.25)))
+            nb = max(1, round(inner_b * rng.uniform(0.75, 1.25)))
+            if rng.random() < 0.5:
+                a = ta.sample_ms(na) / na
+                _settle(ref_fn, switch_ms)
+                b = tb.sample_ms(nb) / nb
+                _settle(fn, switch_ms)
             else:
-                b = tb.sample_ms(inner_b) / inner_b
-                a = ta.sample_ms(inner_a) / inner_a
+                b = tb.sample_ms(nb) / nb
+                _settle(fn, switch_ms)
+                a = ta.sample_ms(na) / na
+                _settle(ref_fn, switch_ms)
             sa.append(a)
             sb.append(b)
             ratios.append(a / b if b > 0 else math.inf)
-            n = len(sa)
+            n = len(ratios)
             if n >= next_check:
                 r, lo, hi = median_interval(ratios)
                 if r > 0 and (hi - lo) / (2 * r) <= target_cv:
                     settled = True
                     break
                 next_check = n + max(1, n // 20)  # sorting every pair would cost more than the blocks
-            if time.perf_counter() - t0 >= max_seconds and n >= 3:
+            if n >= 3 and time.perf_counter() - t0 >= max_seconds:
                 break
         seconds = time.perf_counter() - t0
         load, busy = probe.read()

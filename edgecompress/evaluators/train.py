@@ -101,10 +101,11 @@ def train_model(
     measurement in any process waits for at most one step and no step runs while it measures.
     """
     lock = step_lock(settings.compute_lock)
+    depth = lock.depth()
     try:
         return _train_loop(model, train, size, settings, val, teacher, teacher_size, on_epoch, on_step, device, lock)
     finally:
-        lock.release_thread()  # a step that raised (divergence, out of memory) must not keep the lock
+        lock.release_thread(depth)  # a step that raised (divergence, out of memory) must not keep the lock
 
 
 def _train_loop(model: nn.Module, train: Split, size: int, settings: TrainSettings, val: Split | None,

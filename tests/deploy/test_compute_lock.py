@@ -222,3 +222,20 @@ def test_training_steps_wait_for_a_measurement(compute: bool, tmp_path: Path) ->
     else:
         assert steps[0] < released
     assert not compute_lock().held_shared()  # released after the last step
+
+
+def test_a_step_that_raises_does_not_keep_the_lock() -> None:
+    from edgecompress.errors import TrainingDivergedError
+    from edgecompress.evaluators.data import TensorSplit
+    from edgecompress.evaluators.models import create_model
+    from edgecompress.evaluators.train import TrainSettings, train_model
+
+    split = TensorSplit(torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (32,)),
+                        (0.5,), (0.25,))
+    model = create_model("resnet8", num_classes=10, in_chans=1, widths=(4, 8, 8))
+    settings = TrainSettings(epochs=3, batch_size=16, lr=1e30, augment=False, memory_format="contiguous")
+    with pytest.raises(TrainingDivergedError):
+        train_model(model, split, 16, settings)
+    assert not compute_lock().held_shared()
+    with compute_lock().exclusive(timeout=1):  # this process measures next: no self-deadlock
+        pass

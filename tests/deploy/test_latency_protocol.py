@@ -28,7 +28,7 @@ from edgecompress.deploy.latency import (
     median_interval,
 )
 from edgecompress.errors import EdgeCompressError
-from edgecompress.testing import process_cpu_seconds
+from edgecompress.testing import process_cpu_seconds, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -170,7 +170,7 @@ def test_exclusion_keeps_latency_of_a_real_model_while_a_neighbour_trains(tmp_pa
         for i in range(6):  # the order alternates, so a drift during a round hits each mode alike
             for mode in ("quiet", "exclusive", "without")[:: 1 if i % 2 == 0 else -1]:
                 if mode == "quiet":
-                    os.kill(child.pid, signal.SIGSTOP)  # it may hold the lock shared: measure without it
+                    stop_process(child.pid)  # it may hold the lock shared: measure without it
                 else:
                     os.kill(child.pid, signal.SIGCONT)
                     time.sleep(0.2)
