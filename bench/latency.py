@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.deploy.latency import LoadProbe, cpu_name, latency_lock  # noqa: E402
+from edgecompress.deploy.latency import cpu_name, latency_lock  # noqa: E402
 from edgecompress.deploy.runtime import cpu_flags, has_vnni  # noqa: E402
 from edgecompress.evaluators.base import BaseModel, build_model  # noqa: E402
 from edgecompress.evaluators.compress import compress_model  # noqa: E402
@@ -219,13 +219,15 @@ def main() -> None:
         child(args.config, args.child)
         return
     t_start = time.perf_counter()
-    probe = LoadProbe()
     load_start = os.getloadavg()[0]
     exp = experiment(args.config)
     with tempfile.TemporaryDirectory() as runs:
         spread_part = run_processes(args.config, args.processes, runs)
         neighbour = run_neighbour(args.config, args.rounds, runs)
-    load_end, busy = probe.read()
+    load_end = os.getloadavg()[0]
+    # other processes' CPU during the spread windows (this script's own children excluded: each measured itself)
+    busy_windows = [b for v in spread_part.values() for b in v["per_process"]["latency_busy_cpus"] if b is not None]
+    busy = statistics.median(busy_windows) if busy_windows else None
     worst = max(spread_part, key=lambda k: spread_part[k]["spread_ratio"])
     nb = neighbour["per_model"]
     flags = sorted(cpu_flags())
@@ -236,9 +238,10 @@ def main() -> None:
         "spread_ratio_batch": max(v["spread_ratio_batch"] for v in spread_part.values()),
         "worst_model_spread_ratio": worst,
         "neighbour_inflation": max(abs(v["inflation_with_exclusion"]) for v in nb.values()),
-        "neighbour_inflation_without_exclusion": max(v["inflation_without_exclusion"] for v in nb.values()),
+        "neighbour_inflation_without_exclusion": max(abs(v["inflation_without_exclusion"]) for v in nb.values()),
         "neighbour_inflation_abs": max(abs(v["inflation_abs_with_exclusion"]) for v in nb.values()),
-        "neighbour_inflation_abs_without_exclusion": max(v["inflation_abs_without_exclusion"] for v in nb.values()),
+        "neighbour_inflation_abs_without_exclusion": max(abs(v["inflation_abs_without_exclusion"])
+                                                         for v in nb.values()),
         "goals": {"spread_ratio": "<= 0.05 where spread_abs is larger", "neighbour_inflation": "<= 0.10"},
         "per_model": spread_part,
         "neighbour": neighbour,
@@ -247,7 +250,9 @@ def main() -> None:
         "device": {"name": cpu_name(), "flags": flags, "vnni": has_vnni(set(flags)), "cores": os.cpu_count(),
                    "backend": exp.device.backend, "threads": exp.device.threads,
                    "batch_size": exp.device.batch_size},
-        "machine": {"loadavg_start": load_start, "loadavg_end": load_end, "busy_cpus_others_mean": busy},
+        "machine": {"loadavg_start": load_start, "loadavg_end": load_end, "busy_cpus_others_median": busy,
+                    "note": (f"other processes kept {busy:.2f} of {os.cpu_count()} CPUs busy: not a quiet machine, "
+                             "figures are not representative" if busy is not None and busy > 0.25 else "quiet")},
         "torch_version": torch.__version__,
         "command": " ".join(["python", *sys.argv]),
         "seconds": round(time.perf_counter() - t_start, 1),
