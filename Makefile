@@ -61,6 +61,7 @@ bench: data
 	$(BIN)/python bench/int8_schemes.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/latency.py
 
 bench-gpu: data
 	$(BIN)/python bench/evaluator.py --device cuda --out bench/results/evaluator-gpu.json

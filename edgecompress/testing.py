@@ -62,3 +62,68 @@ class FaultyEvaluator:
 def faulty_evaluator(exp: object, crash_on: dict | None = None, hang_on: dict | None = None) -> FaultyEvaluator:
     """Picklable factory for IsolatedEvaluator (functools.partial of this)."""
     return FaultyEvaluator(exp, crash_on, hang_on)
+
+
+# ---- a busy neighbour worker (latency-exclusion tests and bench/latency.py) ---------------------------
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far (Linux /proc/<pid>/stat; all its threads)."""
+    import os
+
+    text = open(f"/proc/{pid}/stat").read()
+    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "; utime, stime are fields 14, 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def stop_process(pid: int, timeout: float = 10.0) -> None:
+    """SIGSTOP `pid` and wait until it is stopped (the signal is asynchronous: until then it still runs,
+    and may still take a lock)."""
+    import os
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        text = open(f"/proc/{pid}/stat").read()
+        if text[text.rindex(")") + 2] in "Tt":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"process {pid} did not stop")
+        time.sleep(0.001)
+
+
+def busy_neighbour(ready: str, seconds: float, lock: bool = True, threads: int = 2) -> None:
+    """A search worker's training, as a neighbour: the real `train_model` loop (ResNet-8, random
+    Fashion-MNIST-shaped images, batch 64) for `seconds`, each step holding the compute lock shared when
+    `lock`. Touches `ready` after its first step. Run it as `python -m edgecompress.testing neighbour
+    READY SECONDS lock|nolock THREADS` (it uses runs_dir()'s lock files, as every worker does)."""
+    from pathlib import Path
+
+    from edgecompress.errors import TrialTimeoutError
+    from edgecompress.evaluators.data import TensorSplit
+    from edgecompress.evaluators.train import TrainSettings, train_model
+
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    split = TensorSplit(torch.randint(0, 256, (2048, 1, 28, 28), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 10, (2048,), generator=g), (0.286,), (0.353,))
+    model = create_model("resnet8", num_classes=10, in_chans=1)
+    settings = TrainSettings(epochs=10**6, batch_size=64, augment=False, schedule="constant", lr=0.01,
+                             memory_format="contiguous", compute_lock=lock, max_seconds=seconds)
+
+    def on_step(step: int, total: int) -> None:
+        if step == 1:
+            Path(ready).touch()
+
+    try:
+        train_model(model, split, 28, settings, on_step=on_step)
+    except TrialTimeoutError:
+        pass
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 6 or sys.argv[1] != "neighbour":
+        sys.exit("usage: python -m edgecompress.testing neighbour READY SECONDS lock|nolock THREADS")
+    busy_neighbour(sys.argv[2], float(sys.argv[3]), sys.argv[4] == "lock", int(sys.argv[5]))

@@ -1,4 +1,4 @@
-"""Result commands: `pareto` (front table), `report` (HTML), `export` (checked model files), `retarget`."""
+"""Result commands: `pareto` (front table), `report` (HTML), `export` (checked model files), `retarget`, `remeasure`."""
 
 from __future__ import annotations
 
@@ -215,6 +215,26 @@ def _preprocess_line(pc: Any) -> str:
             f"top-1 agreement {pc.agreement:.4f}, max input diff {pc.max_input_diff:.2g}: {ok}")
 
 
+def _print_retarget(summary: Any) -> None:
+    """The table of a retarget/remeasure summary and where the new study is."""
+    t = Table(title=f"{summary.source_study} -> {summary.study} on {summary.device_name or summary.device} "
+                    f"({summary.backend})")
+    for c in ("trial", "new trial", "accuracy", "old latency", "new latency", "state", "note"):
+        t.add_column(c, justify="left" if c in ("state", "note") else "right")
+    for r in summary.trials:
+        est = r.latency_source == "estimated"
+        t.add_row(str(r.source_number), str(r.number), "-" if r.accuracy is None else f"{r.accuracy:.4f}",
+                  fmt_ms(r.old_latency_ms, est), fmt_ms(r.latency_ms, est), r.state_detail, r.note)
+    print_wide(t)
+    if summary.left_out:
+        console.print(f"{summary.left_out} trials not on the front left out")
+    for n, why in summary.skipped:
+        console.print(f"[yellow]skipped trial {n}:[/] {why}")
+    console.print(f"new study {summary.study!r} in {summary.storage}: `edgecompress pareto {summary.study}"
+                  + ("" if summary.storage.endswith(f"{summary.study}.db") else f" --storage {summary.storage}")
+                  + "`")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Bad option values (ValueError from the library) become one-line EdgeCompressErrors (exit 2)."""
@@ -363,17 +383,26 @@ def register(app: typer.Typer) -> None:
                 study, device=device, backend=backend, new_study=new_study, storage=storage, threads=threads,
                 overwrite=overwrite,
                 progress=lambda done, total, n: progress.update(task, completed=done, total=total))
-        t = Table(title=f"{summary.source_study} -> {summary.study} on {summary.device_name or summary.device} "
-                        f"({summary.backend})")
-        for c in ("trial", "new trial", "accuracy", "old latency", "new latency", "state", "note"):
-            t.add_column(c, justify="left" if c in ("state", "note") else "right")
-        for r in summary.trials:
-            est = r.latency_source == "estimated"
-            t.add_row(str(r.source_number), str(r.number), "-" if r.accuracy is None else f"{r.accuracy:.4f}",
-                      fmt_ms(r.old_latency_ms, est), fmt_ms(r.latency_ms, est), r.state_detail, r.note)
-        print_wide(t)
-        for n, why in summary.skipped:
-            console.print(f"[yellow]skipped trial {n}:[/] {why}")
-        console.print(f"new study {summary.study!r} in {summary.storage}: `edgecompress pareto {summary.study}"
-                      + ("" if summary.storage.endswith(f"{summary.study}.db") else f" --storage {summary.storage}")
-                      + "`")
+        _print_retarget(summary)
+
+    @app.command()
+    def remeasure(
+        study: str = typer.Argument(..., help="study name, .db/.journal path or storage URL"),
+        front: bool = typer.Option(False, "--front", help="only the trials on the Pareto front"),
+        new_study: str | None = typer.Option(None, "--new-study", help="name of the new study (default "
+                                             "STUDY-remeasured)"),
+        storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing new study"),
+    ) -> None:
+        """Re-measure a study's latency on its own device/backend, quietly (exclusive compute lock, no
+        training), with the search's drift-corrected protocol, into a new study: after a search on a busy
+        machine."""
+        from edgecompress.cli.base import step_progress
+        from edgecompress.deploy.retarget import remeasure_study
+
+        progress, task = step_progress("re-measuring")
+        with user_errors(), progress:
+            summary = remeasure_study(
+                study, front_only=front, new_study=new_study, storage=storage, overwrite=overwrite,
+                progress=lambda done, total, n: progress.update(task, completed=done, total=total))
+        _print_retarget(summary)

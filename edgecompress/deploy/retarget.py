@@ -7,12 +7,17 @@ values recomputed in the study's objective order and latency constraints re-chec
 `report` and `cascade` work on it unchanged. Trials stopped before fine-tuning (no model.pt) are
 re-timed from the cached base model when it exists (latency depends only on the architecture); they stay
 infeasible because they were never trained. Failed and pruned trials are copied as they are.
+
+Latency is taken with the search's protocol (CompressionEvaluator.measure_latency: interleaved with the
+uncompressed reference, drift-corrected, under the machine's exclusive compute lock). `remeasure_study` is
+the same on the study's own device and backend, for a study searched on a busy machine: it re-measures
+every trial (or only the front) quietly into a new study.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +31,7 @@ from edgecompress.deploy.runtime import deploy, estimate_sub8bit
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
-from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for
+from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for, resolve_device
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
@@ -73,6 +78,7 @@ class RetargetSummary:
     backend: str
     trials: list[RetargetedTrial] = field(default_factory=list)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (source trial number, why)
+    left_out: int = 0  # trials not asked for (`only`), not in the new study
 
 
 def retargeted_experiment(exp: ExperimentConfig, device: str, backend: str | None,
@@ -112,6 +118,7 @@ class _Remeasurer:
     def __init__(self, exp: ExperimentConfig, data: DataBundle) -> None:
         self.exp = exp
         self.ev = CompressionEvaluator(exp, data=data)  # measure_latency / calib_batches, as in the search
+        self.ev.reference_model = self.reference_model  # type: ignore[method-assign]  # never trains
         self._base: Any = None
 
     def measure(self, model: torch.nn.Module, cfg: CompressionConfig, size: int) -> dict[str, Any]:
@@ -127,6 +134,16 @@ class _Remeasurer:
         else:
             m["latency_source"] = "measured"
         return m
+
+    def reference_model(self) -> torch.nn.Module:
+        """The latency reference: the cached base model, else its architecture untrained (latency does not
+        depend on the weights), so retarget never trains."""
+        base = self.base_model()
+        if base is not None:
+            return base
+        from edgecompress.evaluators.base import build_model
+
+        return build_model(self.exp, self.ev.data).eval()
 
     def base_model(self) -> torch.nn.Module | None:
         """The cached base model, or None when it was never trained here (no training in retarget)."""
@@ -186,7 +203,7 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
         note = "architecture re-timed; never fine-tuned"
     metrics = rm.measure(model, cfg, size)
     old_latency = ua.get("latency_ms")
-    attrs = {k: v for k, v in ua.items() if k not in LATENCY_KEYS}
+    attrs = {k: v for k, v in ua.items() if k not in LATENCY_KEYS and not k.startswith("latency_")}
     attrs.update(metrics)
     attrs["retargeted_from"] = {"study": source_name, "trial": t.number, "latency_ms": old_latency,
                                 "device": ua.get("device"), "device_name": ua.get("device_name"),
@@ -216,12 +233,14 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
 def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = None,
                    new_study: str | None = None, storage: Any = None, new_storage: Any = None,
                    threads: int | None = None, data: DataBundle | None = None, overwrite: bool = False,
-                   progress: ProgressFn | None = None) -> RetargetSummary:
+                   progress: ProgressFn | None = None, only: Collection[int] | None = None,
+                   label: str = "retargeted") -> RetargetSummary:
     """Re-measure every complete trial of `source` on `device`/`backend` into a new study (no retraining).
 
     The new study is named `new_study` (default `<source>-<device>`); it lives in `new_storage`, else in the
     source's explicit storage, else at runs/<new name>.db. An existing study of that name is an error
-    unless `overwrite`.
+    unless `overwrite`. `only`: the trial numbers to re-measure and keep; the others are left out of the
+    new study (counted in `left_out`).
     """
     check_device(device)
     src = load_study(source, storage)
@@ -242,6 +261,11 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
     frozen: list[tuple[FrozenTrial, RetargetedTrial | None]] = []
     skipped: list[tuple[int, str]] = []
     trials = sorted(src.get_trials(deepcopy=False), key=lambda t: t.number)
+    left_out = 0
+    if only is not None:
+        keep = set(only)
+        left_out = sum(t.number not in keep for t in trials)
+        trials = [t for t in trials if t.number in keep]
     for i, t in enumerate(trials):
         if t.state == TrialState.COMPLETE:
             out = _retarget_one(t, rm, objectives, device_label, src.study_name)
@@ -263,15 +287,40 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
     for k, v in src.user_attrs.items():
         new.set_user_attr(k, v)
     new.set_user_attr("experiment", exp.to_dict())
-    new.set_user_attr("retargeted_from", {"study": src.study_name, "device": device,
-                                          "backend": exp.device.backend})
+    new.set_user_attr("retargeted_from", {"study": src.study_name, "device": device, "backend": exp.device.backend,
+                                          "how": label, "left_out": left_out})
     first = len(new.trials)
     summary = RetargetSummary(src.study_name, name, _storage_label(store), rm.ev.device,
                               str(next((f.user_attrs.get("device_name") for f, i in frozen if i), "")),
-                              exp.device.backend, skipped=skipped)
+                              exp.device.backend, skipped=skipped, left_out=left_out)
     for k, (ft, info) in enumerate(frozen):
         new.add_trial(ft)
         if info is not None:
             info.number = first + k
             summary.trials.append(info)
     return summary
+
+
+def front_numbers(source: Any, storage: Any = None) -> list[int]:
+    """Trial numbers on the Pareto front of a study (the `pareto` command's front)."""
+    from edgecompress.study import front, study_to_frame
+
+    df = study_to_frame(load_study(source, storage))
+    return [int(n) for n in front(df)["number"]] if len(df) else []
+
+
+def remeasure_study(source: Any, *, front_only: bool = False, new_study: str | None = None, storage: Any = None,
+                    new_storage: Any = None, data: DataBundle | None = None, overwrite: bool = False,
+                    progress: ProgressFn | None = None) -> RetargetSummary:
+    """Re-measure a study's latencies on its own device, backend and threads with the search's protocol
+    (interleaved reference, drift-corrected, exclusive compute lock) into a new study (default
+    `<source>-remeasured`); `front_only` keeps only the front's trials. For a study searched on a busy
+    machine: run it when the machine is quiet (nothing trains here, the measurements take the lock)."""
+    src = load_study(source, storage)
+    exp = study_experiment(src)
+    device = resolve_device(exp.device.device)
+    only = front_numbers(src) if front_only else None
+    return retarget_study(source, device=device,
+                          new_study=new_study or f"{src.study_name}-remeasured", storage=storage,
+                          new_storage=new_storage, data=data, overwrite=overwrite, progress=progress, only=only,
+                          label="remeasured")

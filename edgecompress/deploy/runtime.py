@@ -25,8 +25,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.deploy.latency import LatencyStats, measure_latency
+from edgecompress.deploy.latency import LatencyStats, PairedStats, device_name, measure_latency, measure_paired
 from edgecompress.errors import CompressionError, EdgeCompressError
+from edgecompress.utils import stable_hash
 
 BACKENDS = ("onnxruntime", "torch", "torch_compile")
 # ONNX Runtime int8 schemes (activations, weights). U8S8 is fastest, but on x86 CPUs without VNNI its
@@ -106,6 +107,34 @@ class Deployed:
             **kwargs,
         )
 
+    def measure_paired(self, x: torch.Tensor, ref: Deployed, ref_x: torch.Tensor, **kwargs: Any) -> PairedStats:
+        """Latency of one batch `x` interleaved with `ref` on `ref_x` (deploy/latency.py measure_paired).
+
+        `ref` is the reference deployed the same way (same device; kwargs go to measure_paired)."""
+        if torch.device(ref.device) != torch.device(self.device):
+            raise ValueError(f"measure_paired: the reference runs on {ref.device}, the model on {self.device}")
+        kwargs.setdefault("threads", self.threads)
+        clock = "host" if "onnxruntime" in (self.backend, ref.backend) else "auto"
+        return measure_paired(
+            self.timer(x),
+            ref.timer(ref_x),
+            batch_size=int(x.shape[0]),
+            device=self.device,
+            backend=self.backend,
+            runtime_version=self.runtime_version,
+            clock=clock,
+            **kwargs,
+        )
+
+    def calibration_key(self, shape: tuple[int, ...], batch_size: int) -> dict[str, Any]:
+        """What a reference's calibrated latency depends on: machine, runtime, threads, shapes, precision."""
+        flags = sorted(cpu_flags())
+        return {"device": str(self.device), "device_name": device_name(self.device),
+                "cpu_flags": stable_hash(flags, 16) if flags else "", "backend": self.backend,
+                "provider": self.provider, "threads": self.threads, "batch_size": int(batch_size),
+                "shape": [int(v) for v in shape], "precision": self.precision,
+                "runtime_version": self.runtime_version, "torch_version": torch.__version__}
+
 
 def deploy(
     model: nn.Module,
@@ -181,8 +210,13 @@ def estimate_latency(
     return float(measured_ms) * (target_w_bits * target_a_bits) / (mw * ma)
 
 
-#: latency keys of a measurement (EvalResult metrics) that a sub-8-bit estimate scales
-SCALED_LATENCY_KEYS = ("latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_batch_ms", "latency_batch_p90_ms")
+#: latency keys of a measurement (EvalResult metrics) that a sub-8-bit estimate scales (the reference's
+#: own medians, CVs and load are left as measured)
+SCALED_LATENCY_KEYS = tuple(
+    f"{p}_{k}" for p in ("latency", "latency_batch")
+    for k in ("ms", "p90_ms", "mean_ms", "ci_low_ms", "ci_high_ms", "abs_ms", "abs_ci_low_ms", "abs_ci_high_ms",
+              "ratio", "ratio_ci_low", "ratio_ci_high")
+)
 PRECISION_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "int8": 8}
 
 
@@ -205,6 +239,8 @@ def estimate_sub8bit(metrics: dict[str, Any], base_precision: str, w_bits: int, 
     out["latency_source"] = "estimated"
     out["latency_note"] = (f"{w_bits}/{a_bits}-bit latency estimated from the {base_precision} model measured{where} "
                            "x BitOPs ratio (no sub-8-bit kernels on this runtime)")
+    if metrics.get("latency_protocol"):  # the measured model's latency is itself drift-corrected
+        out["latency_note"] += f"; measured {metrics['latency_protocol']}"
     if "size_bytes" in metrics:
         out["size_bytes"] = int(round(metrics["size_bytes"] * w_bits / bits))
     return out
@@ -338,7 +374,11 @@ def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: l
 def ort_session_options(threads: int, spinning: bool = True) -> Any:
     """ONNX Runtime session options for timing and serving: `threads` intra-op threads, one inter-op
     thread, sequential execution, all graph optimisations, warnings silenced. `spinning=False` for
-    several sessions called in turn (a cascade): idle threads must not spin on the cores the next needs."""
+    several sessions called in turn (a cascade): idle threads must not spin on the cores the next needs.
+    With spinning, the pool spins during a run but stops when it returns (session.force_spinning_stop):
+    otherwise it kept spinning ~20 ms after each run here, on cores that the reference timed next to the
+    model (deploy/latency.py measure_paired) or another worker needs; batch-1 latency alone unchanged
+    (ResNet-8, 2 threads: 0.185 vs 0.184 ms)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -349,6 +389,8 @@ def ort_session_options(threads: int, spinning: bool = True) -> Any:
     so.log_severity_level = 3
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    else:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 

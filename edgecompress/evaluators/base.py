@@ -69,14 +69,15 @@ def get_base_model(
         model = build_model(exp, data).to(device)
         settings = TrainSettings.from_recipe(exp.base_training, exp.seed)
         settings.memory_format = exp.device.train_memory_format
+        settings.compute_lock = exp.device.exclusive_measurement
         start = time.perf_counter()
         hist = train_model(model, data.train, data.native_size, settings, on_step=on_step, device=device,
                            on_progress=on_progress)
         train_seconds = time.perf_counter() - start
         model = model.cpu().eval()
         metrics = {
-            "val_accuracy": accuracy(model, data.val, data.native_size),
-            "test_accuracy": accuracy(model, data.test, data.native_size),
+            "val_accuracy": accuracy(model, data.val, data.native_size, compute_lock=settings.compute_lock),
+            "test_accuracy": accuracy(model, data.test, data.native_size, compute_lock=settings.compute_lock),
             "train_seconds": round(train_seconds, 2),
             "train_accuracy": hist.train_accuracy[-1] if hist.train_accuracy else None,
             "epochs": settings.epochs,

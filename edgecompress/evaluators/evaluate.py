@@ -2,7 +2,10 @@
 fine-tune with distillation, quantise to the deploy form, measure accuracy, write artefacts.
 
 Latency is measured on the compressed architecture before fine-tuning (weights do not change latency), so
-a config that already breaks a latency/size/MACs constraint costs seconds, not a fine-tune.
+a config that already breaks a latency/size/MACs constraint costs seconds, not a fine-tune. It is measured
+interleaved with the experiment's uncompressed model deployed the same way (the reference), and the value
+the search and every front use is drift-corrected: the per-pair ratio x the reference's calibrated
+median, which every process and study on the machine shares (deploy/latency.py).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -17,9 +21,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecompress.deploy.latency import PROTOCOL_NOTE, calibrated_reference, latency_lock
 from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
-from edgecompress.evaluators.base import BaseModel, get_base_model
+from edgecompress.evaluators.base import BaseModel, base_dir, get_base_model
 from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed, weights_hash
 from edgecompress.evaluators.cost import count_costs
@@ -33,6 +38,19 @@ from edgecompress.study.intervals import wilson_interval
 from edgecompress.utils import atomic_path, seed_everything
 
 EpochCallback = Callable[[int, float], None]
+REFERENCE_FILE = "latency_reference.json"  # in base_dir(exp): the reference's calibrated medians per machine
+
+
+@dataclass
+class LatencyReference:
+    """The uncompressed model deployed as the trials are (fp32, native size) and its calibrated medians."""
+
+    dep: Deployed
+    x1: torch.Tensor
+    xb: torch.Tensor
+    study_ms: float  # calibrated median at batch 1 (shared by every process on this machine)
+    study_batch_ms: float  # ... at the serving batch
+    calibration: dict[str, Any]
 
 
 class Evaluator(Protocol):
@@ -62,6 +80,7 @@ class CompressionEvaluator:
         self.exp = exp
         self.device = resolve_device(exp.device.device)
         self._data, self._base = data, base
+        self._reference: LatencyReference | None = None
 
     @property
     def data(self) -> DataBundle:
@@ -77,11 +96,12 @@ class CompressionEvaluator:
 
     def prepare(self, on_progress: ProgressCallback | None = None) -> None:
         """Load the data and the base model now, training the base first when it is not cached (`on_progress`
-        follows that training). The search calls this before its first trial, so a data error (DataError)
-        stops it with one line instead of failing every trial; a trial worker calls it before its first
-        time budget."""
+        follows that training), and deploy (once per machine: calibrate) the latency reference. The search
+        calls this before its first trial, so a data error (DataError) stops it with one line instead of
+        failing every trial; a trial worker calls it before its first time budget."""
         if self._base is None:
             self._base = get_base_model(self.exp, self.data, on_progress=on_progress)
+        self.latency_reference()
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
         """This experiment's int8 calibration images at `size` (data.calibration_batches)."""
@@ -93,18 +113,53 @@ class CompressionEvaluator:
         return deploy(model, example, backend=self.exp.device.backend, precision=precision, calib_batches=calib,
                       device=self.device, threads=self.exp.device.threads, workdir=workdir)
 
+    def reference_model(self) -> nn.Module:
+        """The latency reference's architecture: the uncompressed base model (weights do not matter)."""
+        return self.base.model
+
+    def latency_reference(self) -> LatencyReference:
+        """The reference deployed in this process, with its calibrated medians (measured once per machine,
+        runtime and settings, under a file lock, and cached in base_dir(exp)/latency_reference.json)."""
+        if self._reference is None:
+            d, c, native = self.exp.device, self.data.in_chans, self.data.native_size
+            dep = self._deploy(self.reference_model(), native, "fp32")
+            x1 = torch.randn(1, c, native, native, device=self.device)
+            xb = torch.randn(d.batch_size, c, native, native, device=self.device)
+
+            def window(i: int) -> dict[str, float]:  # a short window of the reference alone
+                kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds / 2, target_cv=d.target_cv,
+                          warmup_seconds=0.25 if i == 0 else 0.05)
+                return {"latency_ms": dep.measure(x1, **kw).median_ms,
+                        "latency_batch_ms": dep.measure(xb, **kw).median_ms}
+
+            entry = calibrated_reference(base_dir(self.exp) / REFERENCE_FILE,
+                                         dep.calibration_key((c, native, native), d.batch_size), window)
+            med = entry["medians"]
+            self._reference = LatencyReference(dep, x1, xb, float(med["latency_ms"]),
+                                               float(med["latency_batch_ms"]), entry)
+        return self._reference
+
     def measure_latency(self, dep: Deployed, size: int) -> dict[str, Any]:
-        """Batch-1 and serving-batch latency of a deployed model, as EvalResult metrics."""
+        """Batch-1 and serving-batch latency of a deployed model, as EvalResult metrics.
+
+        Each is timed interleaved with the reference (LatencyReference) in one window under the machine's
+        exclusive compute lock; `latency_ms` / `latency_batch_ms` are drift-corrected (ratio x the
+        reference's calibrated median), `_abs_ms` the window's own medians, `_ratio`, `_ref_ms`,
+        `_ref_study_ms`, `_ci_*`, `_load`, `_busy_cpus` the rest (EvalResult docstring).
+        """
         d = self.exp.device
+        ref = self.latency_reference()  # before the lock: calibrating takes it window by window
         kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv)
         x1 = torch.randn(1, self.data.in_chans, size, size, device=self.device)
         xb = torch.randn(d.batch_size, self.data.in_chans, size, size, device=self.device)
-        s1 = dep.measure(x1, **kw)
-        sb = dep.measure(xb, **kw)
-        m = s1.to_metrics("latency")
-        m.update({"latency_batch_ms": sb.median_ms, "latency_batch_p90_ms": sb.p90_ms,
-                  "latency_batch_cv": sb.cv, "batch_size": d.batch_size,
-                  "precision": dep.precision, "provider": dep.provider, "size_bytes": dep.size_bytes})
+        with latency_lock():  # one exclusive hold for both (re-entrant)
+            s1 = dep.measure_paired(x1, ref.dep, ref.x1, **kw)
+            sb = dep.measure_paired(xb, ref.dep, ref.xb, **kw)
+        m = s1.to_metrics("latency", ref.study_ms)
+        m.update(sb.to_metrics("latency_batch", ref.study_batch_ms, include_context=False))
+        m.update({"batch_size": d.batch_size, "precision": dep.precision, "provider": dep.provider,
+                  "size_bytes": dep.size_bytes, "latency_protocol": PROTOCOL_NOTE, "latency_note": PROTOCOL_NOTE,
+                  "latency_exclusive": d.exclusive_measurement})
         if dep.int8_scheme is not None:
             m["int8_scheme"] = dep.int8_scheme
         return m
@@ -165,6 +220,7 @@ class CompressionEvaluator:
         settings.epochs = ft.epochs if config.finetune_epochs is None else config.finetune_epochs
         settings.augment = ft.augment
         settings.memory_format = exp.device.train_memory_format
+        settings.compute_lock = exp.device.exclusive_measurement
         settings.max_seconds = max(0.0, ft.max_seconds - (time.perf_counter() - t0))
         if w < 8 and ft.qat:
             apply_fake_quant(model, w, a, qat=True)
@@ -181,8 +237,9 @@ class CompressionEvaluator:
         runner, fp_model = self._final_form(model, config, size)
         metrics["weights_sha256"] = weights_hash(fp_model)  # names the trained weights (export records it too)
         eb = exp.device.eval_batch_size
-        val_logits = predict_logits(runner, data.val, size, eb, self.device)
-        test_logits = predict_logits(runner, data.test, size, eb, self.device)
+        lock = exp.device.exclusive_measurement
+        val_logits = predict_logits(runner, data.val, size, eb, self.device, compute_lock=lock)
+        test_logits = predict_logits(runner, data.test, size, eb, self.device, compute_lock=lock)
         metrics["accuracy"] = float((val_logits.argmax(1) == data.val.labels.numpy()).mean())
         metrics["test_accuracy"] = float((test_logits.argmax(1) == data.test.labels.numpy()).mean())
         for split, n in (("accuracy", len(data.val)), ("test_accuracy", len(data.test))):

@@ -3,11 +3,21 @@
 Metric keys (all optional except where noted; values are plain floats/ints/strings):
     accuracy            validation top-1 in [0, 1] (the search objective; never the test split)
     test_accuracy       test top-1 in [0, 1] (final reports only)
-    latency_ms          median latency at batch 1, milliseconds (objective)
-    latency_p90_ms      90th percentile at batch 1
-    latency_cv          coefficient of variation of the batch-1 repeats
-    latency_batch_ms    median latency of one serving batch (`batch_size` images)
+    latency_ms          latency at batch 1, milliseconds, drift-corrected (objective, fronts): the median
+                        per-pair ratio to the uncompressed reference timed interleaved in the same window x
+                        the reference's calibrated (study-wide, per machine) median
+    latency_p90_ms      90th percentile at batch 1 (same correction); latency_mean_ms likewise
+    latency_cv          coefficient of variation of the batch-1 samples (absolute)
+    latency_ci_low_ms, latency_ci_high_ms   95% interval of latency_ms (the ratio's interval x the reference)
+    latency_abs_ms      the absolute median in its window; latency_abs_ci_low_ms / _high_ms its interval
+    latency_ratio       median per-pair ratio trial / reference; latency_ratio_ci_low / _high
+    latency_ref_ms      the reference's median in the same window; latency_ref_study_ms its calibrated median
+    latency_load, latency_busy_cpus   1-min loadavg and CPUs kept busy by other processes in the window
+    latency_repeats, latency_seconds, latency_settled   pairs timed, window length, interval target met
+    latency_batch_*     the same for one serving batch (`batch_size` images); latency_batch_ms is corrected
     batch_size          the serving batch size used for latency_batch_ms
+    latency_protocol    how latency was taken, in words; latency_note: the same, or the sub-8-bit estimate
+    latency_exclusive   device.exclusive_measurement: training steps (of processes that take part) waited
     latency_source      "measured" or "estimated" (sub-8-bit: BitOPs-scaled, no real kernels)
     macs, bitops, params, param_bytes, size_bytes
     input_size          input side length in pixels

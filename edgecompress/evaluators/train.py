@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from edgecompress.deploy.compute_lock import step_lock
 from edgecompress.errors import TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.data import Split, make_loader
 from edgecompress.evaluators.memformat import (
@@ -75,6 +76,7 @@ class TrainSettings:
     seed: int = 0
     memory_format: str = "auto"  # auto (probed per model shape, see memformat.py), contiguous, channels_last
     max_seconds: float | None = None  # wall-clock budget from the start of training (TrialTimeoutError)
+    compute_lock: bool = True  # each step holds the machine's compute lock shared (deploy/compute_lock.py)
 
     @classmethod
     def from_recipe(cls, recipe: Any, seed: int = 0) -> TrainSettings:
@@ -126,7 +128,24 @@ def train_model(
     """SGD (nesterov) with the schedule in `settings`; KD from `teacher` when distill_weight > 0.
     `on_step(done, total)` and `on_progress(TrainProgress)` are called after every step, `on_progress`
     once more at each epoch's end with its loss and training accuracy; `on_epoch(epoch, val_accuracy)`
-    after each epoch when `val` is given."""
+    after each epoch when `val` is given.
+
+    Each step (forward, backward, optimiser) holds the machine's compute lock shared, so a latency
+    measurement in any process waits for at most one step and no step runs while it measures.
+    """
+    lock = step_lock(settings.compute_lock)
+    depth = lock.depth()
+    try:
+        return _train_loop(model, train, size, settings, val, teacher, teacher_size, on_epoch, on_step, device, lock,
+                           on_progress)
+    finally:
+        lock.release_thread(depth)  # a step that raised (divergence, out of memory) must not keep the lock
+
+
+def _train_loop(model: nn.Module, train: Split, size: int, settings: TrainSettings, val: Split | None,
+                teacher: nn.Module | None, teacher_size: int | None, on_epoch: EpochCallback | None,
+                on_step: Callable[[int, int], None] | None, device: str, lock: Any,
+                on_progress: ProgressCallback | None) -> TrainHistory:
     torch.manual_seed(settings.seed)
     loader = make_loader(train, size, settings.batch_size, shuffle=True, augment=settings.augment,
                          seed=settings.seed, limit=settings.limit)
@@ -161,6 +180,7 @@ def train_model(
             if settings.max_seconds is not None and time.monotonic() - started > settings.max_seconds:
                 raise TrialTimeoutError(f"training exceeded max_seconds={settings.max_seconds:g} "
                                         f"at epoch {epoch + 1}, step {step + 1}")
+            lock.acquire_shared()  # released after the optimiser step; train_model releases it on errors
             out = model(in_format(x, fmt))
             loss = F.cross_entropy(out, y, label_smoothing=settings.label_smoothing)
             if use_kd:
@@ -177,6 +197,7 @@ def train_model(
             loss.backward()
             opt.step()
             sched.step()
+            lock.release_shared()
             total += loss_value * len(y)
             count += len(y)
             correct += int((out.detach().argmax(1) == y).sum())
@@ -200,7 +221,7 @@ def train_model(
                                       settings.epochs, time.monotonic() - started, epoch_end=True,
                                       loss=hist.losses[-1], train_accuracy=hist.train_accuracy[-1]))
         if val is not None:
-            acc = accuracy(model, val, size, device=device)
+            acc = accuracy(model, val, size, device=device, compute_lock=settings.compute_lock)
             hist.val_accuracy.append(acc)
             if on_epoch is not None:
                 on_epoch(epoch + 1, acc)
@@ -223,17 +244,20 @@ def _decide_format(model: nn.Module, in_shape: tuple[int, ...], threads: int, de
 
 @torch.no_grad()
 def predict_logits(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], split: Split, size: int,
-                   batch_size: int = 512, device: str = "cpu") -> np.ndarray:
-    """Logits for every sample of `split` in order (float32, N x classes)."""
+                   batch_size: int = 512, device: str = "cpu", compute_lock: bool = True) -> np.ndarray:
+    """Logits for every sample of `split` in order (float32, N x classes); each batch holds the compute
+    lock shared (as a training step does) unless `compute_lock` is False."""
     if isinstance(model, nn.Module):
         model.eval()
     outs = []
+    lock = step_lock(compute_lock)
     for x, _ in make_loader(split, size, batch_size):
-        outs.append(model(x.to(device)).float().cpu())
+        with lock.shared():
+            outs.append(model(x.to(device)).float().cpu())
     return torch.cat(outs).numpy()
 
 
 def accuracy(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], split: Split, size: int,
-             batch_size: int = 512, device: str = "cpu") -> float:
-    logits = predict_logits(model, split, size, batch_size, device)
+             batch_size: int = 512, device: str = "cpu", compute_lock: bool = True) -> float:
+    logits = predict_logits(model, split, size, batch_size, device, compute_lock)
     return float((logits.argmax(1) == split.labels.numpy()).mean())

@@ -137,9 +137,13 @@ class DeviceConfig(_Strict):
     backend: Literal["onnxruntime", "torch", "torch_compile"] = "onnxruntime"
     threads: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1, description="serving batch size for latency_batch_ms")
-    min_repeats: int = Field(20, ge=3)
+    min_repeats: int = Field(20, ge=3, description="pairs (trial, reference) timed before the stop rule applies")
     max_seconds: float = Field(2.0, gt=0, description="time cap for one latency measurement")
-    target_cv: float = Field(0.02, gt=0)
+    target_cv: float = Field(0.02, gt=0, description="stop once the 95% interval of the trial/reference ratio "
+                             "is within +- this fraction of it")
+    exclusive_measurement: bool = Field(
+        True, description="training steps hold the machine's compute lock shared and a measurement takes it "
+        "exclusively, so no worker of any study on this machine computes while one measures")
     eval_batch_size: int = Field(512, ge=1)
     train_memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="auto: channels-last only where a child-process probe shows it safe and faster")

@@ -1,4 +1,4 @@
-"""Latency benchmarker: known-time fake models, CV/repeat bookkeeping, threads, the exclusive lock."""
+"""Latency benchmarker: known-time fake models, CV/repeat bookkeeping, threads, the exclusive (compute) lock."""
 
 from __future__ import annotations
 
@@ -144,8 +144,8 @@ def test_lock_is_exclusive_between_processes(tmp_path: Path) -> None:
 def test_default_lock_lives_in_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path / "runs"))
     with latency_lock() as p:
-        assert p == default_lock_path() == tmp_path / "runs" / ".latency.lock"
-        assert p.exists()
+        assert p == default_lock_path() == tmp_path / "runs" / ".compute.lock"
+        assert p.exists() and (tmp_path / "runs" / ".compute.gate").exists()
 
 
 def test_bad_arguments_name_the_argument(tmp_path: Path) -> None:

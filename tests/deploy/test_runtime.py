@@ -255,6 +255,28 @@ def test_ort_session_options() -> None:
     with pytest.raises(RuntimeError):  # not set: ONNX Runtime's default (spinning)
         so.get_session_config_entry("session.intra_op.allow_spinning")
     assert ort_session_options(1, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert so.get_session_config_entry("session.force_spinning_stop") == "1"  # spins in a run, not after
+
+
+def test_ort_session_leaves_no_thread_spinning_after_a_run(fmnist_model) -> None:
+    """The reference is timed right after the model (measure_paired): the model's pool must not keep
+    spinning on the cores once its run returned (ONNX Runtime's default spun ~20 ms after each run here)."""
+    import os
+    import time
+
+    model, _, x_te = fmnist_model
+    dep = deploy(model, x_te[:1], backend="onnxruntime", threads=2)
+    run = dep.timer(x_te[:1])
+    for _ in range(50):
+        run()
+    cpu = 0.0
+    for _ in range(10):
+        run()
+        t0 = os.times()
+        time.sleep(0.05)
+        t1 = os.times()
+        cpu += (t1.user + t1.system) - (t0.user + t0.system)
+    assert cpu < 0.15, f"{cpu:.2f} s of CPU while idle for 0.5 s"
 
 
 @pytest.mark.slow

@@ -120,3 +120,46 @@ def test_taylor_importance_completes_a_trial(shared: CompressionEvaluator) -> No
     assert res.state == "complete", res.fail_reason
     assert res.metrics["achieved_prune"] > 0.3 and res.metrics["train_memory_format"] in ("contiguous",
                                                                                         "channels_last")
+
+
+def test_latency_is_drift_corrected_against_the_reference(shared: CompressionEvaluator) -> None:
+    """The uncompressed model measured against itself gives ratio ~1; latency_ms = ratio x the reference's
+    calibrated median, which a second evaluator (another process, in a search) reads from the same file."""
+    import json
+
+    from edgecompress.evaluators.base import base_dir
+    from edgecompress.evaluators.evaluate import REFERENCE_FILE
+
+    ev = evaluator(shared, constraints__max_latency_ms=1e-6)  # stops after measuring
+    m = ev(CompressionConfig()).metrics
+    assert m["latency_ratio"] == pytest.approx(1.0, abs=0.25)  # the same architecture, another session
+    assert m["latency_ms"] == pytest.approx(m["latency_ratio"] * m["latency_ref_study_ms"])
+    assert m["latency_batch_ms"] == pytest.approx(m["latency_batch_ratio"] * m["latency_batch_ref_study_ms"])
+    assert m["latency_ci_low_ms"] <= m["latency_ms"] <= m["latency_ci_high_ms"]
+    assert m["latency_abs_ci_low_ms"] <= m["latency_abs_ms"] <= m["latency_abs_ci_high_ms"]
+    assert m["latency_ref_ms"] > 0 and m["latency_batch_ref_ms"] > 0 and m["latency_repeats"] >= 4
+    assert "drift-corrected" in m["latency_protocol"] and m["latency_note"] == m["latency_protocol"]
+    assert m["latency_exclusive"] is True and m["latency_load"] is not None
+    assert m["latency_busy_cpus"] is None or m["latency_busy_cpus"] >= 0
+    table = json.loads((base_dir(ev.exp) / REFERENCE_FILE).read_text())
+    (entry,) = table.values()
+    assert len(entry["windows"]) == 5 and entry["key"]["backend"] == "onnxruntime"
+    assert entry["medians"]["latency_ms"] == m["latency_ref_study_ms"]
+    small = evaluator(shared, constraints__max_latency_ms=1e-6)(CompressionConfig(prune=0.5, resolution=0.5))
+    assert small.metrics["latency_ref_study_ms"] == m["latency_ref_study_ms"]  # calibrated once, shared
+    assert small.metrics["latency_ratio"] < 0.9 * m["latency_ratio"]
+    off = evaluator(shared, constraints__max_latency_ms=1e-6, device__exclusive_measurement=False)
+    assert off(CompressionConfig(prune=0.5)).metrics["latency_exclusive"] is False
+
+
+def test_sub8bit_estimate_scales_the_drift_corrected_keys(shared: CompressionEvaluator) -> None:
+    ev = evaluator(shared, constraints__max_latency_ms=1e-6)
+    m4 = ev(CompressionConfig(w_bits=4, a_bits=4)).metrics
+    assert m4["latency_source"] == "estimated" and m4["precision"].startswith("int8")
+    m8 = ev(CompressionConfig(w_bits=8, a_bits=8)).metrics
+    for p in ("latency", "latency_batch"):  # trial/ratio keys scaled by 4x4 / 8x8 (test_runtime), reference not
+        assert m4[f"{p}_ms"] == pytest.approx(m4[f"{p}_ratio"] * m4[f"{p}_ref_study_ms"])
+        assert m4[f"{p}_ref_study_ms"] == m8[f"{p}_ref_study_ms"]
+        assert m4[f"{p}_abs_ci_low_ms"] <= m4[f"{p}_abs_ms"] <= m4[f"{p}_abs_ci_high_ms"]
+        assert m4[f"{p}_ci_low_ms"] <= m4[f"{p}_ms"] <= m4[f"{p}_ci_high_ms"]
+    assert "measured drift-corrected" in m4["latency_note"]

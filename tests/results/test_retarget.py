@@ -73,7 +73,8 @@ def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -
         return dep
 
     def fixed_latency(self, dep, size):  # noqa: ANN001, ANN202 - a measurement without timing noise
-        return {"latency_ms": 2.0, "latency_p90_ms": 2.4, "latency_mean_ms": 2.2, "latency_batch_ms": 16.0,
+        m = {k: 16.0 if k.startswith("latency_batch") else 2.5 for k in SCALED_LATENCY_KEYS}
+        return {**m, "latency_ms": 2.0, "latency_p90_ms": 2.4, "latency_mean_ms": 2.2, "latency_batch_ms": 16.0,
                 "latency_batch_p90_ms": 18.0, "device_name": "test cpu", "precision": dep.precision,
                 "size_bytes": 64_000}
 
@@ -102,3 +103,37 @@ def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -
         assert re[key] == res.metrics[key], key
     assert re["latency_source"] == "estimated"
     assert f"from the {'fp32' if falls_back else 'int8'} model measured on test cpu" in re["latency_note"]
+
+
+def test_remeasure_front_quietly_into_a_new_study(real_db, tmp_path, monkeypatch) -> None:
+    """`remeasure`: the study's own device/backend/threads, the search's protocol, only the front."""
+    from edgecompress.deploy.retarget import front_numbers, remeasure_study
+
+    monkeypatch.setattr(ev_mod, "train_model", lambda *a, **k: pytest.fail("remeasure must not train"))
+    src = load_study(real_db.url)
+    front = front_numbers(real_db.url)
+    assert 1 <= len(front) <= len(src.trials)
+    new_url = f"sqlite:///{tmp_path / 'quiet.db'}"
+    summary = remeasure_study(real_db.url, front_only=True, new_storage=new_url, data=real_db.data)
+    assert summary.study == "fmx-remeasured" and summary.left_out == len(src.trials) - len(front)
+    assert sorted(t.source_number for t in summary.trials) == sorted(front)
+    new = optuna.load_study(study_name="fmx-remeasured", storage=new_url)
+    assert len(new.trials) == len(front)
+    old = {t.number: t.user_attrs for t in src.trials}
+    for t in new.trials:
+        a, o = t.user_attrs, old[t.user_attrs["retargeted_from"]["trial"]]
+        assert a["accuracy"] == o["accuracy"]
+        assert a["threads"] == o["threads"] and a["backend"] == o["backend"]  # the study's own device
+        assert "drift-corrected" in a["latency_protocol"] and a["latency_exclusive"] is True
+        assert a["latency_ms"] == pytest.approx(a["latency_ratio"] * a["latency_ref_study_ms"])
+        assert a["latency_ms"] > 0 and a["latency_source"] == o["latency_source"]
+    assert new.user_attrs["retargeted_from"]["how"] == "remeasured"
+
+
+def test_remeasure_command(real_db, capsys) -> None:
+    from edgecompress.cli import main
+
+    main(["remeasure", "fmx", "--front", "--new-study", "fmx-quiet"])
+    out = capsys.readouterr().out
+    assert "fmx -> fmx-quiet" in out and "edgecompress pareto fmx-quiet" in out
+    assert (real_db.runs / "fmx-quiet.db").is_file()
