@@ -41,10 +41,12 @@ def finalize_cmd(study: str, top: int, epochs: int, set_: list[str] | None, stor
     import optuna
 
     from edgecompress.search.finalize import finalize_study
-    from edgecompress.search.progress import RichProgress
+    from edgecompress.search.progress import LineProgress, RichProgress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    display = RichProgress(err, title=f"finalize {study}") if progress else None
+    # on stderr: a live bar on a terminal, one line per finished trial in logs (as `search`)
+    title = f"finalize {study}"
+    display = (RichProgress(err, title=title) if err.is_terminal else LineProgress(title=title)) if progress else None
     if display is not None:
         display.__enter__()
     try:
