@@ -133,3 +133,23 @@ def is_finite_number(v: Any) -> bool:
     import math
 
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def read_format_yaml(path: str | os.PathLike[str], fmt: str, versions: tuple[Any, ...], what: str) -> dict[str, Any]:
+    """A YAML document written by edgecompress with `format: fmt` and a readable `format_version`
+    (one of `versions`); a one-line EdgeCompressError naming the file otherwise. `what` names the kind."""
+    import yaml
+
+    from edgecompress.errors import EdgeCompressError
+
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise EdgeCompressError(f"cannot read {what} {path}: {e}".splitlines()[0]) from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise EdgeCompressError(f"{path} is not an edgecompress {what}")
+    if doc.get("format_version") not in versions:
+        raise EdgeCompressError(f"{path}: {what} format version {doc.get('format_version')!r} is not one this "
+                                f"edgecompress reads ({', '.join(map(str, versions))})")
+    return doc

@@ -87,6 +87,16 @@ def stage_spec_from_artefacts(
     return spec, np.asarray(labels, dtype=np.int64)
 
 
+def check_target(min_accuracy: float | None, max_latency: float | None) -> None:
+    """ConfigError for a target a cascade cannot have: both given, accuracy outside [0, 1], latency <= 0 ms."""
+    if min_accuracy is not None and max_latency is not None:
+        raise ConfigError("give at most one of min_accuracy or max_latency")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+        raise ConfigError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
+    if max_latency is not None and not max_latency > 0:
+        raise ConfigError(f"max_latency must be > 0 ms, got {max_latency!r}")
+
+
 def _threshold_grid(conf: np.ndarray, n_thresholds: int | None) -> np.ndarray:
     """-inf, boundaries between distinct confidences at sample quantiles, +inf (sorted, float32-exact).
 
@@ -388,10 +398,7 @@ def build_cascade(
     """
     if (min_accuracy is None) == (max_latency is None):
         raise ConfigError("give exactly one of min_accuracy or max_latency")
-    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-        raise ConfigError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
-    if max_latency is not None and not max_latency > 0:
-        raise ConfigError(f"max_latency must be > 0 ms, got {max_latency!r}")
+    check_target(min_accuracy, max_latency)
     if beam < 1:
         raise ConfigError(f"beam must be >= 1, got {beam!r}")
     prob = _prepare(

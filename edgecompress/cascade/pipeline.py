@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgecompress.cascade.builder import check_target
 from edgecompress.cascade.confidence import check_kind
 from edgecompress.cascade.evaluate import (
     Candidate,
@@ -50,12 +51,7 @@ def check_options(*, kind: str = "margin", combine: str = "last", max_stages: in
     combine_weight(combine, SEED_ALPHA)
     if not 2 <= int(max_stages) <= 8:
         raise ConfigError(f"max_stages must be between 2 and 8, got {max_stages!r}")
-    if min_accuracy is not None and max_latency is not None:
-        raise ConfigError("give at most one of min_accuracy or max_latency")
-    if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-        raise ConfigError(f"min_accuracy must be in [0, 1], got {min_accuracy!r}")
-    if max_latency is not None and not max_latency > 0:
-        raise ConfigError(f"max_latency must be > 0 ms, got {max_latency!r}")
+    check_target(min_accuracy, max_latency)
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples!r}")
 

@@ -22,7 +22,7 @@ from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import resize_batch
-from edgecompress.utils import replace_dir
+from edgecompress.utils import read_format_yaml, replace_dir
 
 FORMAT_NAME = "edgecompress-cascade"
 FORMAT_VERSION = 1
@@ -187,18 +187,7 @@ def load_cascade(directory: str | os.PathLike[str], map_location: str | torch.de
     spec_path = directory / SPEC_FILE
     if not spec_path.is_file():
         raise EdgeCompressError(f"not a cascade directory (no {SPEC_FILE}): {directory}")
-    try:
-        spec = yaml.safe_load(spec_path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise EdgeCompressError(f"cannot read {spec_path}: {e}".splitlines()[0]) from None
-    if not isinstance(spec, dict) or spec.get("format") != FORMAT_NAME:
-        raise EdgeCompressError(f"{spec_path} is not an edgecompress cascade spec")
-    version = spec.get("format_version")
-    if version != FORMAT_VERSION:
-        raise EdgeCompressError(
-            f"{spec_path}: unsupported cascade format version {version!r} (this edgecompress reads "
-            f"{FORMAT_VERSION})"
-        )
+    spec = read_format_yaml(spec_path, FORMAT_NAME, (FORMAT_VERSION,), "cascade spec")
     try:
         plan = CascadePlan.from_dict(spec["plan"])
         files = list(spec["stage_files"])

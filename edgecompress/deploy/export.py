@@ -52,7 +52,7 @@ from edgecompress.study.attrs import study_experiment
 from edgecompress.study.frame import study_to_frame
 from edgecompress.study.front import front
 from edgecompress.study.storage import load_study
-from edgecompress.utils import plain, replace_dir
+from edgecompress.utils import plain, read_format_yaml, replace_dir
 
 FORMAT = "edgecompress.export"
 FORMAT_VERSION = 2  # 2: input.preprocess is the loader's steps (words + data), not one line
@@ -480,15 +480,7 @@ def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig,
     path = Path(path)
     if path.is_dir():
         path = path / FILES["config"]
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise EdgeCompressError(f"cannot read export config {path}: {e}".splitlines()[0]) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise EdgeCompressError(f"{path} is not an edgecompress export config")
-    if doc.get("format_version") not in READABLE_VERSIONS:
-        raise EdgeCompressError(f"{path}: export format version {doc.get('format_version')!r} is not one of "
-                                f"{', '.join(map(str, READABLE_VERSIONS))}")
+    doc = read_format_yaml(path, FORMAT, READABLE_VERSIONS, "export config")
     return CompressionConfig.from_dict(doc["compression"], str(path)), doc
 
 

@@ -211,7 +211,7 @@ def test_load_errors_name_the_path(images, stages, tmp_path: Path) -> None:
     with pytest.raises(EdgeCompressError, match="stage file missing: .*stage_1.pt"):
         load_cascade(target)
     (target / "cascade.yaml").write_text(yaml.safe_dump({**spec, "format_version": 99}))
-    with pytest.raises(EdgeCompressError, match=r"cascade.yaml: unsupported cascade format version 99"):
+    with pytest.raises(EdgeCompressError, match=r"cascade.yaml: cascade spec format version 99 is not one"):
         load_cascade(target)
     other = tmp_path / "notes"
     other.mkdir()
