@@ -173,7 +173,9 @@ def _has_optuna_tables(path: Path) -> bool:
     import sqlite3
 
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as con:
+        # a plain read: never mode=ro, which cannot open a WAL database once its last writer closed (SQLite must
+        # create the -wal/-shm files then): every study file after its search ended
+        with contextlib.closing(sqlite3.connect(path, timeout=60)) as con:
             return con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'studies'").fetchone() \
                 is not None
     except sqlite3.Error as e:

@@ -57,3 +57,16 @@ def test_running_trial_of_dead_process_is_failed_and_requeued(runs: Path, kind: 
     assert retry.state == TrialState.WAITING and retry.system_attrs["failed_trial"] == dead.number
     assert retry.params == trials[dead.number].params
     assert recover_dead_trials(study, store) == []
+
+
+def test_a_finished_search_study_loads_in_a_new_process(runs: Path) -> None:
+    """A WAL-mode SQLite study whose writer closed (no -wal/-shm left) must load: `pareto` after `search`."""
+    import sys
+
+    url = f"sqlite:///{runs / 'done.db'}"
+    code = ("from edgecompress.study.storage import make_storage\nimport optuna\n"
+            f"s = optuna.create_study(study_name='done', storage=make_storage({url!r}))\n"
+            "s.optimize(lambda t: t.suggest_float('x', 0, 1), n_trials=2)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+    assert not (runs / "done.db-wal").exists()  # the writer closed: what a later `pareto` process finds
+    assert len(load_study("done").trials) == 2
