@@ -57,7 +57,8 @@ MODELS = {
 KEYS = ("latency_ms", "latency_abs_ms", "latency_ratio", "latency_ref_ms", "latency_ref_study_ms",
         "latency_ci_low_ms", "latency_ci_high_ms", "latency_repeats", "latency_seconds", "latency_load",
         "latency_busy_cpus", "latency_batch_ms", "latency_batch_abs_ms", "latency_batch_ratio",
-        "latency_batch_ref_ms", "latency_batch_ref_study_ms")
+        "latency_batch_ref_ms", "latency_batch_ref_study_ms", "latency_attempts", "latency_ref_deviation",
+        "latency_batch_attempts", "latency_disturbed")
 DATA_SUBSET = {"dataset.train_subset": 512, "dataset.val_subset": 64, "dataset.test_subset": 64}
 
 

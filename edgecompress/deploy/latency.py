@@ -267,7 +267,7 @@ def measure_latency(
 # ---- interleaved protocol ----------------------------------------------------------------------
 PROTOCOL = "interleaved-reference-v1"
 PROTOCOL_NOTE = ("drift-corrected: ratio to the uncompressed reference measured interleaved x its calibrated "
-                 "median")
+                 "median; a window whose reference strays from that median is measured again")
 
 
 def median_interval(xs: list[float], confidence: float = 0.95) -> tuple[float, float, float]:
@@ -426,6 +426,7 @@ def measure_paired(
     min_repeats: int = 20,
     max_seconds: float = 2.0,
     target_cv: float = 0.02,
+    min_seconds: float = 0.0,
     min_sample_ms: float = 1.0,
     switch_ms: float = 0.0,
     lock_path: str | os.PathLike[str] | None = None,
@@ -443,14 +444,16 @@ def measure_paired(
     model after each block, for runtimes that leave work behind (ONNX Runtime's pool spun ~20 ms after a
     run here until deploy set session.force_spinning_stop). After `min_repeats` pairs it stops once the
     95% order-statistic interval of the median per-pair ratio is within +-`target_cv` of it (relative
-    half-width), else at `max_seconds` (at least 3 pairs). Holds the compute lock exclusively unless
-    `use_lock` is False. `clock` as in measure_latency.
+    half-width) and `min_seconds` have passed, else at `max_seconds` (at least 3 pairs). Holds the compute
+    lock exclusively unless `use_lock` is False. `clock` as in measure_latency.
     """
     for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
         if not isinstance(val, int) or val < 1:
             raise ValueError(f"measure_paired: {name} must be a positive int, got {val!r}")
     if max_seconds <= 0 or target_cv <= 0:
         raise ValueError(f"measure_paired: max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv}")
+    if not 0 <= min_seconds <= max_seconds:
+        raise ValueError(f"measure_paired: min_seconds must be in [0, max_seconds={max_seconds}], got {min_seconds}")
     if clock not in ("auto", "host"):
         raise ValueError(f"measure_paired: clock must be 'auto' or 'host', got {clock!r}")
     dev = torch.device(device)
@@ -513,7 +516,7 @@ def measure_paired(
             sb.append(b)
             ratios.append(a / b if b > 0 else math.inf)
             n = len(ratios)
-            if n >= next_check:
+            if n >= next_check and time.perf_counter() - t0 >= min_seconds:
                 r, lo, hi = median_interval(ratios)
                 if r > 0 and (hi - lo) / (2 * r) <= target_cv:
                     settled = True

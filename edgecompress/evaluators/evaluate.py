@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from edgecompress.deploy.latency import PROTOCOL_NOTE, calibrated_reference, latency_lock
+from edgecompress.deploy.latency import PROTOCOL_NOTE, PairedStats, calibrated_reference, latency_lock
 from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, base_dir, get_base_model
@@ -149,20 +149,44 @@ class CompressionEvaluator:
         """
         d = self.exp.device
         ref = self.latency_reference()  # before the lock: calibrating takes it window by window
-        kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv)
         x1 = torch.randn(1, self.data.in_chans, size, size, device=self.device)
         xb = torch.randn(d.batch_size, self.data.in_chans, size, size, device=self.device)
         with latency_lock():  # one exclusive hold for both (re-entrant)
-            s1 = dep.measure_paired(x1, ref.dep, ref.x1, **kw)
-            sb = dep.measure_paired(xb, ref.dep, ref.xb, **kw)
+            s1, n1, dev1 = self._paired_window(dep, x1, ref.dep, ref.x1, ref.study_ms)
+            sb, nb, devb = self._paired_window(dep, xb, ref.dep, ref.xb, ref.study_batch_ms)
         m = s1.to_metrics("latency", ref.study_ms)
         m.update(sb.to_metrics("latency_batch", ref.study_batch_ms, include_context=False))
+        m.update({"latency_attempts": n1, "latency_ref_deviation": dev1,
+                  "latency_batch_attempts": nb, "latency_batch_ref_deviation": devb,
+                  "latency_disturbed": bool(max(dev1, devb) > d.reference_tolerance)})
         m.update({"batch_size": d.batch_size, "precision": dep.precision, "provider": dep.provider,
                   "size_bytes": dep.size_bytes, "latency_protocol": PROTOCOL_NOTE, "latency_note": PROTOCOL_NOTE,
                   "latency_exclusive": d.exclusive_measurement})
         if dep.int8_scheme is not None:
             m["int8_scheme"] = dep.int8_scheme
         return m
+
+    def _paired_window(self, dep: Deployed, x: torch.Tensor, ref_dep: Deployed, ref_x: torch.Tensor,
+                       expected_ms: float) -> tuple[PairedStats, int, float]:
+        """One paired window; again (up to device.max_attempts) while the reference in it is more than
+        device.reference_tolerance off its calibrated median: a transient that slowed the reference
+        (host steal, another process) slows two models unequally, so that window's ratio is not trusted.
+        Returns the least disturbed window, the attempts made and its reference's relative deviation."""
+        d = self.exp.device
+        kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv,
+                  min_seconds=d.min_seconds)
+        best: tuple[PairedStats, float] | None = None
+        attempts = 0
+        while attempts < d.max_attempts:
+            attempts += 1
+            s = dep.measure_paired(x, ref_dep, ref_x, **kw)
+            deviation = abs(s.ref_median_ms / expected_ms - 1) if expected_ms > 0 else 0.0
+            if best is None or deviation < best[1]:
+                best = (s, deviation)
+            if deviation <= d.reference_tolerance:
+                break
+        assert best is not None
+        return best[0], attempts, round(best[1], 4)
 
     def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,
                  on_epoch: EpochCallback | None = None) -> EvalResult:

@@ -14,6 +14,9 @@ Metric keys (all optional except where noted; values are plain floats/ints/strin
     latency_ref_ms      the reference's median in the same window; latency_ref_study_ms its calibrated median
     latency_load, latency_busy_cpus   1-min loadavg and CPUs kept busy by other processes in the window
     latency_repeats, latency_seconds, latency_settled   pairs timed, window length, interval target met
+    latency_attempts, latency_ref_deviation   windows tried (one whose reference strayed more than
+                        device.reference_tolerance from its calibrated median is measured again) and the kept
+                        window's reference deviation; latency_disturbed: no window within the tolerance
     latency_batch_*     the same for one serving batch (`batch_size` images); latency_batch_ms is corrected
     batch_size          the serving batch size used for latency_batch_ms
     latency_protocol    how latency was taken, in words; latency_note: the same, or the sub-8-bit estimate

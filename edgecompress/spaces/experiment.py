@@ -139,6 +139,12 @@ class DeviceConfig(_Strict):
     batch_size: int = Field(64, ge=1, description="serving batch size for latency_batch_ms")
     min_repeats: int = Field(20, ge=3, description="pairs (trial, reference) timed before the stop rule applies")
     max_seconds: float = Field(2.0, gt=0, description="time cap for one latency measurement")
+    min_seconds: float = Field(0.3, ge=0, description="time one latency measurement takes at least before the "
+                               "stop rule applies (a 50 ms window let one transient set a process's figure)")
+    reference_tolerance: float = Field(
+        0.10, gt=0, description="a window whose reference median is off its calibrated median by more than this "
+        "fraction was disturbed: it is measured again (up to max_attempts) and the least disturbed one kept")
+    max_attempts: int = Field(3, ge=1, description="latency windows tried per measurement (reference_tolerance)")
     target_cv: float = Field(0.02, gt=0, description="stop once the 95% interval of the trial/reference ratio "
                              "is within +- this fraction of it")
     exclusive_measurement: bool = Field(

@@ -196,3 +196,50 @@ def test_exclusion_keeps_latency_of_a_real_model_while_a_neighbour_trains(tmp_pa
     assert statistics.median(cpu["exclusive"]) < 0.1, f"the neighbour computed during exclusive windows: {report}"
     assert abs(excl - 1) <= 0.10, report
     assert without - 1 > 0.10, f"no inflation without the exclusion: the test cannot fail: {report}"
+
+
+def test_paired_takes_at_least_min_seconds(tmp_path: Path) -> None:
+    """A tight interval alone does not end a window before `min_seconds` (one 50 ms window let a transient
+    set a process's whole figure); without it the same models stop much earlier."""
+    kw = dict(batch_size=1, threads=1, min_repeats=5, max_seconds=5.0, target_cv=0.2, lock_path=tmp_path / "l")
+    short = measure_paired(lambda: _spin(0.2), lambda: _spin(0.1), **kw)
+    long = measure_paired(lambda: _spin(0.2), lambda: _spin(0.1), min_seconds=0.4, **kw)
+    assert long.settled and long.seconds >= 0.4 and long.repeats > short.repeats
+    assert short.seconds < 0.4
+    with pytest.raises(ValueError, match="min_seconds"):
+        measure_paired(lambda: None, lambda: None, min_seconds=9.0, **kw)
+
+
+class _SpinDeployed:
+    """A deployed-model stand-in whose measure_paired times busy-waits with the real protocol; the
+    reference is slowed by `ref_slowdown[i]` in window i (a transient that hits one window)."""
+
+    def __init__(self, ms: float, ref_ms: float, ref_slowdown: list[float], lock: Path) -> None:
+        self.ms, self.ref_ms, self.slow, self.lock, self.windows = ms, ref_ms, ref_slowdown, lock, 0
+
+    def measure_paired(self, x: object, ref: object, ref_x: object, **kw: object) -> PairedStats:
+        f = self.slow[min(self.windows, len(self.slow) - 1)]
+        self.windows += 1
+        return measure_paired(lambda: _spin(self.ms), lambda: _spin(self.ref_ms * f), batch_size=1, threads=1,
+                              lock_path=self.lock, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("slowdowns, attempts, disturbed", [([1.0], 1, False), ([1.5, 1.0], 2, False),
+                                                            ([1.6, 1.3, 1.4], 3, True)])
+def test_a_window_whose_reference_strays_is_measured_again(tmp_path: Path, slowdowns: list[float],
+                                                           attempts: int, disturbed: bool) -> None:
+    """The evaluator's retry rule: a window whose reference is > reference_tolerance off its calibrated
+    median (1 ms here) is re-measured, up to max_attempts, and the least disturbed window is kept."""
+    from types import SimpleNamespace
+
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.spaces.experiment import DeviceConfig
+
+    dev = DeviceConfig(min_repeats=10, max_seconds=1.0, min_seconds=0.05, target_cv=0.05,
+                       reference_tolerance=0.1, max_attempts=3)
+    fake_self = SimpleNamespace(exp=SimpleNamespace(device=dev))
+    dep = _SpinDeployed(0.5, 1.0, slowdowns, tmp_path / "l")
+    stats, n, deviation = CompressionEvaluator._paired_window(fake_self, dep, None, None, None, 1.0)  # type: ignore[arg-type]
+    assert n == attempts == dep.windows
+    assert (deviation > 0.1) == disturbed
+    assert abs(stats.ref_median_ms - min(slowdowns)) < 0.1  # the least disturbed window was kept
