@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
         _step(app, "1/7 base model", ["train-base", str(config)])
         _step(app, "2/7 search", ["search", str(config), "--study", study, *trial_args])
         _step(app, "3/7 finalize the front", ["finalize", study, "--top", str(DEMO_TOP), "--epochs",
-                                               str(DEMO_EPOCHS)])
+                                               str(DEMO_EPOCHS), "--deployable"])
         _step(app, "4/7 Pareto front (finalized)", ["pareto", study])
         _step(app, "5/7 export the knee model", ["export", study, "--knee", "-o", str(out / "export"),
                                                  "--format", "yaml,onnx,torchscript", "--force"])

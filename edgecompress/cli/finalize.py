@@ -37,7 +37,7 @@ def print_finalize(summary: Any) -> None:
 
 
 def finalize_cmd(study: str, top: int, epochs: int, set_: list[str] | None, storage: str | None, workers: int,
-                 progress: bool = True) -> Any:
+                 progress: bool = True, deployable: bool = False) -> Any:
     import optuna
 
     from edgecompress.search.finalize import finalize_study
@@ -51,7 +51,7 @@ def finalize_cmd(study: str, top: int, epochs: int, set_: list[str] | None, stor
         display.__enter__()
     try:
         summary = finalize_study(study, top=top, epochs=epochs, overrides=parse_sets(set_), storage=storage,
-                                 workers=workers, progress=display)
+                                 workers=workers, progress=display, deployable=deployable)
     finally:
         if display is not None:
             display.__exit__(None, None, None)
@@ -74,6 +74,8 @@ def register(app: typer.Typer) -> None:
         storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
         workers: int = typer.Option(1, "--workers", help="parallel worker processes"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no live progress display"),
+        deployable: bool = typer.Option(False, "--deployable", help="choose among configs whose latency was "
+                                        "measured on the study's device (skip sub-8-bit estimates)"),
     ) -> None:
         """Re-train the front's configs (and the uncompressed one) at full fidelity into STUDY-final; resumable."""
-        finalize_cmd(study, top, epochs, set_, storage, workers, not no_progress)
+        finalize_cmd(study, top, epochs, set_, storage, workers, not no_progress, deployable)

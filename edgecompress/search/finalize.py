@@ -66,14 +66,15 @@ class FinalizeSummary:
 
 
 def choose_configs(df: Any, top: int, objectives: Any = None,
-                   uncompressed: CompressionConfig | None = None) -> list[Chosen]:
+                   uncompressed: CompressionConfig | None = None, deployable: bool = False) -> list[Chosen]:
     """The `top` most promising distinct configs (feasible front first, then the next non-dominated ranks,
     within a rank the most accurate first) and the uncompressed config (as the study's space states it:
-    `SearchSpace.uncompressed()`), in that order."""
+    `SearchSpace.uncompressed()`), in that order. `deployable`: ranks over the trials whose latency was
+    measured on the study's device only (a sub-8-bit estimate cannot ship there)."""
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
     objs = frame_objectives(df, objectives)
-    ranks = front_ranks(df, objs, feasible_only=True)
+    ranks = front_ranks(df, objs, feasible_only=True, deployable=deployable)
     rows = df.assign(_rank=ranks.to_numpy())
     rows = rows[rows["_rank"] >= 0]
     acc = "accuracy" if "accuracy" in rows else objs[0]["name"]
@@ -153,9 +154,11 @@ def finalize_study(
     evaluator: Evaluator | None = None,
     progress: ProgressFn | None = None,
     on_chosen: Callable[[list[Chosen]], None] | None = None,
+    deployable: bool = False,
 ) -> FinalizeSummary:
     """Re-train the `top` most promising configs of `study` (and the uncompressed one) at full fidelity
-    into `<study>-final` in the same storage; resumable (a rerun redoes nothing finished)."""
+    into `<study>-final` in the same storage; resumable (a rerun redoes nothing finished). `deployable`:
+    choose among configs whose latency was measured on the study's device (choose_configs)."""
     loc = study_location(study, storage, final="proxy")
     src = loc.study
     if src.study_name.endswith(A.FINAL_SUFFIX) or src.user_attrs.get(A.FINALIZED_FROM):
@@ -170,7 +173,7 @@ def finalize_study(
         uncompressed = space.uncompressed()
     except ConfigError as e:
         raise ConfigError(f"finalize needs the uncompressed model in the study's space: {e}") from None
-    chosen = choose_configs(df, top, uncompressed=uncompressed)
+    chosen = choose_configs(df, top, uncompressed=uncompressed, deployable=deployable)
     if on_chosen is not None:
         on_chosen(chosen)
     notes: list[str] = []

@@ -44,6 +44,20 @@ def test_choice_is_front_first_then_ranks_and_always_the_uncompressed(proxy: dic
     assert exp.finetune.lr == 0.01 and exp.budget.sampler == "fixed"
 
 
+def test_deployable_choice_skips_estimated_latencies(proxy: dict) -> None:
+    """`finalize --deployable` ranks only trials whose latency was measured: the front config whose latency is
+    turned into an estimate here drops out of the choice, and the ranks are recomputed without it."""
+    study = load_study("tiny", proxy["storage"])
+    space = space_for(A.study_experiment(study))
+    df = study_to_frame(study)
+    first = choose_configs(df, top=1, uncompressed=space.uncompressed())[0]
+    df.loc[df[A.CONFIG_HASH] == first.config_hash, "latency_source"] = "estimated"
+    assert first.config_hash in {c.config_hash for c in choose_configs(df, top=3, uncompressed=space.uncompressed())}
+    chosen = choose_configs(df, top=3, uncompressed=space.uncompressed(), deployable=True)
+    assert first.config_hash not in {c.config_hash for c in chosen}
+    assert chosen[0].reason == "front" and chosen[-1].reason == "uncompressed"
+
+
 def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict) -> None:
     summary = finalize_study("tiny", storage=proxy["storage"], top=2, epochs=1)
     final = optuna.load_study(study_name="tiny-final", storage=proxy["storage"])  # same storage file
