@@ -36,7 +36,7 @@ from edgecompress.deploy.runtime import cpu_flags  # noqa: E402
 from edgecompress.search import run_search  # noqa: E402
 from edgecompress.search.finalize import finalize_study  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
-from edgecompress.study import front_ranks, load_study, study_to_frame  # noqa: E402
+from edgecompress.study import front, front_ranks, load_study, study_to_frame  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 
 STUDY = "bench-fidelity"
@@ -70,6 +70,18 @@ def speedup(final: Any, within_pp: float, key: str) -> dict[str, Any] | None:
     return {"speedup": float(b[key] / best[key]), "trial": int(best["number"]), "config": best["config"],
             "test_accuracy": float(best["test_accuracy"]), "base_test_accuracy": float(b["test_accuracy"]),
             f"{key}": float(best[key]), f"base_{key}": float(b[key])}
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The finalized (deployable) front as the paper's table: config, MACs, latency b1 / batch, test top-1."""
+    lines = ["| config | MACs (M) | latency b1 (ms) | latency batch (ms) | test top-1 |", "|---|---|---|---|---|"]
+    for r in result["finalized_front"]:
+        c = r["config"]
+        name = (f"prune {c.get('prune')}, {c.get('w_bits')}-bit, res x{c.get('resolution')}"
+                if (c.get("prune") or c.get("w_bits", 32) < 32 or c.get("resolution", 1.0) < 1.0) else "uncompressed")
+        lines.append(f"| {name} | {r['macs'] / 1e6:.2f} | {r['latency_ms']:.3f} | {r['latency_batch_ms']:.2f} | "
+                     f"{r['test_accuracy'] * 100:.2f}% |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -153,8 +165,15 @@ def main() -> None:
             s = speedup(final, pp, key)
             result[f"best_speedup_{tag}_{suffix}"] = None if s is None else s["speedup"]
             result[f"best_speedup_{tag}_{suffix}_detail"] = s
+    fr = front(final, deployable=True).sort_values("latency_ms")
+    result["finalized_front"] = [
+        {"final_trial": int(r["number"]), "config": r["config"], "macs": float(r["macs"]),
+         "latency_ms": float(r["latency_ms"]), "latency_batch_ms": float(r["latency_batch_ms"]),
+         "val_accuracy": float(r["accuracy"]), "test_accuracy": float(r["test_accuracy"])}
+        for r in fr.to_dict("records")]
     out = ROOT / args.out
     atomic_write_json(out, result)
+    print(markdown_table(result))
     print(f"kendall_tau {result['kendall_tau']:.3f} {result['kendall_tau_ci95']}, mean gap "
           f"{result['mean_gap_pp']:+.2f} pp, best speedup within 0.5 pp: b1 {result['best_speedup_0p5_b1']}, "
           f"batch {result['best_speedup_0p5_batch']} -> {out}")
