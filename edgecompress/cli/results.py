@@ -195,7 +195,7 @@ def register(app: typer.Typer) -> None:
         else:
             what = ("complete trials" if all_ else "Pareto front") + (" (deployable: measured latency)"
                                                                        if deployable else "")
-            console.print(base_line(df))
+            print_wide(base_line(df))
             if rows or (max_ms is None and min_accuracy is None):
                 print_wide(pareto_table(rows, f"{st.study_name}: {what} ({len(rows)} rows)"))
             if any(r["estimated"] for r in rows):
