@@ -121,7 +121,7 @@ def _front_table(df: pd.DataFrame, rows: pd.DataFrame, names: list[str]) -> dict
     g, _ = front_gains(df, rows)
     rows = pd.concat([rows, g], axis=1)
     extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in rows.columns and c not in names]
-    cols = ["number", *names, *extra_cols, "feasible", *GAIN_COLUMNS]
+    cols = ["number", *names, *GAIN_COLUMNS, *extra_cols, "feasible"]
     return {"columns": cols, "rows": [{c: plain(r.get(c), flat=True) for c in cols} for r in rows.to_dict("records")]}
 
 
