@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         with guard:
             rc = app(args=args, standalone_mode=False)  # non-standalone click returns typer.Exit codes
         if isinstance(rc, int) and rc:
+            if rc == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130) itself
+                print("interrupted", file=sys.stderr)
             sys.exit(rc)
     except EdgeCompressError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -53,17 +55,30 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # click usage errors and friends (typer >= 0.26 vendors its own click)
+        usage, aborts = _click_types()
+        if isinstance(e, usage):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if isinstance(e, aborts):
             print("aborted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
         raise
 
+
+def _click_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error classes, abort classes) of click and of the click typer vendors."""
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        usage.append(TyperClickException)
+    except ImportError:  # an older typer uses click itself
+        pass
+    return tuple(usage), tuple(aborts)
 
 if __name__ == "__main__":
     main()
