@@ -98,3 +98,18 @@ def test_report_info_has_both_fronts_and_the_base(handmade) -> None:
     assert "speedup_b1" in table["columns"] and "accuracy_change_basis" in table["columns"]
     assert [r["speedup_b1"] for r in table["rows"]] == pytest.approx([2.5, 2.0, 1.0])
     assert any("differs from the deployable front" in n for n in info["notes"])
+
+
+def test_the_base_is_the_full_uncompressed_config_wherever_it_is(handmade) -> None:
+    """A finalized study re-trains the uncompressed config last: the base is found by its config, not by number;
+    a 32-bit unpruned config that keeps fewer blocks is not the base."""
+    df = study_to_frame(handmade.study).copy()
+    cfg0 = dict(df.loc[0, "config"])
+    df.at[0, "config"] = {**cfg0, "w_bits": 8, "a_bits": 8}  # trial 0 is no longer uncompressed
+    assert base_trial(df) is None
+    shallow = df.index[df["number"] == 4][0]
+    df.at[shallow, "config"] = {**cfg0, "depth": [1, 1, 0]}
+    df.at[shallow, "blocks_kept"] = [1, 1, 0]
+    full = df.index[df["number"] == 2][0]
+    df.at[full, "config"] = cfg0
+    assert int(base_trial(df)["number"]) == 2
