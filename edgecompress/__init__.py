@@ -44,7 +44,8 @@ _API = {
     "front_ranks": "edgecompress.study", "hypervolume": "edgecompress.study",
     # choosing, reporting, exporting
     "select": "edgecompress.results", "knee_point": "edgecompress.results", "Selection": "edgecompress.results",
-    "build_report": "edgecompress.results",
+    "build_report": "edgecompress.results", "gains": "edgecompress.results", "front_gains": "edgecompress.results",
+    "base_trial": "edgecompress.results",
     # deployment
     "export_trial": "edgecompress.deploy", "retarget_study": "edgecompress.deploy", "deploy": "edgecompress.deploy",
     # cascades

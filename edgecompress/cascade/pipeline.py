@@ -69,17 +69,19 @@ def cascade_from_study(
     batch: bool = False,
     samples: int = 1000,
     final: str = "auto",
+    deployable: bool = True,
 ) -> CascadeBuild:
     """Choose stages and thresholds on validation logits from the study's front (edgecompress.study.front over
     feasible, measured trials), measure the cascade end to end on the test split, and save it to `out`
-    (TorchScript stages + cascade.yaml, evaluation.json, front.json). `max_latency` is in ms."""
+    (TorchScript stages + cascade.yaml, evaluation.json, front.json). `max_latency` is in ms. `deployable`
+    (default): candidates from the front of measured-latency trials; False also admits estimated ones."""
     from edgecompress.evaluators.data import load_data
 
     check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
                   max_latency=max_latency, samples=samples)
     st = load_study(study, storage, final=final)
     exp = study_experiment(st)
-    cands, labels, notes = study_candidates(st)
+    cands, labels, notes = study_candidates(st, include_estimated=not deployable)
     plan = plan_cascade(cands, labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
                         combine=combine, max_stages=max_stages, batch=batch)
     data = load_data(exp.dataset, exp.seed)

@@ -1,11 +1,13 @@
 """The `edgecompress` command line. Each subcommand group lives in its own module with `register(app)`.
 
-Only this layer prints; library functions compute and return. Every EdgeCompressError becomes one line on
-stderr and exit code 2; Ctrl-C exits 130.
+Only this layer prints; library functions compute and return. Exit codes (README "Exit codes"): 0 ok,
+1 a check failed (an export check, a failed evaluation), 2 bad input (every EdgeCompressError and usage
+error: one line on stderr), 130 interrupted (Ctrl-C). With `--json`, stdout carries only the JSON document.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import typer
@@ -31,31 +33,52 @@ for _module in (_base, _evaluate, _search, _finalize, _results, _cascade, _demo)
     _module.register(app)
 
 
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, non-zero exit codes."""
+    """Console-script entry point: one-line errors, the documented exit codes, JSON-only stdout with --json."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    guard = _base.json_mode() if "--json" in args else contextlib.nullcontext()
     try:
-        rc = app(args=argv, standalone_mode=False)  # non-standalone click returns typer.Exit codes
+        with guard:
+            rc = app(args=args, standalone_mode=False)  # non-standalone click returns typer.Exit codes
         if isinstance(rc, int) and rc:
+            if rc == EXIT_INTERRUPTED:  # typer turns a KeyboardInterrupt into Exit(130) itself
+                print("interrupted", file=sys.stderr)
             sys.exit(rc)
     except EdgeCompressError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
+    except Exception as e:  # click usage errors and friends (typer >= 0.26 vendors its own click)
+        usage, aborts = _click_types()
+        if isinstance(e, usage):
+            e.show()  # type: ignore[attr-defined]
+            sys.exit(e.exit_code)  # type: ignore[attr-defined]
+        if isinstance(e, aborts):
             print("aborted", file=sys.stderr)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         raise
 
+
+def _click_types() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage-error classes, abort classes) of click and of the click typer vendors."""
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    aborts: list[type] = [click.exceptions.Abort, getattr(typer, "Abort", click.exceptions.Abort)]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        usage.append(TyperClickException)
+    except ImportError:  # an older typer uses click itself
+        pass
+    return tuple(usage), tuple(aborts)
 
 if __name__ == "__main__":
     main()

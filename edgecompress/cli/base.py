@@ -2,17 +2,20 @@
 
 Results go to stdout (`console`); progress and logs go to stderr (`err_console`): a rich bar or spinner
 when stderr is a terminal, plain lines otherwise (CI logs, `2> log`), so a long step is never silent.
+With `--json`, `json_mode` sends everything else written to stdout (rich, print, C libraries) to stderr and
+`emit_json` writes the one JSON document to the real stdout.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -21,6 +24,43 @@ from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+_JSON_OUT: list[TextIO] = []  # where emit_json writes while json_mode is on
+
+
+@contextlib.contextmanager
+def json_mode() -> Iterator[None]:
+    """Stdout for JSON only: sys.stdout and file descriptor 1 point to stderr until the block ends, so logs,
+    progress and library prints cannot reach stdout; `emit_json` writes to the stdout the caller had."""
+    orig = sys.stdout
+    try:
+        real = orig.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        real = False
+    orig.flush()
+    saved = os.dup(1)
+    out = os.fdopen(os.dup(saved), "w") if real else orig
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    _JSON_OUT.append(out)
+    try:
+        yield
+    finally:
+        _JSON_OUT.pop()
+        sys.stderr.flush()
+        sys.stdout = orig
+        os.dup2(saved, 1)
+        os.close(saved)
+        if out is not orig:
+            out.close()
+
+
+def emit_json(obj: Any) -> None:
+    """Write `obj` as the command's JSON document on stdout (the real one under json_mode)."""
+    out = _JSON_OUT[-1] if _JSON_OUT else sys.stdout
+    out.write(json.dumps(obj, indent=2, default=str) + "\n")
+    out.flush()
 
 
 def log_line(text: str) -> None:
@@ -129,7 +169,7 @@ def train_base_cmd(config: Path, set_: list[str] | None, force: bool, as_json: b
         base = get_base_model(exp, force=force, on_progress=display)
     m = dict(base.metrics, reused_cache=base.reused, cache_dir=str(base.path))
     if as_json:
-        print(json.dumps(m, indent=2))
+        emit_json(m)
     else:
         verb = "reused cached" if base.reused else "trained"
         console.print(f"{verb} base model [bold]{exp.model.name}[/] on {exp.dataset.name} "

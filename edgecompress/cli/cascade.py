@@ -28,6 +28,9 @@ def register(app: typer.Typer) -> None:
         batch: bool = typer.Option(False, help="plan for the serving batch latency instead of batch 1"),
         samples: int = typer.Option(1000, help="test images timed one by one"),
         proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) models, not the finalized ones"),
+        deployable: bool = typer.Option(True, "--deployable/--include-estimated",
+                                        help="candidates from the front of deployable trials (latency measured, "
+                                        "the default), or also trials with estimated sub-8-bit latency"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
         from edgecompress.cascade.pipeline import cascade_from_study, check_options
@@ -39,7 +42,8 @@ def register(app: typer.Typer) -> None:
         with busy("building and measuring the cascade end to end ..."):
             built = cascade_from_study(study, out, min_accuracy=min_accuracy, max_latency=max_ms,
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
-                                       batch=batch, samples=samples, final="proxy" if proxy else "auto")
+                                       batch=batch, samples=samples, final="proxy" if proxy else "auto",
+                                       deployable=deployable)
         plan, ev = built.plan, built.evaluation
 
         fid = "finalized" if built.study_name.endswith("-final") else "search (proxy)"

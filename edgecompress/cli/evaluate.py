@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import TrainDisplay, busy, console, err_console, parse_sets
+from edgecompress.cli.base import TrainDisplay, busy, console, emit_json, err_console, parse_sets
 
 ALIASES = {"bits": ("w_bits", "a_bits"), "epochs": ("finetune_epochs",), "ratio": ("prune",)}
 
@@ -62,7 +61,7 @@ def register(app: typer.Typer) -> None:
             result = evaluator(cc, artefact_dir=out, on_epoch=lambda e, a: err_console.print(
                 f"fine-tune epoch {e}: val accuracy {a:.4f}", highlight=False))
         if as_json:
-            print(json.dumps(result.to_dict(), indent=2, default=str))
+            emit_json(result.to_dict())
         else:
             console.print(format_metrics(result))
             if result.metrics.get("latency_source") == "estimated":

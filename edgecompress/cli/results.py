@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,124 +10,19 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import console
-from edgecompress.utils import as_float
+from edgecompress.cli.base import console, emit_json
+from edgecompress.cli.tables import (  # noqa: F401 - front_rows: the pareto table's rows, imported from here too
+    base_line,
+    fmt_ms,
+    fmt_pp,
+    fmt_x,
+    front_rows,
+    pareto_table,
+    print_wide,
+)
+from edgecompress.utils import plain
 
-EST = " (est.)"
-
-
-def fmt_ms(v: Any, estimated: bool = False) -> str:
-    """'0.123 ms', or '~0.123 ms (est.)' for an estimated latency; '-' when missing."""
-    f = as_float(v)
-    if math.isnan(f):
-        return "-"
-    text = f"{f:.3g} ms" if f < 100 else f"{f:.0f} ms"
-    return f"~{text}{EST}" if estimated else text
-
-
-def fmt_count(v: Any) -> str:
-    """MACs/bytes with an SI suffix: 1.2M, 35.1k."""
-    f = as_float(v)
-    if math.isnan(f):
-        return "-"
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(f) >= div:
-            return f"{f / div:.3g}{suffix}"
-    return f"{f:.0f}"
-
-
-def _bits(r: dict[str, Any]) -> str:
-    w, a = r.get("cfg_w_bits", r.get("w_bits")), r.get("cfg_a_bits", r.get("a_bits"))
-    if w is None or (isinstance(w, float) and math.isnan(w)):
-        return "-"
-    return f"{int(w)}" if w == a or a is None else f"w{int(w)}/a{int(a)}"
-
-
-def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | None = None,
-               all_trials: bool = False) -> list[dict[str, Any]]:
-    """Rows of the pareto table (front, or all complete trials), filtered, sorted by latency; plain data."""
-    from edgecompress.study.frame import frame_objectives
-    from edgecompress.study.front import completed, front, sort_key
-
-    if all_trials:
-        objs = frame_objectives(df)
-        rows = completed(df, objs)
-        key, asc = sort_key(rows, objs)
-        rows = rows.sort_values([key, "number"], ascending=[asc, True], kind="stable")
-    else:
-        rows = front(df)
-    out = []
-    for r in rows.to_dict("records"):
-        lat, acc = as_float(r.get("latency_ms")), as_float(r.get("accuracy"))
-        if max_latency is not None and not lat <= max_latency:
-            continue
-        if min_accuracy is not None and not acc >= min_accuracy:
-            continue
-        est = r.get("latency_source") == "estimated"
-        out.append({
-            "trial": int(r["number"]), "accuracy": acc,
-            "accuracy_low": as_float(r.get("accuracy_low")), "accuracy_high": as_float(r.get("accuracy_high")),
-             "test_accuracy": as_float(r.get("test_accuracy")),
-            "latency_ms": lat, "latency_p90_ms": as_float(r.get("latency_p90_ms")),
-            "latency_batch_ms": as_float(r.get("latency_batch_ms")), "macs": as_float(r.get("macs")),
-            "size_bytes": as_float(r.get("size_bytes")), "bits": _bits(r), "input_size": as_float(r.get("input_size")),
-            "achieved_prune": as_float(r.get("achieved_prune", r.get("cfg_prune"))),
-            "estimated": est, "feasible": bool(r.get("feasible", True)),
-            "latency_source": r.get("latency_source") or "-",
-        })
-    return out
-
-
-def fmt_acc(acc: float, low: float, high: float) -> str:
-    """'0.9012 [0.8950, 0.9071]': the accuracy with its 95% interval (Wilson) when the trial recorded one."""
-    if math.isnan(low) or math.isnan(high):
-        return f"{acc:.4f}"
-    return f"{acc:.4f} [{low:.4f}, {high:.4f}]"
-
-
-def fmt_lat(p50: Any, p90: Any, estimated: bool) -> str:
-    """'0.0848 / 0.0863', or '~0.0187 / 0.0191 (est.)' for an estimated latency (ms)."""
-    a, b = as_float(p50), as_float(p90)
-    if math.isnan(a):
-        return "-"
-    text = f"{a:.3g}" + ("" if math.isnan(b) else f" / {b:.3g}")
-    return f"~{text}{EST}" if estimated else text
-
-
-def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
-    """The front as a rich table; estimated latencies read '~x (est.)' and the row is yellow."""
-    t = Table(title=title)
-    cols = ["trial", "accuracy", "test acc", "latency ms p50 / p90", "batch ms", "MACs", "size", "bits", "px",
-            "pruned", "latency"]
-    for c in cols:
-        t.add_column(c, justify="left" if c in ("bits", "latency") else "right")
-    has_test = any(not math.isnan(r["test_accuracy"]) for r in rows)
-    for r in rows:
-        est = r["estimated"]
-        mark = "" if r["feasible"] else " [red](infeasible)[/]"
-        batch = as_float(r["latency_batch_ms"])
-        t.add_row(
-            f"{r['trial']}{mark}", fmt_acc(r["accuracy"], r["accuracy_low"], r["accuracy_high"]),
-            f"{r['test_accuracy']:.4f}" if has_test and not math.isnan(r["test_accuracy"]) else "-",
-            fmt_lat(r["latency_ms"], r["latency_p90_ms"], est),
-            "-" if math.isnan(batch) else (f"~{batch:.3g}" if est else f"{batch:.3g}"),
-            fmt_count(r["macs"]), fmt_count(r["size_bytes"]) + ("B" if not math.isnan(r["size_bytes"]) else ""),
-            r["bits"], "-" if math.isnan(r["input_size"]) else str(int(r["input_size"])),
-            "-" if math.isnan(r["achieved_prune"]) else f"{r['achieved_prune']:.2f}",
-            "estimated" if est else r["latency_source"],
-            style="yellow" if est else None,
-        )
-    return t
-
-
-def print_wide(renderable: Any) -> None:
-    """Print a table; when stdout is not a terminal (pipes, CI logs) do not squeeze it to 80 columns."""
-    if console.is_terminal:
-        console.print(renderable)
-    else:
-        from rich.console import Console
-
-        Console(width=max(console.width, 160)).print(renderable)
+DEPLOYABLE_HELP = "only deployable trials (latency measured here, not estimated): the front computed over them"
 
 
 def _counts_line(df: Any) -> str:
@@ -258,8 +152,11 @@ def register(app: typer.Typer) -> None:
         min_accuracy: float | None = typer.Option(None, "--min-accuracy", help="keep rows at or above"),
         all_: bool = typer.Option(False, "--all", help="every complete trial, not only the front"),
         proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
+        deployable: bool = typer.Option(False, "--deployable", help=DEPLOYABLE_HELP),
+        as_json: bool = typer.Option(False, "--json", help="print the rows (with gains against the base) as JSON"),
     ) -> None:
-        """Pareto front of a study as a table sorted by latency (estimated latencies marked ~ (est.))."""
+        """Pareto front of a study as a table sorted by latency, with speed-up, size and accuracy change against
+        the study's uncompressed trial (estimated latencies marked ~ (est.))."""
         from edgecompress.results import load_study, parse_latency_ms, select, study_to_frame
         from edgecompress.results.pareto import pareto_front
         from edgecompress.utils import atomic_path
@@ -270,25 +167,44 @@ def register(app: typer.Typer) -> None:
                 raise ValueError(f"--min-accuracy: must be in [0, 1], got {min_accuracy}")
         st = load_study(study, storage, final="proxy" if proxy else "auto")
         df = study_to_frame(st)
-        for line in fidelity_lines(st, storage):
-            console.print(line)
         if csv is not None:
             with atomic_path(csv) as tmp:
                 df.drop(columns=["config"], errors="ignore").to_csv(tmp, index=False)
-        console.print(_counts_line(df))
         has_complete = bool((df["state"] == "COMPLETE").any()) if len(df) else False
+        rows = front_rows(df, max_ms, min_accuracy, all_, deployable) if has_complete else []
+        sel = None
+        if has_complete and not rows and (max_ms is not None or min_accuracy is not None):
+            sel = select(pareto_front(df, deployable=deployable), max_latency=max_ms, min_accuracy=min_accuracy)
+        if as_json:
+            from edgecompress.results.gains import base_trial
+            from edgecompress.study.frame import counts
+
+            base = base_trial(df)
+            emit_json(plain({
+                "study": st.study_name, "fidelity": "final" if is_finalized(st) else "proxy",
+                "what": "complete trials" if all_ else "Pareto front", "deployable": deployable,
+                "counts": counts(df), "base_trial": None if base is None else int(base["number"]),
+                "rows": rows, "notes": fidelity_lines(st, storage) + ([sel.reason] if sel is not None else []),
+                "csv": None if csv is None else str(csv)}))
+            return
+        for line in fidelity_lines(st, storage):
+            console.print(line)
+        console.print(_counts_line(df))
         if not has_complete:
             console.print("no complete trials yet")
         else:
-            rows = front_rows(df, max_ms, min_accuracy, all_)
-            what = "complete trials" if all_ else "Pareto front"
+            what = ("complete trials" if all_ else "Pareto front") + (" (deployable: measured latency)"
+                                                                       if deployable else "")
+            print_wide(base_line(df))
             if rows or (max_ms is None and min_accuracy is None):
                 print_wide(pareto_table(rows, f"{st.study_name}: {what} ({len(rows)} rows)"))
             if any(r["estimated"] for r in rows):
                 console.print("[yellow]~x (est.)[/]: sub-8-bit latency estimated from the int8 measurement x "
-                              "BitOPs ratio (no real kernels)")
-            if not rows and (max_ms is not None or min_accuracy is not None):
-                sel = select(pareto_front(df), max_latency=max_ms, min_accuracy=min_accuracy)
+                              "BitOPs ratio (no real kernels); `--deployable` shows the front of measured trials")
+            intervals = {r["accuracy_change_basis"] for r in rows if not r.get("is_base")}
+            if intervals:
+                console.print("acc vs base: " + "; ".join(sorted(map(str, intervals))))
+            if sel is not None:
                 console.print(f"[red]{sel.reason}[/]")
         if csv is not None:
             console.print(f"wrote {len(df)} trials to {csv}")
@@ -300,8 +216,12 @@ def register(app: typer.Typer) -> None:
         storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
         cascade: Path | None = typer.Option(None, "--cascade", help="cascade folder to draw its curve"),
         proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
+        deployable: bool = typer.Option(False, "--deployable",
+                                        help="the deployable front (measured latency) is the one tabled first; "
+                                        "both fronts are always drawn"),
     ) -> None:
-        """Write a self-contained offline HTML report (front, projections, hypervolume, importance)."""
+        """Write a self-contained offline HTML report (both fronts, gains against the base, projections,
+        hypervolume, importance)."""
         from edgecompress.results import build_report, load_study
 
         st = load_study(study, storage, final="proxy" if proxy else "auto")
@@ -309,7 +229,7 @@ def register(app: typer.Typer) -> None:
             console.print(line)
         info = _cascade_info(cascade) if cascade is not None else None
         search = load_study(study, storage, final="proxy") if is_finalized(st) else None
-        path = build_report(st, out, cascade_info=info, proxy=search)
+        path = build_report(st, out, cascade_info=info, proxy=search, deployable=deployable)
         console.print(f"report: {path.resolve()}")
 
     @app.command("export")
@@ -333,6 +253,9 @@ def register(app: typer.Typer) -> None:
                                         "graph (model_preprocess.onnx: uint8 N x H x W x C images in; needs "
                                         "--format onnx)"),
         proxy: bool = typer.Option(False, "--proxy", help="the search's (proxy) results, not the finalized ones"),
+        deployable: bool = typer.Option(False, "--deployable",
+                                        help="choose (--knee, --max-latency, --min-accuracy) on the front of "
+                                        "deployable trials (latency measured, not estimated)"),
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed; config.yaml
         states the loader's preprocessing, checked on the dataset's raw validation files."""
@@ -345,7 +268,7 @@ def register(app: typer.Typer) -> None:
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
                                       knee=knee, formats=formats, force=force, storage=storage, device=device,
                                       int8_scheme=int8_scheme, preprocess=preprocess,
-                                      final="proxy" if proxy else "auto")
+                                      final="proxy" if proxy else "auto", deployable=deployable)
         except ExportError as e:
             if e.result is not None:
                 print_wide(_checks_table(e.result))
@@ -354,6 +277,13 @@ def register(app: typer.Typer) -> None:
             raise SystemExit(1) from None
         console.print(f"trial {result.number} of study {result.study} ({result.fidelity} fidelity): "
                       f"{result.selection.reason}")
+        if result.gains:
+            g = result.gains
+            est = result.selection.row.get("latency_source") == "estimated"
+            acc = fmt_pp(g["accuracy_change_pp"], g["accuracy_change_low_pp"], g["accuracy_change_high_pp"])
+            console.print(f"against the base (trial {g['base_trial']}): {fmt_x(g['speedup_b1'], est)} faster at batch "
+                          f"1, {fmt_x(g['speedup_batch'], est)} at the serving batch, "
+                          f"{fmt_x(g['size_reduction'])} smaller, accuracy {acc} ({g['accuracy_change_basis']})")
         print_wide(_checks_table(result))
         if result.preprocess_check is not None:
             print_wide(_preprocess_line(result.preprocess_check))

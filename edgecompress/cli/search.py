@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -101,7 +100,9 @@ def search_cmd(
     if as_json:
         from dataclasses import asdict
 
-        print(json.dumps(asdict(summary), indent=2, default=str))
+        from edgecompress.cli.base import emit_json
+
+        emit_json(asdict(summary))
     else:
         print_summary(summary)
     if summary.interrupted:

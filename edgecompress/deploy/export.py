@@ -44,6 +44,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.results.gains import front_gains
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
@@ -133,6 +134,7 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
     weights_sha256: str = ""  # evaluators.compress.weights_hash of the exported model (= the trial's record)
     fidelity: str = "proxy"  # "final": a finalize study's trial (fully trained), "proxy": a search trial
+    gains: dict[str, Any] = field(default_factory=dict)  # results.gains against the base, with "base_trial"
 
     @property
     def ok(self) -> bool:
@@ -164,10 +166,11 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = None,
-                 min_accuracy: float | None = None, knee: bool = False) -> Selection:
+                 min_accuracy: float | None = None, knee: bool = False, deployable: bool = False) -> Selection:
     """The trial to export: `trial` N, the knee of the front, or `select` over the front by the budgets.
 
-    With `trial` or `knee`, budgets are checked against the chosen point (not used to choose).
+    With `trial` or `knee`, budgets are checked against the chosen point (not used to choose). `deployable`:
+    the front of the trials whose latency was measured (never an estimated one; `trial` N must be one).
     """
     if trial is not None and knee:
         raise ValueError("export: give either --trial or --knee, not both")
@@ -181,12 +184,18 @@ def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = 
         if row["state"] != "COMPLETE":
             why = row.get("fail_reason") or row.get("state_detail")
             raise EdgeCompressError(f"export: trial {trial} is {row['state']} ({why}); only complete trials export")
+        if deployable and row.get(A.LATENCY_SOURCE) == "estimated":
+            raise ValueError(f"export --deployable: trial {trial}'s latency is estimated (no kernels here), not "
+                             "measured; drop --deployable to export it anyway")
         one = rows.copy()
         one.attrs = dict(df.attrs)
         sel = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
         return Selection(sel.number, sel.feasible, sel.row, sel.violations,
                          f"trial {trial}" + ("" if sel.feasible else f": {sel.reason}"))
-    rows = front(df)
+    rows = front(df, deployable=deployable)
+    if rows.empty:
+        what = "deployable (measured-latency) " if deployable else ""
+        raise EdgeCompressError(f"export: study {df.attrs.get('study_name')!r} has no complete {what}trial")
     if knee:
         sel = knee_point(rows)
         if max_latency is None and min_accuracy is None:
@@ -446,6 +455,7 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
         "config_hash": result.config.config_hash(),
         "weights_sha256": result.weights_sha256,
         "fidelity": result.fidelity,
+        "gains_vs_uncompressed": dict(result.gains) or None,
         "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
         "seed": exp.seed,
         "input": inp,
@@ -488,7 +498,8 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
                  max_latency: float | None = None, min_accuracy: float | None = None, knee: bool = False,
                  formats: str | Sequence[str] = FORMATS, force: bool = False, data: DataBundle | None = None,
                  device: str = "cpu", threads: int | None = None, storage: Any = None,
-                 int8_scheme: str = "auto", preprocess: bool = False, final: str = "auto") -> ExportResult:
+                 int8_scheme: str = "auto", preprocess: bool = False, final: str = "auto",
+                 deployable: bool = False) -> ExportResult:
     """Choose a trial, export it to `out_dir`, check every file; raise ExportError when a check fails.
 
     `int8_scheme` picks the int8 file's scheme for the target CPU: "auto" for this one, "u8s8" for a CPU
@@ -497,6 +508,8 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     `result.problems` and the export is still written. `data` skips reloading the study's dataset.
     `preprocess` (needs the onnx format) also writes each ONNX file with the dataset's preprocessing in its graph
     (model_preprocess.onnx, model_int8_preprocess.onnx: uint8 N x H x W x C images in).
+    `deployable` chooses on the front of measured-latency trials (see `choose_trial`); the result carries the
+    chosen trial's gains against the study's uncompressed trial (results.gains), written to config.yaml too.
     """
     fmts = parse_formats(formats)
     if preprocess and "onnx" not in fmts:
@@ -509,7 +522,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
         raise ExportError(f"refusing to overwrite {out_dir}: it exists and is not an export folder")
     st = load_study(study, storage, final=final)
     df = study_to_frame(st)
-    sel = choose_trial(df, trial, max_latency, min_accuracy, knee)
+    sel = choose_trial(df, trial, max_latency, min_accuracy, knee, deployable)
     problems: list[str] = []
     if not sel.feasible:
         if not force:
@@ -529,7 +542,8 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     result = ExportResult(out_dir, st.study_name, int(sel.number), sel, cfg, forced=force,
                           max_latency_ms=max_latency, problems=problems, notes=list(data.notes),
                           weights_sha256=weights_hash(model),
-                          fidelity=str(st.user_attrs.get(A.FIDELITY, A.DEFAULT_FIDELITY)))
+                          fidelity=str(st.user_attrs.get(A.FIDELITY, A.DEFAULT_FIDELITY)),
+                          gains=_gains(df, int(sel.number)))
     recorded = sel.row.get(A.WEIGHTS_HASH)
     if isinstance(recorded, str) and recorded != result.weights_sha256:
         raise ExportError(f"trial {sel.number}: {path} does not hold the weights the trial recorded "
@@ -593,6 +607,14 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
             shutil.rmtree(staging, ignore_errors=True)
     result.files.insert(0, FILES["config"])
     return result
+
+
+def _gains(df: Any, number: int) -> dict[str, Any]:
+    """results.gains of trial `number` against the study's base, as plain data ({} without a base)."""
+    g, base = front_gains(df, df[df["number"] == number])
+    if base is None or g.empty:
+        return {}
+    return {"base_trial": int(base["number"]), **plain(g.iloc[0].to_dict())}
 
 
 def _study_accuracy(row: Any) -> float | None:

@@ -1,4 +1,5 @@
-"""Results: choosing a point of a front, hypervolume history, HTML report (export/retarget: edgecompress.deploy).
+"""Results: choosing a point of a front, gains against the uncompressed trial, hypervolume history, HTML report
+(export/retarget: edgecompress.deploy).
 
 The study frame, THE front and hypervolume live in edgecompress.study and are re-exported here;
 `pareto_front` is `edgecompress.study.front`.
@@ -6,6 +7,7 @@ The study frame, THE front and hypervolume live in edgecompress.study and are re
 
 from __future__ import annotations
 
+from edgecompress.results.gains import GAIN_COLUMNS, base_trial, front_gains, gains
 from edgecompress.results.pareto import (
     Selection,
     hypervolume_history,
@@ -29,6 +31,10 @@ from edgecompress.study import (
 )
 
 __all__ = [
+    "GAIN_COLUMNS",
+    "base_trial",
+    "front_gains",
+    "gains",
     "Selection",
     "build_report",
     "compute_hypervolume",

@@ -8,7 +8,12 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from edgecompress.results.gains import BASE_LABEL
+
 ESTIMATED_LABEL = "latency estimated (no sub-8-bit kernels)"
+FRONT_ALL_LABEL = "front: all trials (incl. estimated latency)"
+FRONT_DEPLOYABLE_LABEL = "front: deployable (latency measured)"
+_BASE_MARKER = {"symbol": "star", "size": 16, "color": "#d62728", "line": {"width": 1, "color": "#333333"}}
 _STYLE = {  # category -> (label, colour, symbol measured, symbol estimated, size)
     "front": ("Pareto front", "#1f77b4", "circle", "diamond", 10),
     "dominated": ("dominated", "#a8a8a8", "circle", "diamond", 7),
@@ -57,18 +62,7 @@ def front_figure(info: dict[str, Any]) -> go.Figure:
     seen: set[str] = set()
     for k, (xi, yi) in enumerate(ordered):
         r, c = k // cols + 1, k % cols + 1
-        if len(objs) == 2:
-            front = [p for p in info["points"] if p["category"] == "front"]
-            front.sort(key=lambda p: p["values"][xi])
-            if front:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[p["values"][xi] for p in front], y=[p["values"][yi] for p in front],
-                        mode="lines", line={"color": "#1f77b4", "width": 1, "shape": "hv"},
-                        hoverinfo="skip", showlegend=False,
-                    ),
-                    row=r, col=c,
-                )
+        _front_lines(fig, info, xi, yi, r, c, first=k == 0)
         for cat in ("infeasible", "dominated", "front"):
             label, colour, sym, sym_est, size = _STYLE[cat]
             for estimated in (False, True):
@@ -88,11 +82,41 @@ def front_figure(info: dict[str, Any]) -> go.Figure:
                     row=r, col=c,
                 )
                 seen.add(name)
+        base = info.get("base")
+        if base is not None and None not in (base["values"][xi], base["values"][yi]):
+            fig.add_trace(_base_trace([base["values"][xi]], [base["values"][yi]], base, first=k == 0), row=r, col=c)
         fig.update_xaxes(title_text=objs[xi]["name"], row=r, col=c)
         fig.update_yaxes(title_text=objs[yi]["name"], row=r, col=c)
     fig.update_layout(height=460 * rows, title="Trials by objective (hover for every attribute)",
                       legend={"orientation": "h", "y": -0.15})
     return fig
+
+
+def _base_trace(x: list[Any], y: list[Any], base: dict[str, Any], first: bool = True) -> go.Scatter:
+    """The study's uncompressed trial as a star: the point every gain is measured against."""
+    return go.Scatter(x=x, y=y, mode="markers", name=BASE_LABEL, legendgroup=BASE_LABEL, showlegend=first,
+                      marker=_BASE_MARKER, text=[f"{BASE_LABEL}: trial {base['number']}"] * len(x),
+                      hovertemplate="%{text}<extra></extra>")
+
+
+def _front_lines(fig: go.Figure, info: dict[str, Any], xi: int, yi: int, r: int, c: int, first: bool) -> None:
+    """Both fronts on one subplot: all trials (a step line through its points, when there are two objectives)
+    and the deployable one (computed over measured-latency trials), each a named trace."""
+    two = len(info["objectives"]) == 2
+    for key, label, style in (("on_front", FRONT_ALL_LABEL, {"color": "#1f77b4", "width": 1}),
+                              ("on_deployable_front", FRONT_DEPLOYABLE_LABEL,
+                               {"color": "#2ca02c", "width": 2, "dash": "dash"})):
+        pts = sorted((p for p in info["points"] if p.get(key)), key=lambda p: p["values"][xi])
+        if not pts:
+            continue
+        deployable = key == "on_deployable_front"
+        fig.add_trace(go.Scatter(
+            x=[p["values"][xi] for p in pts], y=[p["values"][yi] for p in pts],
+            mode=("lines+markers" if deployable else "lines") if two else "markers",
+            line={**style, "shape": "hv"}, name=label, legendgroup=label, showlegend=first,
+            marker={"symbol": "square-open", "size": 14, "color": style["color"]} if deployable else None,
+            text=[f"trial {p['number']}" for p in pts], hovertemplate=f"{label}<br>%{{text}}<extra></extra>",
+        ), row=r, col=c)
 
 
 def _single_objective_figure(info: dict[str, Any]) -> go.Figure:
@@ -109,6 +133,9 @@ def _single_objective_figure(info: dict[str, Any]) -> go.Figure:
                         "symbol": [sym_est if p["estimated"] else sym for p in pts]},
                 text=[_hover_text(p["hover"]) for p in pts], hovertemplate="%{text}<extra></extra>",
             ))
+    base = info.get("base")
+    if base is not None and base["values"][0] is not None:
+        fig.add_trace(_base_trace([base["number"]], [base["values"][0]], base))
     fig.update_layout(height=420, title=f"{name} per trial", xaxis_title="trial number", yaxis_title=name)
     return fig
 
@@ -143,6 +170,9 @@ def hypervolume_figure(info: dict[str, Any]) -> go.Figure | None:
         return None
     ref = ", ".join(f"{o['name']}={v:.4g}" for o, v in zip(info["objectives"], hv["reference"], strict=True))
     fig = go.Figure(go.Scatter(x=hv["numbers"], y=hv["values"], mode="lines+markers", name="hypervolume"))
+    base = info.get("base")
+    if base is not None and base["number"] in hv["numbers"]:
+        fig.add_trace(_base_trace([base["number"]], [hv["values"][hv["numbers"].index(base["number"])]], base))
     fig.update_layout(height=380, title=f"Hypervolume of feasible trials so far (reference: {ref})",
                       xaxis_title="trial number", yaxis_title="hypervolume")
     return fig
@@ -184,6 +214,9 @@ def cascade_figure(info: dict[str, Any]) -> go.Figure | None:
                 text=[f"trial {s['number']}" for s in single], hovertemplate="%{text}<extra></extra>",
             )
         )
+    base = info.get("base")
+    if base is not None and base.get("latency_ms") is not None and base.get("accuracy") is not None:
+        fig.add_trace(_base_trace([base["latency_ms"]], [base["accuracy"]], base))
     fig.update_layout(height=400, title="Cascade: accuracy vs expected latency",
                       xaxis_title="expected latency (ms)", yaxis_title="accuracy")
     return fig
@@ -203,6 +236,11 @@ def fidelity_figure(info: dict[str, Any]) -> go.Figure | None:
         text=[f"search trial {p['proxy_trial']} -> final trial {p['final_trial']}" for p in pts],
         hovertemplate="%{text}<br>proxy %{x:.4f}, final %{y:.4f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot"}))
+    base = info.get("base")
+    on_base = [p for p in pts if base is not None and p["final_trial"] == base["number"]]
+    if on_base:
+        fig.add_trace(_base_trace([p["proxy_accuracy"] for p in on_base], [p["final_accuracy"] for p in on_base],
+                                  base))
     tau = fid.get("kendall_tau")
     title = "Search (proxy) vs finalized validation accuracy"
     if tau is not None:

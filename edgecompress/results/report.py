@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 
 from edgecompress.errors import ConfigError
+from edgecompress.results.gains import GAIN_COLUMNS, front_gains
 from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
 from edgecompress.study import attrs as A
@@ -115,12 +116,33 @@ def _fidelity_info(final: pd.DataFrame, proxy: pd.DataFrame | None) -> dict[str,
     return out
 
 
+def _front_table(df: pd.DataFrame, rows: pd.DataFrame, names: list[str]) -> dict[str, Any]:
+    """A front as table data: objectives, the trial's measurements, then its gains against the base."""
+    g, _ = front_gains(df, rows)
+    rows = pd.concat([rows, g], axis=1)
+    extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in rows.columns and c not in names]
+    cols = ["number", *names, *GAIN_COLUMNS, *extra_cols, "feasible"]
+    return {"columns": cols, "rows": [{c: plain(r.get(c), flat=True) for c in cols} for r in rows.to_dict("records")]}
+
+
+def _base_info(df: pd.DataFrame, names: list[str]) -> dict[str, Any] | None:
+    """The uncompressed trial the gains are against (number, objective values, latency/accuracy), or None."""
+    from edgecompress.results.gains import base_trial
+
+    b = base_trial(df)
+    if b is None:
+        return None
+    return {"number": int(b["number"]), "values": [plain(b.get(n)) for n in names],
+            **{k: plain(b.get(k)) for k in ("accuracy", "latency_ms", "latency_batch_ms", "size_bytes")}}
+
+
 def _get_report_info(
     study_or_df: Any, cascade_info: list[dict[str, Any]] | None = None, objectives: Any = None,
-    proxy: Any = None,
+    proxy: Any = None, deployable: bool = False,
 ) -> dict[str, Any]:
     """Everything the report shows, as plain data (lists, dicts, floats, strings). `proxy`: the search study
-    (or its frame) of a finalized study, for proxy vs final accuracy."""
+    (or its frame) of a finalized study, for proxy vs final accuracy. Both fronts are in it (all trials, and
+    deployable ones: latency measured); `deployable` makes the deployable one the front tabled first."""
     study = None
     if isinstance(study_or_df, pd.DataFrame):
         df = study_or_df
@@ -130,6 +152,7 @@ def _get_report_info(
     objs = frame_objectives(df, objectives)
     names = [o["name"] for o in objs]
     ranks = front_ranks(df, objs)
+    dep_ranks = front_ranks(df, objs, deployable=True)
     done = df[(ranks >= 0).to_numpy()]
     notes: list[str] = []
 
@@ -150,6 +173,7 @@ def _get_report_info(
             "values": [float(row[n]) for n in names],
             "category": category,
             "on_front": on_front,
+            "on_deployable_front": int(dep_ranks[idx]) == 0,
             "feasible": feasible,
             "estimated": row.get("latency_source") == "estimated",
             "hover": hover,
@@ -160,10 +184,17 @@ def _get_report_info(
         notes.append("no trial meets the constraints: the front shows the least-violating trials")
 
     front_df = front(df, objs)  # the one front function: same rows and order as `pareto`
-    extra_cols = [c for c in FRONT_TABLE_COLUMNS if c in front_df.columns and c not in names]
-    table_cols = ["number", *names, *extra_cols]
-    table_cols.append("feasible")
-    front_rows = [{c: plain(r.get(c), flat=True) for c in table_cols} for r in front_df.to_dict("records")]
+    dep_df = front(df, objs, deployable=True)  # computed over deployable trials, not the front filtered
+    tables = {"all": _front_table(df, front_df, names), "deployable": _front_table(df, dep_df, names)}
+    if set(front_df["number"]) != set(dep_df["number"]):
+        notes.append(f"the front of all trials ({len(front_df)}) differs from the deployable front "
+                     f"({len(dep_df)}, latency measured here): trials with estimated latency dominate measured ones")
+    base = _base_info(df, names)
+    if base is None:
+        notes.append("no complete uncompressed trial: no gains against the base (the search enqueues it first "
+                     "unless budget.enqueue_uncompressed is false)")
+    front_rows = tables["all"]["rows"]
+    table_cols = tables["all"]["columns"]
 
     param_cols = [c for c in done.columns if c.startswith(PARAM_PREFIX)]
     if not param_cols:
@@ -215,7 +246,11 @@ def _get_report_info(
         "counts": counts(df),
         "points": points,
         "front_numbers": [int(n) for n in front_df["number"]],
+        "deployable_front_numbers": [int(n) for n in dep_df["number"]],
         "front_table": {"columns": table_cols, "rows": front_rows},
+        "deployable_front_table": tables["deployable"],
+        "deployable": deployable,
+        "base": base,
         "pairs": list(itertools.combinations(range(len(objs)), 2)),  # empty: one objective
         "parallel": parallel,
         "hypervolume": hv_info,
@@ -245,6 +280,16 @@ def _cell(v: Any) -> str:
     if v is None:
         return ""
     return format_value(v)
+
+
+def _base_paragraph(base: dict[str, Any] | None) -> str:
+    """What the gain columns are against: speed-up = base latency / latency, size_reduction = base size / size."""
+    if base is None:
+        return '<p class="note">No complete uncompressed trial: the gain columns are empty.</p>'
+    return (f"<p>Gains against the base (uncompressed, trial {base['number']}; marked on every plot): speedup_b1 and "
+            "speedup_batch = the base's latency / the trial's (batch 1, serving batch), size_reduction = the base's "
+            "size / the trial's, accuracy_change_pp with its paired 95% interval (Newcombe, per-image validation "
+            "correctness) where both trials saved their validation logits.</p>")
 
 
 _CSS = """
@@ -289,9 +334,13 @@ def render_html(info: dict[str, Any]) -> str:
         )
         plotlyjs_done = True
         if heading == "Pareto front":
-            table = info["front_table"]
-            parts.append(f"<h2>Front ({len(table['rows'])} trials, sorted by latency)</h2>")
-            parts.append(_table(table["columns"], table["rows"], row_id="trial"))
+            parts.append(_base_paragraph(info.get("base")))
+            order = [("deployable_front_table", "Deployable front (latency measured here)", "deployable"),
+                     ("front_table", "Front of all trials (including estimated latency)", "trial")]
+            for key, label, row_id in (order if info.get("deployable") else order[::-1]):
+                table = info[key]
+                parts.append(f"<h2>{label}: {len(table['rows'])} trials, sorted by latency</h2>")
+                parts.append(_table(table["columns"], table["rows"], row_id=row_id))
     if info["failures"]:
         parts.append(f"<h2>Failed trials ({len(info['failures'])})</h2>")
         parts.append(_table(["number", "fail_reason"], info["failures"], row_id="failed"))
@@ -303,11 +352,13 @@ def render_html(info: dict[str, Any]) -> str:
 
 
 def build_report(
-    study: Any, path: str | os.PathLike[str], cascade_info: list[dict[str, Any]] | None = None, proxy: Any = None
+    study: Any, path: str | os.PathLike[str], cascade_info: list[dict[str, Any]] | None = None, proxy: Any = None,
+    deployable: bool = False,
 ) -> Path:
     """Write the offline HTML report of `study` (Study, name, URL or frame) to `path` atomically; with `proxy`
-    (the search study of a finalized study), proxy vs final accuracy per config is drawn too."""
-    info = _get_report_info(study, cascade_info=cascade_info, proxy=proxy)
+    (the search study of a finalized study), proxy vs final accuracy per config is drawn too. `deployable`:
+    the deployable front's table comes first (both fronts are always drawn)."""
+    info = _get_report_info(study, cascade_info=cascade_info, proxy=proxy, deployable=deployable)
     out = Path(path)
     atomic_write_text(out, render_html(info))
     return out

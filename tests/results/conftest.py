@@ -155,3 +155,25 @@ def real_db(real_study_template, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
     return types.SimpleNamespace(url=f"sqlite:///{tmp_path / 'fmx.db'}", name=name, data=data, runs=tmp_path,
                                  template=folder)
+
+
+# ---- a hand-made study where estimated trials dominate measured ones (tests/results/handmade.py) -------------
+def load_handmade():  # noqa: ANN201 - the module
+    """tests/results/handmade.py as a module (test folders are not packages)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("handmade", Path(__file__).with_name("handmade.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def handmade(tmp_path, monkeypatch):
+    """The hand-made module with its study built at <EDGECOMPRESS_RUNS>/hm.db (attribute `study`, `runs`)."""
+    hm = load_handmade()
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    hm.study = hm.make_study(tmp_path)
+    hm.runs = tmp_path
+    return hm

@@ -114,10 +114,15 @@ def test_report_and_export_commands(real_db, run, tmp_path) -> None:
     assert "Cascade: accuracy vs expected latency" in html.read_text()
     code, out, err = run("export", "fmx", "--max-latency", "1ns", "-o", str(tmp_path / "e1"))
     assert code == 1 and "nearest is trial" in err and not (tmp_path / "e1").exists(), (out, err)
-    code, out, err = run("export", "fmx", "--knee", "--format", "onnx", "-o", str(tmp_path / "e2"))
+    code, out, err = run("export", "fmx", "--knee", "--deployable", "--format", "onnx", "-o", str(tmp_path / "e2"))
     assert code == 0, err
     assert (tmp_path / "e2" / "model.onnx").is_file() and (tmp_path / "e2" / "config.yaml").is_file()
     assert "model.onnx" in out and "exported to" in out
+    doc = yaml.safe_load((tmp_path / "e2" / "config.yaml").read_text())
+    assert doc["metrics"]["latency_source"] == "measured"  # --deployable never ships an estimated latency
+    gains = doc["gains_vs_uncompressed"]  # trial 0 is the enqueued uncompressed model
+    assert gains["base_trial"] == 0 and gains["speedup_b1"] > 0 and "against the base (trial 0)" in out
+    assert gains["accuracy_change_basis"].startswith(("paired, 200 val images", "the base itself"))
 
 
 def _add_untrained_trial(study: optuna.Study) -> int:
