@@ -82,6 +82,28 @@ def experiment_hash(exp: ExperimentConfig) -> str:
     return stable_hash({k: v for k, v in exp.to_dict().items() if k not in ("budget", "name")})
 
 
+def check_experiment(study: optuna.Study, exp: ExperimentConfig) -> None:
+    """ConfigError (one line) when `study` was created by an experiment with another `experiment_hash`."""
+    stored = study.user_attrs.get(A.EXPERIMENT_HASH)
+    if stored is not None and stored != experiment_hash(exp):
+        raise ConfigError(
+            f"study {study.study_name!r} was created by another experiment (hash {stored}, this config's is "
+            f"{experiment_hash(exp)}): a worker must use the study's config (or use another --study name)"
+        )
+
+
+def check_existing_study(exp: ExperimentConfig, study_name: str, url: str) -> None:
+    """On a database server (PostgreSQL, MySQL), refuse a worker whose experiment differs from the study's
+    before it loads data or trains anything (file storages are not created before the data checks)."""
+    if "://" not in url or url.startswith("sqlite"):
+        return
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(url, heartbeat=False))
+    except KeyError:
+        return  # a new study
+    check_experiment(study, exp)
+
+
 def create_or_load_study(
     exp: ExperimentConfig, study_name: str, storage: optuna.storages.BaseStorage,
     sampler: optuna.samplers.BaseSampler | None = None,
@@ -95,12 +117,7 @@ def create_or_load_study(
     )
     fresh = A.EXPERIMENT not in study.user_attrs
     wanted = objective_dicts(exp.objectives)
-    stored_hash = study.user_attrs.get(A.EXPERIMENT_HASH)
-    if not fresh and stored_hash is not None and stored_hash != experiment_hash(exp):
-        raise ConfigError(
-            f"study {study_name!r} was created by another experiment (hash {stored_hash}, this config's is "
-            f"{experiment_hash(exp)}): a worker must use the study's config (or use another --study name)"
-        )
+    check_experiment(study, exp)
     if not fresh and study_objectives(study) != wanted:
         raise ConfigError(
             f"study {study_name!r} was created with objectives {[o['name'] for o in study_objectives(study)]}; "
@@ -238,6 +255,7 @@ def _run_search(
     space = space_for(exp)
     url = storage or default_storage_url(study_name, workers)
     check_storage_url(url)
+    check_existing_study(exp, study_name, url)
     sampler_name = resolve_sampler_name(
         sampler or exp.budget.sampler, len(exp.objectives), total, exp.budget.population, space
     )

@@ -75,6 +75,7 @@ from edgecompress.search.optuna_runner import (
     ProgressFn,
     SearchSummary,
     build_trial_evaluator,
+    check_existing_study,
     create_or_load_study,
     front_rows,
     initial_points,
@@ -312,6 +313,7 @@ def _run_ray_search(
     space = space_for(exp)
     url = storage or default_storage_url(study_name)
     check_storage_url(url)
+    check_existing_study(exp, study_name, url)
     if evaluator is None and evaluator_factory is None:
         probe = prepare_trial_evaluator(exp, None, train_progress)
         if callable(getattr(probe, "close", None)):
