@@ -281,9 +281,10 @@ def _run_search(
     started = time.time()
     deadline = started + timeout if timeout else None
     at_start = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
-    offset = len(study.get_trials(deepcopy=False))  # a resumed run must not replay the same random draws
     lock_path = runs_dir() / f"{study_name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # a resumed run must not replay the same random draws, nor may independent workers started at once
+    offset = len(study.get_trials(deepcopy=False)) + 100_000 * claim_run_index(study, store, lock_path)
 
     def report() -> None:
         if progress is not None:
@@ -393,6 +394,17 @@ def _close(evaluator: Any) -> None:
 
 
 SEED_STABLE_SAMPLERS = ("grid", "qmc")
+RUN_INDEX = "ec:runs"  # study system attr: how many search runs (independent workers included) started on it
+
+
+def claim_run_index(study: optuna.Study, storage: optuna.storages.BaseStorage, lock_path: Path) -> int:
+    """A number unique to this run among all runs of the study (0 for the first), claimed under the study
+    lock: independent workers started with the same command and seed get different random streams."""
+    with study_lock(storage, study.study_name, lock_path):
+        sid = storage.get_study_id_from_name(study.study_name)
+        index = int(storage.get_study_system_attrs(sid).get(RUN_INDEX, 0))
+        storage.set_study_system_attr(sid, RUN_INDEX, index + 1)
+    return index
 
 
 def run_seed(sampler_name: str, seed: int, offset: int) -> int:

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,16 +133,28 @@ def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
                 grace_period=grace,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-        try:
-            storage = RetryingRDBStorage(normalise_url(url), **kwargs)
-        except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-            raise ConfigError(f"--storage {url!r}: cannot open ({type(e).__name__}: {e})") from None
+        for attempt in range(5):
+            try:
+                storage = RetryingRDBStorage(normalise_url(url), **kwargs)
+                break
+            except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+                if attempt < 4 and _schema_race(e):  # workers started at once on an empty database
+                    time.sleep(0.2 + random.random())
+                    continue
+                raise ConfigError(f"--storage {url!r}: cannot open ({_first_line(e)})") from None
     if url.startswith("sqlite"):
         from sqlalchemy import event
 
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()  # later connections get the pragmas
     return storage
+
+
+def _schema_race(e: BaseException) -> bool:
+    """Another process created Optuna's tables while this one did (a retry then finds them)."""
+    from sqlalchemy import exc
+
+    return isinstance(e, (exc.IntegrityError, exc.ProgrammingError)) and "already exists" in str(e)
 
 
 def _prepare_sqlite(path: Path) -> None:
