@@ -141,9 +141,7 @@ def _trainable_factory(
                 values = objective_values(exp.objectives, result.metrics, result.state)
             except TrialFailed as e:
                 result.state, result.fail_reason = "failed", str(e)
-        ctx = ray.get_runtime_context()
-        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out),
-                                 "ec_node": ctx.get_node_id(), "ec_resources": ctx.get_assigned_resources()}
+        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), **_where(ray)}
         if values is not None:
             acc = result.metrics.get("accuracy")
             final = {METRIC: float(acc) if acc is not None else 0.0, **dict(zip(names, values)), **final}
@@ -152,6 +150,15 @@ def _trainable_factory(
             raise TrialFailed(result.fail_reason or "evaluation failed")
 
     return trainable
+
+
+def _where(ray: Any) -> dict[str, Any]:
+    """The Ray node and the resources Ray assigned to this trial (none outside a Ray worker)."""
+    try:
+        ctx = ray.get_runtime_context()
+        return {"ec_node": ctx.get_node_id(), "ec_resources": dict(ctx.get_assigned_resources())}
+    except Exception:  # noqa: BLE001 - called outside a Ray worker (unit tests)
+        return {"ec_node": None, "ec_resources": None}
 
 
 class _StudyWriter:
