@@ -110,25 +110,29 @@ def test_cpus_per_trial_on_two_nodes(cluster, fakes, tmp_path: Path) -> None:
         assert Path(t.user_attrs["artefact_dir"]).is_relative_to(tmp_path / "store" / name)
 
 
-def test_killed_driver_resumes_with_the_same_command(cluster, fakes, tmp_path: Path) -> None:
-    name, url = f"resume-{uuid.uuid4().hex[:6]}", f"sqlite:///{tmp_path}/resume.db"
+def test_killed_driver_resumes_with_the_same_command(cluster, pg_server, fakes, tmp_path: Path) -> None:
+    """The study on PostgreSQL (what a cluster uses): the driver is SIGKILLed after 2 trials, the same
+    command run again finishes the study without re-running a finished trial."""
+    name, url = f"resume-{uuid.uuid4().hex[:6]}", pg_server.url
     args = dict(url=url, trials=6, concurrent=1, cpus=1, delay=2.0, address=cluster.address,
                 store=str(tmp_path / "store"))
     first = driver(tmp_path, fakes, name, "first.log", **args)
     try:
-        deadline = time.time() + 300
+        deadline, error = time.time() + 300, None
         while time.time() < deadline:
             time.sleep(0.5)
             try:
-                if sum(t.state == TrialState.COMPLETE for t in load_study(name, storage=url).trials) >= 2:
+                n = sum(t.state == TrialState.COMPLETE for t in load_study(name, storage=url).trials)
+                if n >= 2:
                     break
-            except Exception:  # noqa: BLE001 - not created yet
-                continue
+            except Exception as e:  # noqa: BLE001 - not created yet
+                error = e
         else:
-            pytest.fail("the first driver did not finish 2 trials in 300 s")
+            pytest.fail(f"the first driver did not finish 2 trials in 300 s (last error: {error})")
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
+    assert first.returncode == -9  # killed mid-study, not finished
     kept = {t.number: (t.values, t.datetime_complete, t.user_attrs["config_hash"])
             for t in load_study(name, storage=url).trials if t.state == TrialState.COMPLETE}
     done(driver(tmp_path, fakes, name, "second.log", **args))
