@@ -12,6 +12,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,55 @@ def seed_everything(seed: int) -> None:
 def runs_dir() -> Path:
     """Where run artefacts go (studies, caches); EDGECOMPRESS_RUNS overrides ./runs."""
     return Path(os.environ.get("EDGECOMPRESS_RUNS", "runs"))
+
+
+def artefacts_dir() -> Path:
+    """Root of trial artefacts (<root>/<study>/trials/<n>/) and of the caches (<root>/cache/): the artefact
+    store. EDGECOMPRESS_ARTEFACTS (the CLI's --artefacts, a folder every worker can reach) overrides runs_dir()."""
+    return Path(os.environ.get("EDGECOMPRESS_ARTEFACTS") or runs_dir())
+
+
+def cache_dir() -> Path:
+    """The base-model cache: under the artefact store, shared by every worker there (a study trains its base
+    model once, under a file lock)."""
+    return artefacts_dir() / "cache"
+
+
+@dataclass(frozen=True)
+class Locations:
+    """The runs folder and the artefact store as absolute paths, resolved once by the search driver and
+    handed to every worker process and Ray trial (whose working folder differs: Ray runs each trial in its
+    own), so that all of them use the same base-model cache and write artefacts where export reads them."""
+
+    runs: str
+    artefacts: str
+
+    @classmethod
+    def resolve(cls, artefacts: str | os.PathLike[str] | None = None) -> Locations:
+        """Absolute locations from the environment (or `artefacts`, the --artefacts option)."""
+        store = Path(artefacts) if artefacts else artefacts_dir()
+        return cls(runs=str(runs_dir().absolute()), artefacts=str(store.expanduser().absolute()))
+
+    def env(self) -> dict[str, str]:
+        return {"EDGECOMPRESS_RUNS": self.runs, "EDGECOMPRESS_ARTEFACTS": self.artefacts}
+
+    def apply(self) -> None:
+        """Make this process use these locations (a worker process or Ray trial, at its start)."""
+        os.environ.update(self.env())
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[Locations]:
+        """These locations for the duration of a `with` block (the driver: restored after the search)."""
+        old = {k: os.environ.get(k) for k in self.env()}
+        self.apply()
+        try:
+            yield self
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def as_float(v: Any) -> float:

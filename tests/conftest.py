@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see edgecompress/__init__.py
 
@@ -75,3 +76,42 @@ def tiny_study(tmp_path_factory: pytest.TempPathFactory, fmnist_dir: Path) -> di
     cfg = runs / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(TINY_PIPELINE))
     return {"name": "tiny", "storage": storage, "runs": runs, "config": cfg}
+
+
+def _pg_server_or_skip(tmp_root: Path) -> Any:
+    """A started PgServer on a free loopback port, data folder under `tmp_root` (skip: no PostgreSQL)."""
+    from edgecompress.pgserver import PgServer, find_pg_bin, free_port
+
+    if find_pg_bin() is None:
+        pytest.skip("PostgreSQL not installed (no initdb/pg_ctl): run `make services`")
+    pytest.importorskip("psycopg", reason="the psycopg driver is not installed: pip install 'psycopg[binary]'")
+    server = PgServer(tmp_root / "pgdata", free_port())
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """One PostgreSQL server for the session (loopback port, data in a temporary folder, stopped after);
+    as root, initdb/postgres run as the `postgres` user. Tests use their own study names in it."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="edgecompress-pg-"))
+    server = _pg_server_or_skip(root)
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def own_pg_server() -> Any:
+    """A PostgreSQL server for one test (the tests that stop and restart it)."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="edgecompress-pg-"))
+    server = _pg_server_or_skip(root)
+    yield server
+    server.stop("immediate")
+    shutil.rmtree(root, ignore_errors=True)

@@ -59,6 +59,7 @@ def search_cmd(
     sampler: str | None = None, backend: str = "optuna", workers: int = 1, storage: str | None = None,
     seed: int | None = None, address: str | None = None, set_: list[str] | None = None,
     cpus_per_trial: float = 1.0, gpus_per_trial: float = 0.0, progress: bool = True, as_json: bool = False,
+    artefacts: str | None = None, grace_period: float | None = None,
 ) -> Any:
     """Load the experiment, run the search with a live progress line, print the summary."""
     import optuna
@@ -73,6 +74,12 @@ def search_cmd(
     if address and backend != "ray":
         raise ConfigError("--address needs --backend ray")
     exp = load_experiment(config, parse_sets(set_))
+    if grace_period is not None:
+        if grace_period < 1:
+            raise ConfigError(f"--grace-period must be >= 1 second, got {grace_period}")
+        import os
+
+        os.environ["EDGECOMPRESS_GRACE_PERIOD_S"] = str(grace_period)  # this process and its workers
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("ray").setLevel(logging.WARNING)
     # on stderr: a live bar on a terminal; in logs (not a terminal, or --json) one line per trial and epoch
@@ -81,7 +88,8 @@ def search_cmd(
         live = err_console.is_terminal and not as_json
         display = RichProgress(err_console, title=study) if live else LineProgress(title=study)
     kwargs: dict[str, Any] = dict(storage=storage, trials=trials, timeout=timeout, sampler=sampler, seed=seed,
-                                  progress=display, train_progress=display.train if display is not None else None)
+                                  progress=display, train_progress=display.train if display is not None else None,
+                                  artefacts=artefacts)
     if display is not None:
         display.__enter__()
     try:
@@ -131,10 +139,15 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
         finalize: int = typer.Option(0, "--finalize", help="then finalize the K most promising configs (0: no)"),
         finalize_epochs: int = typer.Option(3, "--finalize-epochs", help="epochs of each finalized config"),
+        artefacts: str | None = typer.Option(None, "--artefacts", help="artefact store: a folder every worker "
+                                             "and Ray node reaches (trial models/logits, base-model cache); "
+                                             "default: the runs folder"),
+        grace_period: float | None = typer.Option(None, "--grace-period", help="seconds without a heartbeat "
+                                                  "before a running trial of an RDB study counts as dead (120)"),
     ) -> None:
         """Search compressed models (launch or resume a study); prints the Pareto front at the end."""
         summary = search_cmd(config, study, trials, timeout, sampler, backend, workers, storage, seed, address, set_,
-                             cpus_per_trial, gpus_per_trial, not no_progress, as_json)
+                             cpus_per_trial, gpus_per_trial, not no_progress, as_json, artefacts, grace_period)
         if finalize > 0 and not summary.interrupted:
             from edgecompress.cli.finalize import finalize_cmd
 

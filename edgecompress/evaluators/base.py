@@ -18,7 +18,7 @@ from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, accuracy, train_model
 from edgecompress.spaces.experiment import ExperimentConfig
-from edgecompress.utils import atomic_path, atomic_write_json, runs_dir, seed_everything
+from edgecompress.utils import atomic_path, atomic_write_json, cache_dir, seed_everything
 
 FORMAT_VERSION = 1
 
@@ -33,7 +33,7 @@ class BaseModel:
 
 
 def base_dir(exp: ExperimentConfig) -> Path:
-    return runs_dir() / "cache" / f"base-{exp.model.name}-{exp.dataset.name}-{exp.base_key()}"
+    return cache_dir() / f"base-{exp.model.name}-{exp.dataset.name}-{exp.base_key()}"
 
 
 def build_model(exp: ExperimentConfig, data: DataBundle) -> nn.Module:

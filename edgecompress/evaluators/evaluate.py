@@ -222,6 +222,8 @@ class CompressionEvaluator:
         metrics: dict[str, Any] = {
             "input_size": size, "achieved_prune": report["achieved_prune"],
             "blocks_kept": report["blocks_kept"], "w_bits": w, "a_bits": a, "bn_recalibration_images": n_bn,
+            # where the base model came from: a search trains it once, before its trials (a trial loads it)
+            "base_from_cache": bool(self.base.reused), "base_dir": str(Path(self.base.path).absolute()),
             **count_costs(model, (1, data.in_chans, size, size), w_bits=w, a_bits=a),
         }
         # 1. latency and cost first (cheap); weights do not matter for speed

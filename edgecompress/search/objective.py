@@ -83,8 +83,16 @@ def write_trial_files(folder: Path, config: CompressionConfig, record: dict[str,
     atomic_write_json(folder / ARTEFACT_FILES["metrics"], record)
 
 
-def link_artefacts(src: Path, dst: Path) -> None:
-    """Hard-link (or copy) the weights and logits of a cached trial into another trial's folder."""
+def same_store(src: Path, dst: Path) -> bool:
+    """Whether two trial folders are in one artefact store (<store>/<study>/trials/<n>): hard links are
+    safe there; a folder of another worker's own store is copied from instead (it may be cleaned up)."""
+    a, b = Path(src).absolute().parents, Path(dst).absolute().parents
+    return len(a) > 2 and len(b) > 2 and a[2] == b[2]
+
+
+def link_artefacts(src: Path, dst: Path, link: bool = True) -> None:
+    """Hard-link (`link`, same store) or copy the weights and logits of a cached trial into another trial's
+    folder."""
     dst.mkdir(parents=True, exist_ok=True)
     for key, name in ARTEFACT_FILES.items():
         if key in ("config", "metrics") or not (src / name).is_file():
@@ -93,6 +101,8 @@ def link_artefacts(src: Path, dst: Path) -> None:
         if target.exists():
             target.unlink()
         try:
+            if not link:
+                raise OSError("copy")
             os.link(src / name, target)
         except OSError:
             shutil.copy2(src / name, target)
@@ -138,6 +148,9 @@ def make_objective(
         trial.set_user_attr("artefact_dir", str(folder))
 
         source = find_cached(trial.study, config.config_hash(), exclude=trial.number) if cache else None
+        if source is not None and not Path(source.user_attrs.get("artefact_dir", "")).is_dir():
+            source = None  # its artefacts are on a disk this worker cannot see: evaluate here (a shared store
+            # given with --artefacts avoids that)
         if source is not None:
             return _serve_from_cache(trial, source, config, folder, bounds)
         died = deaths_of(trial.study, config.config_hash(), exclude=trial.number)
@@ -211,8 +224,7 @@ def _serve_from_cache(
     trial.set_user_attr("artefact_dir", str(folder))
     trial.set_user_attr("cached_from", source.number)
     src_dir = Path(source.user_attrs.get("artefact_dir", ""))
-    if src_dir.is_dir():
-        link_artefacts(src_dir, folder)
+    link_artefacts(src_dir, folder, link=same_store(src_dir, folder))
     metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
     record = {
         "config": config.to_dict(), "config_hash": config.config_hash(),

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from filelock import FileLock
 from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
@@ -32,7 +31,7 @@ from edgecompress.evaluators.train import ProgressCallback
 from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.storage import Heartbeat, mark_owner, recover_dead_trials
+from edgecompress.search.storage import Heartbeat, mark_owner, recover_dead_trials, study_lock
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.spaces.space import SearchSpace
@@ -40,7 +39,7 @@ from edgecompress.study import attrs as A
 from edgecompress.study.attrs import objective_dicts, set_objectives, study_objectives
 from edgecompress.study.front import front
 from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
-from edgecompress.utils import runs_dir
+from edgecompress.utils import Locations, artefacts_dir, runs_dir, stable_hash
 
 ProgressFn = Callable[[StudyStats], None]
 
@@ -73,7 +72,36 @@ def space_for(exp: ExperimentConfig) -> SearchSpace:
 
 
 def study_dir(study_name: str) -> Path:
-    return runs_dir() / study_name
+    """Where the trials of a study write their artefacts: <artefact store>/<study>, absolute."""
+    return (artefacts_dir() / study_name).absolute()
+
+
+def experiment_hash(exp: ExperimentConfig) -> str:
+    """What must agree between the workers of one study: the experiment without its budget (how many trials a
+    worker runs and how it samples are its own business) and without its name."""
+    return stable_hash({k: v for k, v in exp.to_dict().items() if k not in ("budget", "name")})
+
+
+def check_experiment(study: optuna.Study, exp: ExperimentConfig) -> None:
+    """ConfigError (one line) when `study` was created by an experiment with another `experiment_hash`."""
+    stored = study.user_attrs.get(A.EXPERIMENT_HASH)
+    if stored is not None and stored != experiment_hash(exp):
+        raise ConfigError(
+            f"study {study.study_name!r} was created by another experiment (hash {stored}, this config's is "
+            f"{experiment_hash(exp)}): a worker must use the study's config (or use another --study name)"
+        )
+
+
+def check_existing_study(exp: ExperimentConfig, study_name: str, url: str) -> None:
+    """On a database server (PostgreSQL, MySQL), refuse a worker whose experiment differs from the study's
+    before it loads data or trains anything (file storages are not created before the data checks)."""
+    if "://" not in url or url.startswith("sqlite"):
+        return
+    try:
+        study = optuna.load_study(study_name=study_name, storage=make_storage(url, heartbeat=False))
+    except KeyError:
+        return  # a new study
+    check_experiment(study, exp)
 
 
 def create_or_load_study(
@@ -89,6 +117,7 @@ def create_or_load_study(
     )
     fresh = A.EXPERIMENT not in study.user_attrs
     wanted = objective_dicts(exp.objectives)
+    check_experiment(study, exp)
     if not fresh and study_objectives(study) != wanted:
         raise ConfigError(
             f"study {study_name!r} was created with objectives {[o['name'] for o in study_objectives(study)]}; "
@@ -96,6 +125,7 @@ def create_or_load_study(
         )
     if fresh:
         set_objectives(study, exp.objectives)
+        study.set_user_attr(A.EXPERIMENT_HASH, experiment_hash(exp))
         study.set_user_attr(A.EXPERIMENT, exp.to_dict())
         study.set_user_attr(A.CONSTRAINTS_ATTR, exp.constraints.model_dump())
     return study, fresh
@@ -165,11 +195,11 @@ def run_loop(
     on_trial: Callable[[], None] | None = None,
 ) -> None:
     """Ask/evaluate/tell until the study counts `total` trials (or the deadline passes); `storage` is the
-    storage object `study` lives in (heartbeat and crash recovery use it)."""
-    lock = FileLock(str(lock_path))
+    storage object `study` lives in (heartbeat and crash recovery use it); "count, then ask" runs under
+    `study_lock` (PostgreSQL: an advisory lock, so independent workers never overshoot the total)."""
     while deadline is None or time.time() < deadline:
         recover_dead_trials(study, storage)
-        with lock:
+        with study_lock(storage, study.study_name, lock_path):
             if _count_started(study) >= total:
                 return
             exhausted = getattr(study.sampler, "exhausted", None)
@@ -196,11 +226,25 @@ def run_search(
     evaluator: Evaluator | None = None,
     progress: ProgressFn | None = None,
     train_progress: ProgressCallback | None = None,
+    artefacts: str | None = None,
 ) -> SearchSummary:
     """Create or resume `study_name` and run it until it counts `trials` trials (default exp.budget).
 
     The evaluator is set up first (`prepare_trial_evaluator`; `train_progress` follows base-model training
-    when the base is not cached): a DataError there is raised before any study or trial exists."""
+    when the base is not cached): a DataError there is raised before any study or trial exists.
+    The runs folder and the artefact store (`artefacts`, default the runs folder) are resolved to absolute
+    paths once here and handed to every worker process."""
+    locs = Locations.resolve(artefacts)
+    with locs.applied():
+        return _run_search(exp, study_name, storage, trials, timeout, sampler, seed, workers, evaluator, progress,
+                           train_progress, locs)
+
+
+def _run_search(
+    exp: ExperimentConfig, study_name: str, storage: str | None, trials: int | None, timeout: float | None,
+    sampler: str | None, seed: int | None, workers: int, evaluator: Evaluator | None, progress: ProgressFn | None,
+    train_progress: ProgressCallback | None, locs: Locations,
+) -> SearchSummary:
     if workers < 1:
         raise ConfigError(f"--workers must be >= 1, got {workers}")
     total = trials if trials is not None else exp.budget.trials
@@ -211,6 +255,7 @@ def run_search(
     space = space_for(exp)
     url = storage or default_storage_url(study_name, workers)
     check_storage_url(url)
+    check_existing_study(exp, study_name, url)
     sampler_name = resolve_sampler_name(
         sampler or exp.budget.sampler, len(exp.objectives), total, exp.budget.population, space
     )
@@ -236,9 +281,10 @@ def run_search(
     started = time.time()
     deadline = started + timeout if timeout else None
     at_start = sum(is_counted(t) for t in study.get_trials(deepcopy=False))
-    offset = len(study.get_trials(deepcopy=False))  # a resumed run must not replay the same random draws
     lock_path = runs_dir() / f"{study_name}.lock"
     lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # a resumed run must not replay the same random draws, nor may independent workers started at once
+    offset = len(study.get_trials(deepcopy=False)) + 100_000 * claim_run_index(study, store, lock_path)
 
     def report() -> None:
         if progress is not None:
@@ -263,8 +309,7 @@ def run_search(
         else:
             notes += make_sampler(sampler_name, seed, total, exp.budget.population, space)[1]
             _run_workers(exp, study_name, url, total, deadline, sampler_name, run_seed(sampler_name, seed, offset),
-                         workers,
-                         evaluator, report)
+                         workers, evaluator, report, locs)
     except KeyboardInterrupt:
         interrupted = True
     report()
@@ -321,9 +366,11 @@ def build_trial_evaluator(exp: ExperimentConfig) -> Evaluator:
 # ---- local worker processes -----------------------------------------------------------------------
 def _worker_main(
     exp_dict: dict[str, Any], study_name: str, url: str, total: int, deadline: float | None,
-    sampler_name: str, seed: int, evaluator: Evaluator | None,
+    sampler_name: str, seed: int, evaluator: Evaluator | None, locs: Locations | None = None,
 ) -> None:
-    """One worker process: load the study, run the shared ask/tell loop."""
+    """One worker process: load the study, run the shared ask/tell loop (in the driver's `locs`)."""
+    if locs is not None:
+        locs.apply()
     exp = ExperimentConfig(**exp_dict)
     space = space_for(exp)
     store = make_storage(url)
@@ -347,6 +394,17 @@ def _close(evaluator: Any) -> None:
 
 
 SEED_STABLE_SAMPLERS = ("grid", "qmc")
+RUN_INDEX = "ec:runs"  # study system attr: how many search runs (independent workers included) started on it
+
+
+def claim_run_index(study: optuna.Study, storage: optuna.storages.BaseStorage, lock_path: Path) -> int:
+    """A number unique to this run among all runs of the study (0 for the first), claimed under the study
+    lock: independent workers started with the same command and seed get different random streams."""
+    with study_lock(storage, study.study_name, lock_path):
+        sid = storage.get_study_id_from_name(study.study_name)
+        index = int(storage.get_study_system_attrs(sid).get(RUN_INDEX, 0))
+        storage.set_study_system_attr(sid, RUN_INDEX, index + 1)
+    return index
 
 
 def run_seed(sampler_name: str, seed: int, offset: int) -> int:
@@ -358,7 +416,7 @@ def run_seed(sampler_name: str, seed: int, offset: int) -> int:
 
 def _run_workers(
     exp: ExperimentConfig, study_name: str, url: str, total: int, deadline: float | None, sampler_name: str,
-    seed: int, workers: int, evaluator: Evaluator | None, report: Callable[[], None],
+    seed: int, workers: int, evaluator: Evaluator | None, report: Callable[[], None], locs: Locations | None = None,
 ) -> None:
     """Start `workers` processes on the same study and report progress until they all exit.
 
@@ -370,7 +428,7 @@ def _run_workers(
         ctx.Process(
             target=_worker_main,
             args=(exp.to_dict(), study_name, url, total, deadline, sampler_name,
-                  run_seed(sampler_name, seed, 1000 * i), evaluator),
+                  run_seed(sampler_name, seed, 1000 * i), evaluator, locs),
             name=f"edgecompress-worker-{i}",
         )
         for i in range(workers)

@@ -33,8 +33,14 @@ A failed evaluation is raised rather than reported with placeholder values becau
 mirror would steer the sampler; an errored Tune trial is the public way to get FAIL told.
 
 Cluster: `ray start --head` on one machine, `ray start --address HEAD:6379` on the others, then
-`edgecompress search ... --backend ray --address HEAD:6379 --storage postgresql://...` (a storage every
-node can reach; trials write artefacts under runs/ of the node they ran on, then the driver moves them).
+`edgecompress search ... --backend ray --address HEAD:6379 --storage postgresql://... --artefacts /shared/dir`
+(a storage and an artefact folder every node can reach). The driver resolves the runs folder and the
+artefact store to absolute paths (utils.Locations) and each trial applies them before it builds its
+evaluator: Ray runs a trial in its own working folder, where the relative `runs` would be a fresh folder (a
+base model trained again per trial). The base model is trained by the driver before any trial starts; trials
+load it from the store's cache. A trial writes its artefacts under <store>/<study>/ray/<trial id>/ and the
+driver moves them to <store>/<study>/trials/<number>/; a complete trial whose artefacts the driver cannot
+see (a node without the shared folder) is recorded FAIL with the reason, never COMPLETE without its model.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from edgecompress.search.optuna_runner import (
     ProgressFn,
     SearchSummary,
     build_trial_evaluator,
+    check_existing_study,
     create_or_load_study,
     front_rows,
     initial_points,
@@ -80,7 +87,7 @@ from edgecompress.search.progress import is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
-from edgecompress.utils import runs_dir
+from edgecompress.utils import Locations
 
 METRIC = "val_accuracy"
 
@@ -88,6 +95,7 @@ METRIC = "val_accuracy"
 def _trainable_factory(
     exp: ExperimentConfig, space: Any, url: str, study_name: str, folder: Path,
     evaluator: Evaluator | None, evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None,
+    locs: Locations | None = None,
 ) -> Callable[[dict[str, Any]], None]:
     """The Tune function trainable: evaluate one config (or reuse the study's cached result).
 
@@ -96,8 +104,11 @@ def _trainable_factory(
     names = [o.name for o in exp.objectives]
 
     def trainable(params: dict[str, Any]) -> None:
+        import ray
         from ray import tune
 
+        if locs is not None:  # the driver's runs folder and artefact store, not this trial's working folder
+            locs.apply()
         config = space.from_params(params)
         trial_id = tune.get_context().get_trial_id()
         out = folder / "ray" / str(trial_id)
@@ -130,7 +141,7 @@ def _trainable_factory(
                 values = objective_values(exp.objectives, result.metrics, result.state)
             except TrialFailed as e:
                 result.state, result.fail_reason = "failed", str(e)
-        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out)}
+        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), **_where(ray)}
         if values is not None:
             acc = result.metrics.get("accuracy")
             final = {METRIC: float(acc) if acc is not None else 0.0, **dict(zip(names, values)), **final}
@@ -139,6 +150,15 @@ def _trainable_factory(
             raise TrialFailed(result.fail_reason or "evaluation failed")
 
     return trainable
+
+
+def _where(ray: Any) -> dict[str, Any]:
+    """The Ray node and the resources Ray assigned to this trial (none outside a Ray worker)."""
+    try:
+        ctx = ray.get_runtime_context()
+        return {"ec_node": ctx.get_node_id(), "ec_resources": dict(ctx.get_assigned_resources())}
+    except Exception:  # noqa: BLE001 - called outside a Ray worker (unit tests)
+        return {"ec_node": None, "ec_resources": None}
 
 
 class _StudyWriter:
@@ -189,10 +209,15 @@ class _StudyWriter:
         elif "ec_result" in result:
             ev = EvalResult.from_dict(result["ec_result"])
             src = Path(result.get("ec_artefacts", ""))
+            attrs.update(ray_node=result.get("ec_node"), ray_resources=result.get("ec_resources"))
             if src.is_dir():
                 for f in src.iterdir():
                     shutil.move(str(f), folder / f.name)
                 shutil.rmtree(src, ignore_errors=True)
+            elif ev.state == "complete":  # never a COMPLETE trial without its model and logits
+                ev.state, ev.fail_reason = "failed", (
+                    f"the trial's artefacts ({src}, node {result.get('ec_node')}) are not visible to the driver: "
+                    "give --artefacts a folder every Ray node shares")
             if ev.state in ("complete", "infeasible"):
                 if reported is None:
                     ev.state, ev.fail_reason = "failed", "the final report has no objective values"
@@ -262,11 +287,27 @@ def run_ray_search(
     evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None = None,
     progress: ProgressFn | None = None,
     train_progress: Callable[[Any], None] | None = None,
+    artefacts: str | None = None,
 ) -> SearchSummary:
     """Run the study's remaining trials as Ray Tune trials (local Ray, or the cluster at `address`).
     With the real evaluator, it is set up once here first (optuna_runner.prepare_trial_evaluator: data
     checked, base model trained and cached, followed by `train_progress`): a DataError stops the search
-    before any study or trial exists."""
+    before any study or trial exists. The runs folder and artefact store (`artefacts`) are resolved to
+    absolute paths here and passed to every trial (module docstring)."""
+    locs = Locations.resolve(artefacts)
+    with locs.applied():
+        return _run_ray_search(exp, study_name, storage, trials, timeout, sampler, seed, max_concurrent,
+                               cpus_per_trial, gpus_per_trial, address, num_cpus, evaluator, evaluator_factory,
+                               progress, train_progress, locs)
+
+
+def _run_ray_search(
+    exp: ExperimentConfig, study_name: str, storage: str | None, trials: int | None, timeout: float | None,
+    sampler: str | None, seed: int | None, max_concurrent: int, cpus_per_trial: float, gpus_per_trial: float,
+    address: str | None, num_cpus: int | None, evaluator: Evaluator | None,
+    evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None, progress: ProgressFn | None,
+    train_progress: Callable[[Any], None] | None, locs: Locations,
+) -> SearchSummary:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -279,6 +320,7 @@ def run_ray_search(
     space = space_for(exp)
     url = storage or default_storage_url(study_name)
     check_storage_url(url)
+    check_existing_study(exp, study_name, url)
     if evaluator is None and evaluator_factory is None:
         probe = prepare_trial_evaluator(exp, None, train_progress)
         if callable(getattr(probe, "close", None)):
@@ -319,8 +361,8 @@ def run_ray_search(
         scheduler = ASHAScheduler(metric=METRIC, mode="max", max_t=_max_epochs(exp, space) + 1, grace_period=1,
                                   reduction_factor=2)
         writer = _StudyWriter(study, exp, space, study_dir(study_name), report)
-        trainable = _trainable_factory(exp, space, url, study_name, study_dir(study_name).resolve(), evaluator,
-                                       evaluator_factory)
+        trainable = _trainable_factory(exp, space, url, study_name, study_dir(study_name), evaluator,
+                                       evaluator_factory, locs)
         own_ray = not ray.is_initialized()
         if own_ray:
             init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -347,7 +389,7 @@ def run_ray_search(
                     max_concurrent_trials=max_concurrent, time_budget_s=timeout,
                 ),
                 run_config=tune.RunConfig(
-                    name=study_name, storage_path=str((runs_dir() / "ray_results").resolve()),
+                    name=study_name, storage_path=str(Path(locs.runs) / "ray_results"),
                     callbacks=[_callback(writer)], verbose=0,
                 ),
             )

@@ -4,15 +4,21 @@ RDB storages run Optuna's heartbeat (a trial whose heartbeat is older than the g
 becomes FAIL and is re-queued as WAITING with the same params by RetryHeartbeatStaleTrialCallback).
 Optuna 5's JournalStorage has no heartbeat, so every trial also records its host, pid and process start
 time (system attrs "ec:*"); a RUNNING trial whose process is gone on this host is failed and re-queued the
-same way (`recover_dead_trials`), for every storage kind.
+same way (`recover_dead_trials`), for every storage kind. EDGECOMPRESS_HOSTNAME overrides the host name a
+worker records (workers on one box that stand for separate machines: then only the heartbeat finds them).
+`study_lock` serialises "count, then ask" between workers: a PostgreSQL advisory lock for a PostgreSQL study
+(workers need share no file), else a file lock under the runs folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
+import time
 import warnings
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +28,17 @@ from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from edgecompress.study import attrs as A
+from edgecompress.study.rdb import is_connection_error
 from edgecompress.study.storage import MAX_RETRY
 from edgecompress.utils import runs_dir
 
 
 # ---- crash recovery -------------------------------------------------------------------------------
+def host_name() -> str:
+    """The host a worker records as its trials' owner (EDGECOMPRESS_HOSTNAME overrides the real name)."""
+    return os.environ.get("EDGECOMPRESS_HOSTNAME") or socket.gethostname()
+
+
 def _proc_start(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -46,13 +58,13 @@ def mark_owner(storage: BaseStorage, study: optuna.Study, number: int) -> None:
     pid = os.getpid()
     start = _proc_start(pid)
     tid = trial_id(storage, study, number)
-    storage.set_trial_system_attr(tid, "ec:host", socket.gethostname())
+    storage.set_trial_system_attr(tid, "ec:host", host_name())
     storage.set_trial_system_attr(tid, "ec:pid", pid)
     storage.set_trial_system_attr(tid, "ec:start", start.split(":")[1] if start else None)
 
 
 def _owner_dead(attrs: dict[str, Any]) -> bool:
-    if attrs.get("ec:host") != socket.gethostname() or "ec:pid" not in attrs:
+    if attrs.get("ec:host") != host_name() or "ec:pid" not in attrs:
         return False  # another machine: the RDB heartbeat handles it
     pid = int(attrs["ec:pid"])
     try:
@@ -133,3 +145,38 @@ def iter_storage_files(study_name: str) -> Iterator[Path]:
     for p in (runs_dir() / f"{study_name}.db", runs_dir() / f"{study_name}.journal"):
         if p.exists():
             yield p
+
+
+@contextlib.contextmanager
+def study_lock(storage: BaseStorage, study_name: str, lock_path: Path) -> Iterator[None]:
+    """Exclusive section for one study across workers: pg_advisory_lock on a PostgreSQL storage (held by one
+    connection; retried while the server is unreachable), else a FileLock on `lock_path`."""
+    engine = getattr(storage, "engine", None)
+    if engine is None or engine.dialect.name != "postgresql":
+        from filelock import FileLock
+
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_path)):
+            yield
+        return
+    from sqlalchemy import text
+
+    key = zlib.crc32(f"edgecompress:{study_name}".encode()) - 2**31  # a signed 64-bit key
+    delay = 0.25
+    while True:
+        try:
+            con = engine.connect()
+            con.execute(text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            break
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 10.0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a dropped connection has released its lock already
+            con.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        with contextlib.suppress(Exception):
+            con.close()

@@ -7,7 +7,9 @@ Default location for study NAME (utils.runs_dir(), ./runs unless EDGECOMPRESS_RU
 (sqlite:///x.db, postgresql://..., journal:path) or a .db/.journal path.
 
 RDB storages made by `make_storage(url, heartbeat=True)` run Optuna's heartbeat: a trial whose heartbeat
-is older than the grace period becomes FAIL and is re-queued once (RetryHeartbeatStaleTrialCallback).
+is older than the grace period (edgecompress.study.rdb.heartbeat_settings) becomes FAIL and is re-queued once
+(RetryHeartbeatStaleTrialCallback); their calls retry with backoff while the database server is unreachable
+(rdb.RetryingRDBStorage). `postgresql://` URLs are normalised to the psycopg 3 driver.
 """
 
 from __future__ import annotations
@@ -15,17 +17,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError, StorageError
+from edgecompress.study.rdb import (
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    RetryingRDBStorage,
+    heartbeat_settings,
+    normalise_url,
+)
 from edgecompress.utils import runs_dir
 
 FINAL_SUFFIX = "-final"  # finalize writes <study>-final into the search study's storage
@@ -36,8 +47,6 @@ __all__ = [
     "list_local_studies", "load_study", "make_storage", "storage_for_path", "study_location",
 ]
 
-HEARTBEAT_INTERVAL_S = 30
-GRACE_PERIOD_S = 120
 MAX_RETRY = 1  # a trial whose search process died is re-queued once: a config that died twice is not
 JOURNAL_SUFFIXES = (".journal", ".log", ".jsonl")
 SQLITE_MAGIC = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
@@ -113,24 +122,39 @@ def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):  # several processes may write: wait for the lock instead of failing
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
+    else:  # a server: check pooled connections before use (they die when the server restarts)
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if heartbeat:
+            interval, grace = heartbeat_settings()
             kwargs.update(
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
+                heartbeat_interval=interval,
+                grace_period=grace,
                 heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
             )
-        try:
-            storage = RDBStorage(url, **kwargs)
-        except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
-            raise ConfigError(f"--storage {url!r}: cannot open ({type(e).__name__}: {e})") from None
+        for attempt in range(5):
+            try:
+                storage = RetryingRDBStorage(normalise_url(url), **kwargs)
+                break
+            except Exception as e:  # noqa: BLE001 - bad URL, missing driver, unreachable server
+                if attempt < 4 and _schema_race(e):  # workers started at once on an empty database
+                    time.sleep(0.2 + random.random())
+                    continue
+                raise ConfigError(f"--storage {url!r}: cannot open ({_first_line(e)})") from None
     if url.startswith("sqlite"):
         from sqlalchemy import event
 
         event.listen(storage.engine, "connect", _sqlite_pragmas)
         storage.engine.dispose()  # later connections get the pragmas
     return storage
+
+
+def _schema_race(e: BaseException) -> bool:
+    """Another process created Optuna's tables while this one did (a retry then finds them)."""
+    from sqlalchemy import exc
+
+    return isinstance(e, (exc.IntegrityError, exc.ProgrammingError)) and "already exists" in str(e)
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -292,6 +316,8 @@ def study_location(name_or_url: str | os.PathLike[str] | optuna.Study, storage: 
             # opening it with Optuna would create its tables: a write into a file that may be a search's
             # storage being created right now (both would insert the schema version, one would fail)
             raise EdgeCompressError(f"no studies in {where}")
+    if isinstance(store, str):
+        store = normalise_url(store)  # postgresql:// -> the psycopg 3 driver
     names = _list_studies(store, where)
     searches = [n for n in names if not (n.endswith(FINAL_SUFFIX) and n.removesuffix(FINAL_SUFFIX) in names)]
     if study_name is not None and storage is None and study_name not in names and len(searches) == 1:
