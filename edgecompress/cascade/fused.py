@@ -258,3 +258,73 @@ def check_fused(session: Any, reference: Callable[[np.ndarray], tuple[np.ndarray
     if n == 0:
         raise ValueError("check_fused: no inputs")
     return FusedCheck(n, agree / n, same_route / n, diff, tolerance, min_agreement)
+
+
+def _linear_stage(in_chans: int, size: int, classes: int, seed: int) -> Any:
+    """A trivial real stage (Flatten -> MatMul) at `size`: what the fused graph costs beyond its stages."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((in_chans * size * size, classes)).astype(np.float32) * 0.05
+    g = helper.make_graph(
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_chans, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
+        initializer=[numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", FUSED_OPSET)])
+    m.ir_version = 8
+    return m
+
+
+def _block_ms(fns: Sequence[Callable[[], Any]], calls: int, rounds: int) -> list[float]:
+    """Per-call ms of each function: the fastest of `rounds` interleaved blocks of `calls` calls (drift hits all
+    alike; the least-disturbed block stands for the uncontended cost on a shared machine)."""
+    import time
+
+    for fn in fns:
+        for _ in range(max(10, calls // 4)):
+            fn()
+    per: list[list[float]] = [[] for _ in fns]
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            per[i].append((time.perf_counter() - t0) / calls * 1e3)
+    return [float(np.min(p)) for p in per]
+
+
+def measure_fused_overheads(in_chans: int, native_size: int, first_size: int, classes: int, kind: str = "margin",
+                            batch_size: int = 1, threads: int = 2, calls: int = 200,
+                            rounds: int = 7) -> dict[str, float]:
+    """Measured cost of the fused graph beyond its stages, at `batch_size`, with trivial stages:
+    `call_overhead_ms` (every call: input resize to `first_size`, confidence, the If test) and
+    `routing_overhead_ms` (when some sample escalates: NonZero, Gather, resize, ScatterND)."""
+    from edgecompress.cascade.plan import StagePlan
+
+    s0, s1 = _linear_stage(in_chans, first_size, classes, 0), _linear_stage(in_chans, native_size, classes, 1)
+    x = np.random.default_rng(2).standard_normal((batch_size, in_chans, native_size, native_size)).astype(np.float32)
+    x0 = np.ascontiguousarray(x[:, :, :first_size, :first_size])
+    sess = [fused_session(s0, threads), fused_session(s1, threads)]
+    fused = []
+    for thr in (-math.inf, math.inf):
+        plan = CascadePlan(stages=[StagePlan("a", first_size, 1.0), StagePlan("b", native_size, 1.0)],
+                           thresholds=[thr], kind=kind)
+        fused.append(fused_session(fused_cascade_graph([s0, s1], plan, in_chans, native_size, classes), threads))
+    empty = fused_session(_identity_graph(), threads)  # the cost of one run() call itself
+    a, b, none, every, call = _block_ms(
+        [lambda: sess[0].run(None, {"input": x0}), lambda: sess[1].run(None, {"input": x}),
+         lambda: fused[0].run(None, {INPUT: x}), lambda: fused[1].run(None, {INPUT: x}),
+         lambda: empty.run(None, {"input": x0})], calls, rounds)
+    return {"call_overhead_ms": max(0.0, none - a), "routing_overhead_ms": max(0.0, every - none - (b - call)),
+            "run_call_ms": call, "batch_size": float(batch_size)}
+
+
+def _identity_graph() -> Any:
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["input"], ["out"])], "empty",
+                          [helper.make_tensor_value_info("input", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", FUSED_OPSET)])
+    m.ir_version = 8
+    return m
