@@ -396,9 +396,10 @@ def build_cascade(
     `candidates`: StageSpec-like records (name, latency_ms, input_size, val_logits, optional
     latency_batch_ms/batch_size) whose logits cover the same validation samples as `labels`.
     `batch=True` plans with the serving-batch latencies; `call_overhead_ms` is paid once per call by any 2+
-    stage cascade (the fused graph's resize/confidence/If cost, fused.measure_fused_overheads). Stages no input reaches are dropped, so the
-    plan has a single stage when one model alone is the optimum. Raises EdgeCompressError when fewer
-    than two candidates are given or no cascade meets the constraint (the message names the closest).
+    stage cascade (the fused graph's resize/confidence/If cost, fused.measure_fused_overheads). Stages no
+    input reaches are dropped, so the plan has a single stage when one model alone is the optimum.
+    Raises EdgeCompressError when fewer than two candidates are given or no cascade meets the constraint
+    (the message names the closest).
     """
     if (min_accuracy is None) == (max_latency is None):
         raise ConfigError("give exactly one of min_accuracy or max_latency")

@@ -266,7 +266,8 @@ def _linear_stage(in_chans: int, size: int, classes: int, seed: int) -> Any:
 
     w = np.random.default_rng(seed).standard_normal((in_chans * size * size, classes)).astype(np.float32) * 0.05
     g = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])],
+        [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+         helper.make_node("MatMul", ["flat", "w"], ["logits"])],
         "linear", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", in_chans, size, size])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
         initializer=[numpy_helper.from_array(w, "w")])
