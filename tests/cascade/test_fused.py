@@ -12,7 +12,7 @@ import torch
 
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.fused import EXIT, INPUT, LOGITS, check_fused, fused_cascade_graph, fused_session
-from edgecompress.cascade.lean import LeanCascade
+from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
 from edgecompress.cascade.plan import CascadePlan, StagePlan
 from edgecompress.cascade.runtime import CascadeModel
 from edgecompress.deploy.runtime import deploy, export_onnx
@@ -108,6 +108,6 @@ def test_int8_stage_inlined_equals_lean_cascade(images: torch.Tensor, stages: tu
     plan = CascadePlan(stages=[StagePlan("a", SIZES[0], 0.1), StagePlan("b", 28, 0.3)],
                        thresholds=[float(c.median())])
     sess = fused_session(fused_cascade_graph([d.path for d in deps], plan, 1, 28, 10), threads=1)
-    lean = LeanCascade([d.run_array for d in deps], plan)
+    lean = LeanCascade(shared_pool_stages([d.path for d in deps], threads=1), plan)  # one shared thread pool
     res = check_fused(sess, lean.route, [images.numpy(), images[:1].numpy(), images[7:8].numpy()], tolerance=1e-4)
     assert res.ok and res.route_agreement == 1.0, res
