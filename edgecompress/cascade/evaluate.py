@@ -372,10 +372,10 @@ def _rel_error(predicted: float, measured: float) -> float:
     return abs(predicted - measured) / measured if measured > 0 else float("nan")
 
 
-def paired_interval_pp(a_correct: np.ndarray, b_correct: np.ndarray, z: float = 1.96) -> tuple[float, float]:
-    """Normal 95% interval (pp) of accuracy(a) - accuracy(b) from per-sample paired correctness on one split."""
-    d = np.asarray(a_correct, dtype=np.float64) - np.asarray(b_correct, dtype=np.float64)
-    if len(d) < 2:
-        return float("nan"), float("nan")
-    half = z * float(d.std(ddof=1)) / np.sqrt(len(d))
-    return 100 * (float(d.mean()) - half), 100 * (float(d.mean()) + half)
+def paired_interval_pp(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[float, float]:
+    """95% interval (pp) of accuracy(a) - accuracy(b) on the same images (Newcombe's paired score interval,
+    study.intervals.paired_difference)."""
+    from edgecompress.study.intervals import paired_difference
+
+    r = paired_difference(a_correct, b_correct)
+    return 100 * float(r.low), 100 * float(r.high)

@@ -111,3 +111,17 @@ def test_int8_stage_inlined_equals_lean_cascade(images: torch.Tensor, stages: tu
     lean = LeanCascade(shared_pool_stages([d.path for d in deps], threads=1), plan)  # one shared thread pool
     res = check_fused(sess, lean.route, [images.numpy(), images[:1].numpy(), images[7:8].numpy()], tolerance=1e-4)
     assert res.ok and res.route_agreement == 1.0, res
+
+
+def test_planner_latency_includes_the_fused_graph_overheads() -> None:
+    """The fused graph's measured overheads are real numbers, and the plan's latency model charges the per-call
+    one to every 2+ stage cascade (and the routing one per escalated input), never to a single model."""
+    from edgecompress.cascade.fused import measure_fused_overheads
+    from edgecompress.cascade.plan import expected_latency
+
+    ov = measure_fused_overheads(1, 28, 14, 10, threads=1, calls=20, rounds=3)
+    assert 0 < ov["call_overhead_ms"] < 5 and 0 <= ov["routing_overhead_ms"] < 5 and ov["run_call_ms"] > 0
+    two = [StagePlan("a", 14, 0.1), StagePlan("b", 28, 0.4)]
+    lat = expected_latency(two, np.array([1.0, 0.25]), routing_overhead_ms=0.02, call_overhead_ms=0.03)
+    assert float(lat) == pytest.approx(0.1 + 0.25 * 0.4 + 0.25 * 0.02 + 0.03)
+    assert float(expected_latency(two[:1], np.array([1.0]), call_overhead_ms=0.03)) == pytest.approx(0.1)
