@@ -28,7 +28,7 @@ from edgecompress.cascade.fused import (
     fused_cascade_graph,
     fused_session,
 )
-from edgecompress.cascade.lean import LeanCascade, deployed_stage, resize_array, shared_pool_stages
+from edgecompress.cascade.lean import LeanCascade, deployed_stage, resize_array
 from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
@@ -349,10 +349,9 @@ def _served_form(by_name: dict[str, Candidate], names: list[str], plan: CascadeP
     native = data.native_size
     with tempfile.TemporaryDirectory(prefix="edgecompress-cascade-") as tmp:
         stages = stage_modules(by_name, names, exp, data, spinning=len(names) == 1, workdir=Path(tmp))
+        cascade = LeanCascade([deployed_stage(d) for d in stages], plan)  # the reference: the same stages
         if not all(str(d.path or "").endswith(".onnx") for d in stages):
-            return None, None, LeanCascade([deployed_stage(d) for d in stages], plan)
-        # the reference: the same deployed stages as separate sessions sharing one thread pool
-        cascade = LeanCascade(shared_pool_stages([str(d.path) for d in stages], exp.device.threads), plan)
+            return None, None, cascade
         fused_model = fused_cascade_graph([d.path for d in stages], plan, data.in_chans, native, data.num_classes)
     sess = fused_session(fused_model, exp.device.threads)
     check = check_fused(sess, cascade.route, [x.numpy() for x, _ in make_loader(data.test, native, 256)])

@@ -38,34 +38,23 @@ def module_stage(module: torch.nn.Module) -> ArrayStage:
     return run
 
 
-_POOL: dict[str, int] = {}
-
-
 def shared_pool_stages(paths: Sequence[str], threads: int = 2) -> list[ArrayStage]:
-    """ONNX Runtime sessions for stages called in turn that share ONE intra-op thread pool: the ORT environment's
-    global pool (onnxruntime.set_global_thread_pool_sizes, SessionOptions.use_per_session_threads = False), so
-    idle per-session pools do not spin on the cores the next stage needs. The first call sets the pool size for
-    the process (`pool_threads()` says which); later calls share that pool whatever `threads` they ask."""
+    """ONNX Runtime sessions for stages called in turn that share ONE intra-op thread pool: the process's global
+    pool (deploy.runtime.use_global_thread_pool; its first call fixes the size for the whole process, and every
+    later session of the process uses it), so idle per-session pools do not spin on the cores the next stage
+    needs. Serve the fused graph (cascade/fused.py) where one session will do."""
     import onnxruntime as ort
 
-    from edgecompress.deploy.runtime import ort_session_options
+    from edgecompress.deploy.runtime import ort_session_options, use_global_thread_pool
 
-    if "threads" not in _POOL:
-        ort.set_global_thread_pool_sizes(threads, 1)
-        _POOL["threads"] = threads
+    use_global_thread_pool(threads)
     out: list[ArrayStage] = []
     for p in paths:
-        so = ort_session_options(threads, spinning=False)
-        so.use_per_session_threads = False
-        sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(str(p), sess_options=ort_session_options(threads, spinning=False),
+                                    providers=["CPUExecutionProvider"])
         name = sess.get_inputs()[0].name
         out.append(lambda a, s=sess, n=name: s.run(None, {n: np.ascontiguousarray(a, dtype=np.float32)})[0])
     return out
-
-
-def pool_threads() -> int | None:
-    """Intra-op threads of the process's shared ONNX Runtime pool (None until shared_pool_stages made it)."""
-    return _POOL.get("threads")
 
 
 def deployed_stage(deployed: Deployed) -> ArrayStage:

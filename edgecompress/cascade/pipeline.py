@@ -27,7 +27,7 @@ from edgecompress.cascade.evaluate import (
 from edgecompress.cascade.plan import SEED_ALPHA, CascadePlan, combine_weight
 from edgecompress.cascade.risk import check_risk, plan_with_risk, split_indices
 from edgecompress.cascade.runtime import CascadeModel, save_cascade
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.storage import load_study
 from edgecompress.utils import atomic_write_json
@@ -79,6 +79,30 @@ def _sliced(cands: list[Candidate], idx: np.ndarray) -> list[Candidate]:
     return [dc_replace(c, spec=dc_replace(c.spec, val_logits=c.spec.val_logits[idx])) for c in cands]
 
 
+def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256) -> tuple[Any, float]:
+    """The fused cascade behind the dataset's preprocessing graph (uint8 N x H x W x C images in), and its argmax
+    agreement with the fused graph fed by the data loader on the first `n` stored test images."""
+    from edgecompress.cascade.fused import INPUT, LOGITS, fused_session
+    from edgecompress.deploy.export import raw_items
+    from edgecompress.deploy.preprocess import with_preprocessing
+    from edgecompress.evaluators.data import make_loader
+
+    if data.preprocess is None:
+        raise ConfigError(f"dataset {data.name} states no preprocessing: --preprocess is not available")
+    model = with_preprocessing(fused_model, data.preprocess, data.native_size, layout="NHWC")
+    items = raw_items(data.test, n)
+    if not items or isinstance(items[0], (str, os.PathLike)):
+        raise ConfigError("--preprocess: the check needs a dataset held in memory (folders: use `export`)")
+    raw = fused_session(model, threads).run([LOGITS], {"images": np.stack(items)})[0]
+    x = next(iter(make_loader(data.test, data.native_size, len(items))))[0].numpy()
+    ref = fused_session(fused_model, threads).run([LOGITS], {INPUT: x})[0]
+    agreement = float((raw.argmax(1) == ref.argmax(1)).mean())
+    if agreement < 0.99:
+        raise EdgeCompressError(f"cascade_uint8.onnx agrees with the loader-fed cascade on {agreement:.1%} of "
+                                f"{len(items)} test images (need 99%)")
+    return model, agreement
+
+
 def cascade_from_study(
     study: Any,
     out: str | os.PathLike[str],
@@ -97,6 +121,7 @@ def cascade_from_study(
     calib_fraction: float = 0.5,
     near_front: int = 1,
     formats: tuple[str, ...] = FORMATS,
+    preprocess: bool = False,
 ) -> CascadeBuild:
     """Choose stages and thresholds on validation logits from the study's front and near-front trials, measure the
     cascade end to end on the test split (as ONE fused ONNX graph, checked against the reference routing), and
@@ -148,6 +173,10 @@ def cascade_from_study(
         import onnx
 
         onnx.save(fused_model, str(out_dir / "cascade.onnx"))
+        if preprocess:  # uint8 images in (the loader's steps in the graph), checked on stored test images
+            raw_model, agreement = _with_preprocessing(fused_model, data, exp.device.threads)
+            onnx.save(raw_model, str(out_dir / "cascade_uint8.onnx"))
+            ev.fused_check["uint8_argmax_agreement"] = agreement
     atomic_write_json(out_dir / "evaluation.json", ev.to_dict())
     atomic_write_json(out_dir / "front.json", ev.front)
     files = sorted(p.name for p in out_dir.iterdir())

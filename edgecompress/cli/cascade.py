@@ -35,6 +35,8 @@ def register(app: typer.Typer) -> None:
         delta: float = typer.Option(0.1, "--delta", help="failure probability of the --risk guarantee"),
         calib_fraction: float = typer.Option(0.5, help="with --risk: share of validation that calibrates"),
         near_front: int = typer.Option(1, help="also take trials of the next N non-dominated fronts"),
+        preprocess: bool = typer.Option(False, "--preprocess", help="also cascade_uint8.onnx: stored uint8 "
+                                        "images in, the loader's preprocessing in the graph"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
         from edgecompress.cascade.pipeline import cascade_from_study, check_options, parse_formats
@@ -50,7 +52,7 @@ def register(app: typer.Typer) -> None:
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
                                        batch=batch, samples=samples, final="proxy" if proxy else "auto",
                                        risk=risk, delta=delta, calib_fraction=calib_fraction,
-                                       near_front=near_front, formats=formats)
+                                       near_front=near_front, formats=formats, preprocess=preprocess)
         plan, ev = built.plan, built.evaluation
 
         fid = "finalized" if built.study_name.endswith("-final") else "search (proxy)"

@@ -135,17 +135,21 @@ def test_builder_never_reads_test_logits(tiny_study: dict, tmp_path: Path, monke
 def test_cascade_cli_risk_and_fused_onnx(tiny_study: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """--risk: validation split into selection and calibration parts (sizes printed and stored); --format onnx:
-    one cascade.onnx, checked against the reference routing on the test split, that runs on real images."""
+    one cascade.onnx, checked against the reference routing on the test split, that runs on real images;
+    --preprocess: also the uint8-input form."""
     import onnxruntime as ort
 
     _force_two_stages(monkeypatch)
     out = tmp_path / "cascade"
     main(["cascade", tiny_study["name"], "--storage", tiny_study["storage"], "-o", str(out), "--samples", "20",
-          "--format", "onnx", "--risk", "0.2", "--delta", "0.2", "--max-latency", "10ms", "--max-stages", "3"])
+          "--format", "onnx", "--risk", "0.2", "--delta", "0.2", "--max-latency", "10ms", "--max-stages", "3",
+          "--preprocess"])
     printed = capsys.readouterr().out
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["fused"] and ev["fused_check"]["ok"] and ev["fused_check"]["samples"] == 300
-    assert sorted(p.name for p in out.iterdir()) == ["cascade.onnx", "evaluation.json", "front.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["cascade.onnx", "cascade_uint8.onnx", "evaluation.json",
+                                                     "front.json"]
+    assert ev["fused_check"]["uint8_argmax_agreement"] >= 0.99  # stored uint8 images in, same answers
     assert {"cascade_b1_p90", "cascade_b1_p99"} <= set(ev["latency_percentiles_ms"])
     lo, hi = ev["accuracy_delta_interval_pp"]
     assert lo <= ev["accuracy_delta_pp"] <= hi

@@ -12,7 +12,7 @@ import torch
 
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.fused import EXIT, INPUT, LOGITS, check_fused, fused_cascade_graph, fused_session
-from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
+from edgecompress.cascade.lean import LeanCascade
 from edgecompress.cascade.plan import CascadePlan, StagePlan
 from edgecompress.cascade.runtime import CascadeModel
 from edgecompress.deploy.runtime import deploy, export_onnx
@@ -108,7 +108,7 @@ def test_int8_stage_inlined_equals_lean_cascade(images: torch.Tensor, stages: tu
     plan = CascadePlan(stages=[StagePlan("a", SIZES[0], 0.1), StagePlan("b", 28, 0.3)],
                        thresholds=[float(c.median())])
     sess = fused_session(fused_cascade_graph([d.path for d in deps], plan, 1, 28, 10), threads=1)
-    lean = LeanCascade(shared_pool_stages([d.path for d in deps], threads=1), plan)  # one shared thread pool
+    lean = LeanCascade([d.run_array for d in deps], plan)
     res = check_fused(sess, lean.route, [images.numpy(), images[:1].numpy(), images[7:8].numpy()], tolerance=1e-4)
     assert res.ok and res.route_agreement == 1.0, res
 
@@ -125,3 +125,37 @@ def test_planner_latency_includes_the_fused_graph_overheads() -> None:
     lat = expected_latency(two, np.array([1.0, 0.25]), routing_overhead_ms=0.02, call_overhead_ms=0.03)
     assert float(lat) == pytest.approx(0.1 + 0.25 * 0.4 + 0.25 * 0.02 + 0.03)
     assert float(expected_latency(two[:1], np.array([1.0]), call_overhead_ms=0.03)) == pytest.approx(0.1)
+
+
+SHARED_POOL_SCRIPT = """
+import sys, numpy as np, torch
+from edgecompress.cascade.fused import check_fused, fused_cascade_graph, fused_session
+from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
+from edgecompress.cascade.plan import CascadePlan, StagePlan
+from edgecompress.deploy.runtime import deploy
+from edgecompress.evaluators.models import create_model
+paths = sys.argv[1:3]
+plan = CascadePlan(stages=[StagePlan("a", 14, 0.1), StagePlan("b", 28, 0.3)], thresholds=[0.02])
+lean = LeanCascade(shared_pool_stages(paths, threads=2), plan)
+x = np.random.default_rng(0).standard_normal((32, 1, 28, 28)).astype(np.float32)
+res = check_fused(fused_session(fused_cascade_graph(paths, plan, 1, 28, 10)), lean.route, [x, x[:1]])
+assert res.ok and res.route_agreement == 1.0, res
+# sessions made later in the process join the shared pool instead of failing
+d = deploy(create_model("resnet8", num_classes=10, in_chans=1, widths=[4, 8, 16]), torch.randn(1, 1, 28, 28))
+assert d.run_array(x).shape == (32, 10)
+print("ok")
+"""
+
+
+def test_lean_stages_share_one_thread_pool(stages: tuple) -> None:
+    """LeanCascade over sessions sharing the process's one ORT pool equals the fused graph, and later sessions
+    of that process still build (ORT requires them to join the global pool). In a subprocess: the pool is
+    process-wide."""
+    import subprocess
+    import sys
+
+    _, paths = stages
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, "-c", SHARED_POOL_SCRIPT, str(paths[0]), str(paths[2])], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-2000:]
