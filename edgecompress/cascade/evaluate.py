@@ -246,6 +246,7 @@ class CascadeEvaluation:
     latency_percentiles_ms: dict[str, float] = field(default_factory=dict)
     accuracy_delta_interval_pp: list[float] = field(default_factory=list)  # paired 95% interval
     risk: dict[str, Any] = field(default_factory=dict)
+    fused_overheads: dict[str, float] = field(default_factory=dict)  # what the planner charged (measured)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

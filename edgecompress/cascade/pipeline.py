@@ -159,7 +159,7 @@ def cascade_from_study(
     if len(plan.stages) == 1:
         notes.append(f"one model alone ({plan.names[0]}) meets the target: no cascade beats it")
     ev, fused_model = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
-    ev.plan["fused_overheads"] = ov
+    ev.fused_overheads = ov
     if control is not None:
         ev.risk = control.to_dict()
     out_dir = Path(out)
