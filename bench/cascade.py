@@ -52,6 +52,19 @@ def device() -> str:
     return f"cpu: {cpu_name()} ({os.cpu_count()} cores; {' '.join(isa)})"
 
 
+def drift_corrected_error(ev: dict[str, Any], measured_key: str, study_key: str, cands: list | None = None) -> float:
+    """|predicted x (single measured now / single in the study) - measured| / measured."""
+    single = ev["best_single"]
+    study_ms = single.get(study_key)
+    if study_ms is None and cands is not None:
+        study_ms = next((c.spec.latency_batch_ms for c in cands if c.number == single["trial"]), None)
+    if not study_ms:
+        return float("nan")
+    ratio = single[measured_key] / study_ms
+    measured = ev[measured_key]
+    return abs(ev["predicted_latency_ms"] * ratio - measured) / measured
+
+
 def run_plan(st: Any, plan: Any, cands: list, labels: np.ndarray, exp: Any, data: Any, samples: int,
              notes: list[str]) -> dict[str, Any]:
     ev, _ = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
@@ -131,6 +144,11 @@ def main() -> None:
         "accuracy_delta_interval_pp_batch_plan": bb["accuracy_delta_interval_pp"],
         "prediction_error": b1["prediction_error"],
         "prediction_error_batch": bb["prediction_error"],
+        # the study measured its models earlier, at another load: scale the prediction by the best single
+        # model's measured-now / study latency ratio (the drift correction of deploy/latency.py's paired protocol)
+        "prediction_error_drift_corrected": drift_corrected_error(b1, "measured_latency_b1_ms", "latency_ms"),
+        "prediction_error_batch_drift_corrected": drift_corrected_error(bb, "measured_latency_batch_ms",
+                                                                        "latency_batch_ms", cands),
         "fused": bool(b1["fused"] and bb["fused"]),
         "fused_check": b1["fused_check"],
         "p90_latency_b1_ms": pct.get("cascade_b1_p90"), "p99_latency_b1_ms": pct.get("cascade_b1_p99"),
