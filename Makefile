@@ -60,7 +60,8 @@ bench: data
 	$(BIN)/python bench/evaluator.py --study demo
 	$(BIN)/python bench/int8_schemes.py
 	$(BIN)/python bench/search.py
-	$(BIN)/python bench/cascade.py
+	$(BIN)/python bench/cascade.py --build
+	$(BIN)/python bench/cascade.py --build --heavy
 	$(BIN)/python bench/latency.py
 
 bench-gpu: data

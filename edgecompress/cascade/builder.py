@@ -143,9 +143,10 @@ class _Problem:
         routing_overhead_ms: float,
         batch: bool,
         n_thresholds: int | None,
+        call_overhead_ms: float = 0.0,
     ) -> None:
         self.kind, self.combine, self.alpha = kind, combine, alpha
-        self.overhead, self.batch = routing_overhead_ms, batch
+        self.overhead, self.batch, self.call_overhead = routing_overhead_ms, batch, call_overhead_ms
         self.labels = labels
         self.n = len(labels)
         self.specs = sorted(specs, key=lambda s: (self._lat(s), s.name))
@@ -179,7 +180,7 @@ class _Problem:
 
     def latency(self, ids: tuple[int, ...], reach: np.ndarray) -> np.ndarray:
         stages = [self.stage_plans[i] for i in ids]
-        return expected_latency(stages, reach, self.batch, self.overhead)
+        return expected_latency(stages, reach, self.batch, self.overhead, self.call_overhead)
 
     def sweep(self, ids: tuple[int, ...], thr: Sequence[float], j: int) -> tuple[np.ndarray, ...]:
         """Accuracy and latency of cascade `ids` for every grid threshold of stage j, others fixed."""
@@ -363,6 +364,7 @@ def _to_plan(prob: _Problem, st: _State, constraint: dict[str, float]) -> Cascad
         alpha=prob.alpha,
         routing_overhead_ms=prob.overhead,
         batch=prob.batch,
+        call_overhead_ms=prob.call_overhead,
         constraint=constraint,
     )
     sim = simulate(plan, [prob.logits[i] for i in st.ids], prob.labels)
@@ -387,14 +389,17 @@ def build_cascade(
     batch: bool = False,
     n_thresholds: int | None = 100,
     beam: int = 2,
+    call_overhead_ms: float = 0.0,
 ) -> CascadePlan:
     """Cheapest cascade with validation accuracy >= min_accuracy, or most accurate under max_latency.
 
     `candidates`: StageSpec-like records (name, latency_ms, input_size, val_logits, optional
     latency_batch_ms/batch_size) whose logits cover the same validation samples as `labels`.
-    `batch=True` plans with the serving-batch latencies. Stages no input reaches are dropped, so the
-    plan has a single stage when one model alone is the optimum. Raises EdgeCompressError when fewer
-    than two candidates are given or no cascade meets the constraint (the message names the closest).
+    `batch=True` plans with the serving-batch latencies; `call_overhead_ms` is paid once per call by any 2+
+    stage cascade (the fused graph's resize/confidence/If cost, fused.measure_fused_overheads). Stages no
+    input reaches are dropped, so the plan has a single stage when one model alone is the optimum.
+    Raises EdgeCompressError when fewer than two candidates are given or no cascade meets the constraint
+    (the message names the closest).
     """
     if (min_accuracy is None) == (max_latency is None):
         raise ConfigError("give exactly one of min_accuracy or max_latency")
@@ -412,6 +417,7 @@ def build_cascade(
         calibrate=calibrate,
         batch=batch,
         n_thresholds=n_thresholds,
+        call_overhead_ms=call_overhead_ms,
     )
     obj = _Objective(min_accuracy, max_latency)
     best = _search(prob, obj, int(max_stages), beam)

@@ -9,7 +9,9 @@ and for the best single model (called through the same array path), so the numbe
 from __future__ import annotations
 
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,14 @@ import numpy as np
 import torch
 
 from edgecompress.cascade.builder import build_cascade, cascade_front, seed_rule_plan
+from edgecompress.cascade.fused import (
+    INPUT,
+    LOGITS,
+    FusedCheck,
+    check_fused,
+    fused_cascade_graph,
+    fused_session,
+)
 from edgecompress.cascade.lean import LeanCascade, deployed_stage, resize_array
 from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.errors import EdgeCompressError
@@ -36,14 +46,17 @@ class Candidate:
     config: dict[str, Any]
 
 
-def study_candidates(study: Any, include_estimated: bool = False) -> tuple[list[Candidate], np.ndarray, list[str]]:
+def study_candidates(study: Any, include_estimated: bool = False,
+                     near_front: int = 0) -> tuple[list[Candidate], np.ndarray, list[str]]:
     """Pareto-optimal (accuracy, latency) trials with artefacts, sorted by latency; notes on what was left out.
+    `near_front` > 0 also takes the trials of the next `near_front` non-dominated fronts (ranks 1..near_front):
+    a cheap model just off the front can be the better first stage (the builder scores pairs jointly).
 
     Trials whose latency is estimated (sub-8-bit) are left out by default: a cascade's latency must be
     measured, and no runtime here runs them.
     """
     from edgecompress.study.frame import study_to_frame
-    from edgecompress.study.front import front
+    from edgecompress.study.front import front, front_ranks
 
     df = study_to_frame(study)
     notes: list[str] = []
@@ -54,7 +67,11 @@ def study_candidates(study: Any, include_estimated: bool = False) -> tuple[list[
         if n_est:
             notes.append(f"{n_est} trials with estimated (sub-8-bit) latency left out")
     # the one front function, over feasible deployable trials (not the full front filtered afterwards)
-    rows = front(df, objectives, deployable=not include_estimated, feasible_only=True)
+    if near_front > 0:
+        ranks = front_ranks(df, objectives, deployable=not include_estimated, feasible_only=True)
+        rows = df[((ranks >= 0) & (ranks <= near_front)).to_numpy()]
+    else:
+        rows = front(df, objectives, deployable=not include_estimated, feasible_only=True)
     if rows.empty:
         raise EdgeCompressError("cascade needs at least 2 Pareto models; the study has no usable complete trial")
     cands: list[Candidate] = []
@@ -112,9 +129,10 @@ def measure_routing_overhead_ms(num_classes: int, kind: str = "margin", batch_si
 def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: float | None = None,
                  max_latency: float | None = None, kind: str = "margin", combine: str = "last",
                  max_stages: int = 4, batch: bool = False, calibrate: bool = False,
-                 routing_overhead_ms: float | None = None) -> CascadePlan:
+                 routing_overhead_ms: float | None = None, call_overhead_ms: float = 0.0) -> CascadePlan:
     """Default target: validation accuracy within 0.2 pp of the most accurate candidate; default routing
-    overhead: measured on this machine (measure_routing_overhead_ms())."""
+    overhead: measured on this machine (measure_routing_overhead_ms()); the pipeline passes the fused graph's
+    measured overheads (fused.measure_fused_overheads) instead."""
     if min_accuracy is None and max_latency is None:
         min_accuracy = max(c.val_accuracy for c in cands) - 0.002
     if routing_overhead_ms is None:
@@ -123,7 +141,7 @@ def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: fl
                                                           bs if batch else 1)
     plan = build_cascade([c.spec for c in cands], labels, min_accuracy=min_accuracy, max_latency=max_latency,
                          kind=kind, combine=combine, max_stages=max_stages, batch=batch, calibrate=calibrate,
-                         routing_overhead_ms=routing_overhead_ms)
+                         routing_overhead_ms=routing_overhead_ms, call_overhead_ms=call_overhead_ms)
     single = _best_single(cands, min_accuracy, max_latency, batch)
     if single is not None and len(plan.stages) > 1:
         lat = _latency(single, batch)
@@ -154,11 +172,12 @@ def _best_single(cands: list[Candidate], min_accuracy: float | None, max_latency
 
 
 def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data: Any,
-                  deployed: bool = True, spinning: bool = True) -> list[Any]:
+                  deployed: bool = True, spinning: bool = True, workdir: Path | None = None) -> list[Any]:
     """Per stage: each trial's deploy form (a deploy.Deployed, deployed=True) or its fp32 torch model.
 
     `spinning=False` for stages called in turn: ONNX Runtime's idle threads would otherwise spin on the
     cores the next stage needs (measured: 0.33 ms instead of 0.17 ms per batch-1 call of a 2-stage cascade).
+    `workdir`: keep each stage's built .onnx under workdir/<name> (Deployed.path), for the fused graph.
     """
     from edgecompress.deploy.runtime import deploy
     from edgecompress.evaluators.compress import load_compressed
@@ -180,11 +199,12 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
             calib = calibration_batches(data.train, size, exp.seed)
         out.append(deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
                           precision=precision, calib_batches=calib, device="cpu", threads=exp.device.threads,
-                          spinning=spinning))
+                          spinning=spinning, workdir=None if workdir is None else workdir / name))
     return out
 
 
-def _per_call_ms(fn: Any, inputs: list[torch.Tensor], warmup: int = 30) -> float:
+def _per_call_ms(fn: Any, inputs: list[Any], warmup: int = 30) -> tuple[float, float, float]:
+    """(mean, p90, p99) ms per call over `inputs`, after `warmup` calls."""
     for x in inputs[:warmup]:
         fn(x)
     times = []
@@ -192,7 +212,8 @@ def _per_call_ms(fn: Any, inputs: list[torch.Tensor], warmup: int = 30) -> float
         t0 = time.perf_counter()
         fn(x)
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.fmean(times)
+    q = np.percentile(times, [90, 99])
+    return statistics.fmean(times), float(q[0]), float(q[1])
 
 
 @dataclass
@@ -220,6 +241,12 @@ class CascadeEvaluation:
     front: list[dict[str, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     samples_timed: int = 0
+    fused: bool = False  # latency and accuracy measured on the one fused ONNX graph
+    fused_check: dict[str, Any] = field(default_factory=dict)
+    latency_percentiles_ms: dict[str, float] = field(default_factory=dict)
+    accuracy_delta_interval_pp: list[float] = field(default_factory=list)  # paired 95% interval
+    risk: dict[str, Any] = field(default_factory=dict)
+    fused_overheads: dict[str, float] = field(default_factory=dict)  # what the planner charged (measured)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,8 +254,12 @@ class CascadeEvaluation:
 
 def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_labels: np.ndarray, exp: Any,
                      data: Any, samples: int = 1000,
-                     notes: list[str] | None = None) -> tuple[CascadeEvaluation, LeanCascade]:
-    """Measure `plan` end to end on the test split and compare with the best single model and the seed's rule."""
+                     notes: list[str] | None = None) -> tuple[CascadeEvaluation, Any]:
+    """Measure `plan` end to end on the test split and compare with the best single model and the seed's rule.
+
+    A 2+ stage plan is served as ONE fused ONNX graph (cascade/fused.py), checked against the LeanCascade of
+    the same deployed stages on the whole test split before it is timed; returns (evaluation, fused
+    ModelProto or None)."""
     from edgecompress.deploy.latency import latency_lock
     from edgecompress.evaluators.data import make_loader
 
@@ -241,13 +272,13 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
     best = max(cands, key=lambda c: (c.val_accuracy, -c.spec.latency_ms))
     best_test_acc = float((test[best.spec.name].argmax(1) == test_labels).mean())
 
-    stages = stage_modules(by_name, names, exp, data, spinning=len(names) == 1)
-    cascade = LeanCascade([deployed_stage(d) for d in stages], plan)
-    single_stage = deployed_stage(stage_modules(by_name, [best.spec.name], exp, data)[0])
     native = data.native_size
-    # accuracy of the runtime itself on the whole test split
-    preds = [cascade(x.numpy()).argmax(1) for x, _ in make_loader(data.test, native, 256)]
-    runtime_acc = float((np.concatenate(preds) == test_labels).mean())
+    fused_model, check, serve = _served_form(by_name, names, plan, exp, data)
+    single_stage = deployed_stage(stage_modules(by_name, [best.spec.name], exp, data)[0])
+    # accuracy of the served form itself on the whole test split
+    preds = [serve(x.numpy()).argmax(1) for x, _ in make_loader(data.test, native, 256)]
+    served_correct = np.concatenate(preds) == test_labels
+    runtime_acc = float(served_correct.mean())
     # latency: the same loop for both, batch 1 and serving batch, under the device lock
     torch.set_num_threads(exp.device.threads)
     n = min(samples, len(data.test))
@@ -260,10 +291,14 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
         return single_stage(resize_array(a, best.spec.input_size))
 
     with latency_lock():
-        c_b1 = _per_call_ms(cascade, xs)
-        s_b1 = _per_call_ms(single_fn, xs)
-        c_bb = _per_call_ms(cascade, xb, warmup=3)
-        s_bb = _per_call_ms(single_fn, xb, warmup=3)
+        c_b1, c_p90, c_p99 = _per_call_ms(serve, xs)
+        s_b1, s_p90, s_p99 = _per_call_ms(single_fn, xs)
+        c_bb, c_bp90, c_bp99 = _per_call_ms(serve, xb, warmup=3)
+        s_bb, s_bp90, s_bp99 = _per_call_ms(single_fn, xb, warmup=3)
+    percentiles = {"cascade_b1_p90": c_p90, "cascade_b1_p99": c_p99, "single_b1_p90": s_p90,
+                   "single_b1_p99": s_p99, "cascade_batch_p90": c_bp90, "cascade_batch_p99": c_bp99,
+                   "single_batch_p90": s_bp90, "single_batch_p99": s_bp99}
+    interval = paired_interval_pp(served_correct, test[best.spec.name].argmax(1) == test_labels)
     # the seed's rule at equal validation accuracy, and with its fixed threshold on the same two ends
     seed: dict[str, Any] = {}
     try:
@@ -297,7 +332,52 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
                      "measured_latency_batch_ms": s_bb},
         latency_reduction_b1=1 - c_b1 / s_b1, latency_reduction_batch=1 - c_bb / s_bb,
         accuracy_delta_pp=100 * (runtime_acc - best_test_acc),
-        prediction_error=abs(predicted - c_b1) / c_b1 if c_b1 > 0 else float("nan"),
+        prediction_error=_rel_error(predicted, c_bb if plan.batch else c_b1),
         seed_rule=seed, front=front, notes=list(notes or []), samples_timed=n,
+        fused=fused_model is not None, fused_check=check.to_dict() if check is not None else {},
+        latency_percentiles_ms=percentiles, accuracy_delta_interval_pp=list(interval),
     )
-    return ev, cascade
+    return ev, fused_model
+
+
+def _served_form(by_name: dict[str, Candidate], names: list[str], plan: CascadePlan, exp: Any,
+                 data: Any) -> tuple[Any, FusedCheck | None, Callable[[np.ndarray], np.ndarray]]:
+    """(fused ModelProto, its check, the serving function). The fused graph is built from each stage's deployed
+    ONNX model (fp32 or int8 as measured) and checked against the LeanCascade of the same stages on the whole
+    test split; a study on a torch backend has no ONNX stages: LeanCascade serves (fused model None)."""
+    from edgecompress.evaluators.data import make_loader
+
+    native = data.native_size
+    with tempfile.TemporaryDirectory(prefix="edgecompress-cascade-") as tmp:
+        stages = stage_modules(by_name, names, exp, data, spinning=len(names) == 1, workdir=Path(tmp))
+        cascade = LeanCascade([deployed_stage(d) for d in stages], plan)  # the reference: the same stages
+        if not all(str(d.path or "").endswith(".onnx") for d in stages):
+            return None, None, cascade
+        fused_model = fused_cascade_graph([d.path for d in stages], plan, data.in_chans, native, data.num_classes)
+    sess = fused_session(fused_model, exp.device.threads)
+    int8 = any(d.base_precision == "int8" for d in stages)
+    check = check_fused(sess, cascade.route, [x.numpy() for x, _ in make_loader(data.test, native, 256)],
+                        rel_tolerance=0.05 if int8 else 0.0)
+    if not check.ok:
+        raise EdgeCompressError(
+            f"fused cascade graph disagrees with the reference cascade on the test split: argmax agreement "
+            f"{check.argmax_agreement:.4f} (need {check.min_agreement}), max |logit diff| "
+            f"{check.max_abs_diff:.2g} (tolerance {check.tolerance:g})")
+
+    def serve(a: np.ndarray) -> np.ndarray:
+        return sess.run([LOGITS], {INPUT: a})[0]
+
+    return fused_model, check, serve
+
+
+def _rel_error(predicted: float, measured: float) -> float:
+    return abs(predicted - measured) / measured if measured > 0 else float("nan")
+
+
+def paired_interval_pp(a_correct: np.ndarray, b_correct: np.ndarray) -> tuple[float, float]:
+    """95% interval (pp) of accuracy(a) - accuracy(b) on the same images (Newcombe's paired score interval,
+    study.intervals.paired_difference)."""
+    from edgecompress.study.intervals import paired_difference
+
+    r = paired_difference(a_correct, b_correct)
+    return 100 * float(r.low), 100 * float(r.high)

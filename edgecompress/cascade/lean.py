@@ -38,6 +38,25 @@ def module_stage(module: torch.nn.Module) -> ArrayStage:
     return run
 
 
+def shared_pool_stages(paths: Sequence[str], threads: int = 2) -> list[ArrayStage]:
+    """ONNX Runtime sessions for stages called in turn that share ONE intra-op thread pool: the process's global
+    pool (deploy.runtime.use_global_thread_pool; its first call fixes the size for the whole process, and every
+    later session of the process uses it), so idle per-session pools do not spin on the cores the next stage
+    needs. Serve the fused graph (cascade/fused.py) where one session will do."""
+    import onnxruntime as ort
+
+    from edgecompress.deploy.runtime import ort_session_options, use_global_thread_pool
+
+    use_global_thread_pool(threads)
+    out: list[ArrayStage] = []
+    for p in paths:
+        sess = ort.InferenceSession(str(p), sess_options=ort_session_options(threads, spinning=False),
+                                    providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        out.append(lambda a, s=sess, n=name: s.run(None, {n: np.ascontiguousarray(a, dtype=np.float32)})[0])
+    return out
+
+
 def deployed_stage(deployed: Deployed) -> ArrayStage:
     """A deploy.Deployed model as an array stage (ONNX Runtime: the session is called directly)."""
     return deployed.run_array

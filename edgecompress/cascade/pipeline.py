@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from edgecompress.cascade.builder import check_target
 from edgecompress.cascade.confidence import check_kind
@@ -22,13 +25,14 @@ from edgecompress.cascade.evaluate import (
     study_candidates,
 )
 from edgecompress.cascade.plan import SEED_ALPHA, CascadePlan, combine_weight
+from edgecompress.cascade.risk import check_risk, plan_with_risk, split_indices
 from edgecompress.cascade.runtime import CascadeModel, save_cascade
-from edgecompress.errors import ConfigError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.storage import load_study
 from edgecompress.utils import atomic_write_json
 
-__all__ = ["CascadeBuild", "cascade_from_study", "check_options"]
+__all__ = ["FORMATS", "CascadeBuild", "cascade_from_study", "check_options", "parse_formats"]
 
 
 @dataclass
@@ -44,8 +48,12 @@ class CascadeBuild:
     files: list[str] = field(default_factory=list)
 
 
+FORMATS = ("onnx", "torchscript")
+
+
 def check_options(*, kind: str = "margin", combine: str = "last", max_stages: int = 4,
-                  min_accuracy: float | None = None, max_latency: float | None = None, samples: int = 1000) -> None:
+                  min_accuracy: float | None = None, max_latency: float | None = None, samples: int = 1000,
+                  risk: float | None = None, delta: float = 0.1, formats: tuple[str, ...] = FORMATS) -> None:
     """ConfigError (one line) for a bad option, before any study is opened or model loaded."""
     check_kind(kind)
     combine_weight(combine, SEED_ALPHA)
@@ -54,6 +62,45 @@ def check_options(*, kind: str = "margin", combine: str = "last", max_stages: in
     check_target(min_accuracy, max_latency)
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples!r}")
+    if risk is not None:
+        check_risk(risk, delta)
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"unknown cascade format {', '.join(bad) or '(none)'}; valid: {', '.join(FORMATS)}")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """'onnx,torchscript' -> ('onnx', 'torchscript') (validated by check_options)."""
+    return tuple(f.strip().lower() for f in text.split(",") if f.strip())
+
+
+def _sliced(cands: list[Candidate], idx: np.ndarray) -> list[Candidate]:
+    """The candidates with their validation logits cut to the samples `idx` (the selection part)."""
+    return [dc_replace(c, spec=dc_replace(c.spec, val_logits=c.spec.val_logits[idx])) for c in cands]
+
+
+def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256) -> tuple[Any, float]:
+    """The fused cascade behind the dataset's preprocessing graph (uint8 N x H x W x C images in), and its argmax
+    agreement with the fused graph fed by the data loader on the first `n` stored test images."""
+    from edgecompress.cascade.fused import INPUT, LOGITS, fused_session
+    from edgecompress.deploy.export import raw_items
+    from edgecompress.deploy.preprocess import with_preprocessing
+    from edgecompress.evaluators.data import make_loader
+
+    if data.preprocess is None:
+        raise ConfigError(f"dataset {data.name} states no preprocessing: --preprocess is not available")
+    model = with_preprocessing(fused_model, data.preprocess, data.native_size, layout="NHWC")
+    items = raw_items(data.test, n)
+    if not items or isinstance(items[0], (str, os.PathLike)):
+        raise ConfigError("--preprocess: the check needs a dataset held in memory (folders: use `export`)")
+    raw = fused_session(model, threads).run([LOGITS], {"images": np.stack(items)})[0]
+    x = next(iter(make_loader(data.test, data.native_size, len(items))))[0].numpy()
+    ref = fused_session(fused_model, threads).run([LOGITS], {INPUT: x})[0]
+    agreement = float((raw.argmax(1) == ref.argmax(1)).mean())
+    if agreement < 0.99:
+        raise EdgeCompressError(f"cascade_uint8.onnx agrees with the loader-fed cascade on {agreement:.1%} of "
+                                f"{len(items)} test images (need 99%)")
+    return model, agreement
 
 
 def cascade_from_study(
@@ -70,29 +117,68 @@ def cascade_from_study(
     samples: int = 1000,
     final: str = "auto",
     deployable: bool = True,
+    risk: float | None = None,
+    delta: float = 0.1,
+    calib_fraction: float = 0.5,
+    near_front: int = 1,
+    formats: tuple[str, ...] = FORMATS,
+    preprocess: bool = False,
 ) -> CascadeBuild:
-    """Choose stages and thresholds on validation logits from the study's front (edgecompress.study.front over
-    feasible, measured trials), measure the cascade end to end on the test split, and save it to `out`
-    (TorchScript stages + cascade.yaml, evaluation.json, front.json). `max_latency` is in ms. `deployable`
-    (default): candidates from the front of measured-latency trials; False also admits estimated ones."""
+    """Choose stages and thresholds on validation logits from the study's front and near-front trials, measure the
+    cascade end to end on the test split (as ONE fused ONNX graph, checked against the reference routing), and
+    save it to `out` (cascade.onnx and/or TorchScript stages + cascade.yaml, evaluation.json, front.json).
+    `max_latency` is in ms. With `risk`, the validation logits are split: the selection part chooses the stages,
+    the calibration part (`calib_fraction`) sets thresholds with P(risk > `risk`) <= `delta` (cascade/risk.py).
+    `deployable` (default): candidates from the front of measured-latency trials; False also admits estimated ones."""
+    from edgecompress.cascade.fused import measure_fused_overheads
     from edgecompress.evaluators.data import load_data
 
     check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
-                  max_latency=max_latency, samples=samples)
+                  max_latency=max_latency, samples=samples, risk=risk, delta=delta, formats=formats)
     st = load_study(study, storage, final=final)
     exp = study_experiment(st)
-    cands, labels, notes = study_candidates(st, include_estimated=not deployable)
-    plan = plan_cascade(cands, labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
-                        combine=combine, max_stages=max_stages, batch=batch)
+    cands, labels, notes = study_candidates(st, include_estimated=not deployable, near_front=near_front)
     data = load_data(exp.dataset, exp.seed)
+    first = min(c.spec.input_size for c in cands)
+    ov = measure_fused_overheads(data.in_chans, data.native_size, first, data.num_classes, kind,
+                                 exp.device.batch_size if batch else 1, exp.device.threads)
+    sel_idx = cal_idx = None
+    if risk is not None:
+        sel_idx, cal_idx = split_indices(len(labels), calib_fraction, exp.seed)
+    plan_cands = cands if sel_idx is None else _sliced(cands, sel_idx)
+    plan_labels = labels if sel_idx is None else labels[sel_idx]
+    plan = plan_cascade(plan_cands, plan_labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
+                        combine=combine, max_stages=max_stages, batch=batch,
+                        routing_overhead_ms=ov["routing_overhead_ms"], call_overhead_ms=ov["call_overhead_ms"])
+    control = None
+    if risk is not None and len(plan.stages) > 1:
+        by = {c.spec.name: c.spec.val_logits for c in cands}
+        zs = [by[n] for n in plan.names]
+        plan, control = plan_with_risk(plan, ([z[sel_idx] for z in zs], labels[sel_idx]),
+                                       ([z[cal_idx] for z in zs], labels[cal_idx]), risk, delta)
+    elif risk is not None:
+        notes.append("one model alone meets the target: no thresholds to control (risk 0)")
     if len(plan.stages) == 1:
         notes.append(f"one model alone ({plan.names[0]}) meets the target: no cascade beats it")
-    ev, _ = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
-    by_name = {c.spec.name: c for c in cands}
-    torch_cascade = CascadeModel(stage_modules(by_name, plan.names, exp, data, deployed=False), plan,
-                                 in_chans=data.in_chans)
+    ev, fused_model = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
+    ev.fused_overheads = ov
+    if control is not None:
+        ev.risk = control.to_dict()
     out_dir = Path(out)
-    save_cascade(torch_cascade, out_dir)
+    by_name = {c.spec.name: c for c in cands}
+    if "torchscript" in formats:  # cascade.yaml + TorchScript stages: the reference and torch form
+        torch_cascade = CascadeModel(stage_modules(by_name, plan.names, exp, data, deployed=False), plan,
+                                     in_chans=data.in_chans)
+        save_cascade(torch_cascade, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if "onnx" in formats and fused_model is not None:  # the served artefact, checked on the test split
+        import onnx
+
+        onnx.save(fused_model, str(out_dir / "cascade.onnx"))
+        if preprocess:  # uint8 images in (the loader's steps in the graph), checked on stored test images
+            raw_model, agreement = _with_preprocessing(fused_model, data, exp.device.threads)
+            onnx.save(raw_model, str(out_dir / "cascade_uint8.onnx"))
+            ev.fused_check["uint8_argmax_agreement"] = agreement
     atomic_write_json(out_dir / "evaluation.json", ev.to_dict())
     atomic_write_json(out_dir / "front.json", ev.front)
     files = sorted(p.name for p in out_dir.iterdir())

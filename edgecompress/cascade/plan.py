@@ -76,6 +76,7 @@ class CascadePlan:
     alpha: float = SEED_ALPHA
     routing_overhead_ms: float = 0.0
     batch: bool = False
+    call_overhead_ms: float = 0.0  # per call of a 2+ stage cascade (in-graph resize, confidence, If)
     predicted_accuracy: float | None = None
     predicted_latency_ms: float | None = None
     escalation_rates: list[float] = field(default_factory=list)
@@ -149,16 +150,18 @@ def batch_params(stage: StagePlan) -> tuple[float, float, int]:
 
 
 def expected_latency(
-    stages: Sequence[StagePlan], reach: np.ndarray, batch: bool = False, routing_overhead_ms: float = 0.0
+    stages: Sequence[StagePlan], reach: np.ndarray, batch: bool = False, routing_overhead_ms: float = 0.0,
+    call_overhead_ms: float = 0.0,
 ) -> np.ndarray:
     """Expected latency for reach fractions `reach` (..., m): ms per input, or per serving batch.
 
     Batch 1: sum_k reach_k * latency_k + overhead * (inputs escalated). Serving batch of B: stage k runs
     on the ~reach_k*B escalated samples when there is at least one: P(nonempty) * fixed + per * reach_k*B
-    (affine in the sub-batch size, exact for independent samples under that model).
+    (affine in the sub-batch size, exact for independent samples under that model). A cascade of 2+ stages
+    also pays `call_overhead_ms` per call (measured on the fused graph: resize, confidence, the If test).
     """
     reach = np.asarray(reach, dtype=np.float64)
-    total = np.zeros(reach.shape[:-1])
+    total = np.zeros(reach.shape[:-1]) + (call_overhead_ms if len(stages) > 1 else 0.0)
     for k, st in enumerate(stages):
         r = reach[..., k]
         if not batch:
@@ -250,7 +253,8 @@ def simulate(
         sel = exit_stage == k
         preds[sel] = outs[k][sel].argmax(axis=1)
     reach = [float(np.mean(exit_stage >= k)) if len(labels) else 0.0 for k in range(m)]
-    lat = float(expected_latency(plan.stages, np.array(reach), plan.batch, plan.routing_overhead_ms))
+    lat = float(expected_latency(plan.stages, np.array(reach), plan.batch, plan.routing_overhead_ms,
+                                 plan.call_overhead_ms))
     return SimResult(
         accuracy=float(np.mean(preds == labels)) if len(labels) else 0.0,
         reach=reach,

@@ -31,18 +31,31 @@ def register(app: typer.Typer) -> None:
         deployable: bool = typer.Option(True, "--deployable/--include-estimated",
                                         help="candidates from the front of deployable trials (latency measured, "
                                         "the default), or also trials with estimated sub-8-bit latency"),
+        fmt: str = typer.Option("onnx,torchscript", "--format",
+                                help="onnx (the whole cascade as one graph: cascade.onnx) and/or torchscript"),
+        risk: float | None = typer.Option(None, "--risk", help="guarantee: P(expected loss > RISK) <= DELTA, loss = "
+                                          "cascade wrong while its last stage alone is right"),
+        delta: float = typer.Option(0.1, "--delta", help="failure probability of the --risk guarantee"),
+        calib_fraction: float = typer.Option(0.5, help="with --risk: share of validation that calibrates"),
+        near_front: int = typer.Option(1, help="also take trials of the next N non-dominated fronts"),
+        preprocess: bool = typer.Option(False, "--preprocess", help="also cascade_uint8.onnx: stored uint8 "
+                                        "images in, the loader's preprocessing in the graph"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
-        from edgecompress.cascade.pipeline import cascade_from_study, check_options
+        from edgecompress.cascade.pipeline import cascade_from_study, check_options, parse_formats
         from edgecompress.results import parse_latency_ms
 
         max_ms = parse_latency_ms(max_latency) if max_latency else None
+        formats = parse_formats(fmt)
         check_options(kind=kind, combine=combine, max_stages=max_stages, min_accuracy=min_accuracy,
-                      max_latency=max_ms, samples=samples)  # one line, before any work is announced
+                      max_latency=max_ms, samples=samples, risk=risk, delta=delta,
+                      formats=formats)  # one line, before any work is announced
         with busy("building and measuring the cascade end to end ..."):
             built = cascade_from_study(study, out, min_accuracy=min_accuracy, max_latency=max_ms,
                                        storage=storage, kind=kind, combine=combine, max_stages=max_stages,
                                        batch=batch, samples=samples, final="proxy" if proxy else "auto",
+                                       risk=risk, delta=delta, calib_fraction=calib_fraction,
+                                       near_front=near_front, formats=formats, preprocess=preprocess,
                                        deployable=deployable)
         plan, ev = built.plan, built.evaluation
 
@@ -66,6 +79,23 @@ def register(app: typer.Typer) -> None:
                       f"predicted {ev.predicted_latency_ms:.4f} ms (error {ev.prediction_error:.1%})")
         console.print(f"measured latency batch {ev.batch_size}: {ev.measured_latency_batch_ms:.3f} ms vs "
                       f"{b['measured_latency_batch_ms']:.3f} ms single ({_change(ev.latency_reduction_batch)})")
+        if ev.fused:
+            c = ev.fused_check
+            console.print(f"served as one ONNX graph; checked on {c['samples']} test images against the reference "
+                          f"routing: argmax agreement {c['argmax_agreement']:.4f}, max |logit diff| "
+                          f"{c['max_abs_diff']:.2g}")
+        p = ev.latency_percentiles_ms
+        if p:
+            console.print(f"batch-1 p90/p99: {p['cascade_b1_p90']:.4f}/{p['cascade_b1_p99']:.4f} ms vs single "
+                          f"{p['single_b1_p90']:.4f}/{p['single_b1_p99']:.4f} ms")
+        if ev.accuracy_delta_interval_pp:
+            lo, hi = ev.accuracy_delta_interval_pp
+            console.print(f"accuracy difference (paired, 95%): [{lo:+.2f}, {hi:+.2f}] pp")
+        if ev.risk:
+            r = ev.risk
+            console.print(f"[bold]guarantee:[/] {r['statement']}; calibration risk {r['calib_risk']:.4f}, "
+                          f"p-value {r['p_value']:.3g}; validation split {r['n_select']} selection + "
+                          f"{r['n_calib']} calibration samples")
         if "test_expected_latency_ms" in ev.seed_rule:
             console.print(f"seed's rule (2 stages, margin, out1 + 1.6 out2) at equal val accuracy: expected "
                           f"{ev.seed_rule['test_expected_latency_ms']:.4f} ms, test accuracy "

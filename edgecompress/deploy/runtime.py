@@ -371,6 +371,22 @@ def _build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: l
     )
 
 
+_GLOBAL_POOL: dict[str, int] = {}
+
+
+def use_global_thread_pool(threads: int) -> int:
+    """Give this process's ONNX Runtime sessions ONE shared intra-op pool (onnxruntime.set_global_thread_pool_sizes;
+    every later session gets use_per_session_threads = False, which ORT then requires). The first call fixes
+    the size; returns it. For several sessions called in turn (a LeanCascade): no idle pool spins on the cores
+    the next session needs."""
+    import onnxruntime as ort
+
+    if "threads" not in _GLOBAL_POOL:
+        ort.set_global_thread_pool_sizes(int(threads), 1)
+        _GLOBAL_POOL["threads"] = int(threads)
+    return _GLOBAL_POOL["threads"]
+
+
 def ort_session_options(threads: int, spinning: bool = True) -> Any:
     """ONNX Runtime session options for timing and serving: `threads` intra-op threads, one inter-op
     thread, sequential execution, all graph optimisations, warnings silenced. `spinning=False` for
@@ -387,6 +403,8 @@ def ort_session_options(threads: int, spinning: bool = True) -> Any:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    if _GLOBAL_POOL:  # use_global_thread_pool() was called: ORT refuses per-session pools from then on
+        so.use_per_session_threads = False
     if not spinning:
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     else:

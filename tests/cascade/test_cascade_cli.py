@@ -75,6 +75,8 @@ def test_one_model_front_is_a_clear_message(tiny_study: dict, tmp_path: Path) ->
     (["--combine", "bar"], "error: unknown combine 'bar'; valid: last, sum, seed_alpha"),
     (["--max-latency", "fast"], "error: latency: cannot read 'fast' (examples: 2ms, 500us, 0.5s)"),
     (["--max-stages", "1"], "error: max_stages must be between 2 and 8, got 1"),
+    (["--risk", "1.5"], "error: risk (epsilon) must be in (0, 1), got 1.5"),
+    (["--format", "tflite"], "error: unknown cascade format tflite; valid: onnx, torchscript"),
 ])
 def test_bad_cascade_option_is_one_line_before_any_work(tiny_study: dict, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture, option: list[str],
@@ -88,3 +90,83 @@ def test_bad_cascade_option_is_one_line_before_any_work(tiny_study: dict, tmp_pa
     captured = capsys.readouterr()
     assert captured.err.strip() == says and "Traceback" not in captured.err
     assert not out.exists()
+
+
+def _force_two_stages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tiny study's best plan is often one model; these tests need a real 2-stage cascade: the seed's rule
+    (margin band (0, 0.03), out1 + 1.6 out2) on the cheapest and the most accurate candidate, planned on the
+    logits the pipeline passes (the selection part under --risk)."""
+    import edgecompress.cascade.pipeline as pipeline
+    from edgecompress.cascade.builder import seed_rule_plan
+
+    def plan(cands, labels, **kw):  # noqa: ANN001, ANN003, ANN202
+        best = max(cands, key=lambda c: c.val_accuracy)
+        return seed_rule_plan(cands[0].spec, best.spec, threshold=0.3, labels=labels)
+
+    monkeypatch.setattr(pipeline, "plan_cascade", plan)
+
+
+def test_builder_never_reads_test_logits(tiny_study: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stage choice and risk calibration finish before any test_* artefact is opened: np.load raises on a test
+    file until the pipeline hands the fixed plan to the evaluation (which then may read them)."""
+    import edgecompress.cascade.pipeline as pipeline
+
+    planned: dict[str, object] = {}
+    real_load, real_eval = np.load, pipeline.evaluate_cascade
+
+    def guarded_load(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if Path(str(path)).name.startswith("test_") and "plan" not in planned:
+            raise AssertionError(f"the builder read {path} before the plan was fixed")
+        return real_load(path, *a, **k)
+
+    def evaluate(study, plan, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        planned["plan"] = plan
+        return real_eval(study, plan, *a, **k)
+
+    _force_two_stages(monkeypatch)
+    monkeypatch.setattr(np, "load", guarded_load)
+    monkeypatch.setattr(pipeline, "evaluate_cascade", evaluate)
+    built = pipeline.cascade_from_study(tiny_study["name"], tmp_path / "c", storage=tiny_study["storage"],
+                                        samples=20, risk=0.2, delta=0.2, min_accuracy=0.0, max_stages=2)
+    assert "plan" in planned and built.evaluation.fused and len(built.plan.stages) == 2
+    assert built.evaluation.risk["n_calib"] == 150  # the risk calibration ran, on validation only
+
+
+def test_cascade_cli_risk_and_fused_onnx(tiny_study: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--risk: validation split into selection and calibration parts (sizes printed and stored); --format onnx:
+    one cascade.onnx, checked against the reference routing on the test split, that runs on real images;
+    --preprocess: also the uint8-input form."""
+    import onnxruntime as ort
+
+    _force_two_stages(monkeypatch)
+    out = tmp_path / "cascade"
+    main(["cascade", tiny_study["name"], "--storage", tiny_study["storage"], "-o", str(out), "--samples", "20",
+          "--format", "onnx", "--risk", "0.2", "--delta", "0.2", "--max-latency", "10ms", "--max-stages", "3",
+          "--preprocess"])
+    printed = capsys.readouterr().out
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert ev["fused"] and ev["fused_check"]["ok"] and ev["fused_check"]["samples"] == 300
+    assert sorted(p.name for p in out.iterdir()) == ["cascade.onnx", "cascade_uint8.onnx", "evaluation.json",
+                                                     "front.json"]
+    assert ev["fused_check"]["uint8_argmax_agreement"] >= 0.99  # stored uint8 images in, same answers
+    assert {"cascade_b1_p90", "cascade_b1_p99"} <= set(ev["latency_percentiles_ms"])
+    lo, hi = ev["accuracy_delta_interval_pp"]
+    assert lo <= ev["accuracy_delta_pp"] <= hi
+    assert len(ev["plan"]["stages"]) == 2
+    r = ev["risk"]
+    assert r["n_select"] + r["n_calib"] == 300 and r["n_calib"] == 150 and r["calib_risk"] <= 0.2
+    assert "guarantee:" in printed and "150 calibration samples" in printed
+    assert ev["plan"]["constraint"] == {"risk": 0.2, "delta": 0.2}
+    assert ev["plan"]["thresholds"] == [r["thresholds"][0]] and ev["plan"]["lows"] == [0.0]
+    sess = ort.InferenceSession(str(out / "cascade.onnx"), providers=["CPUExecutionProvider"])
+    exp = parse_experiment(json.loads(json.dumps(optuna.load_study(
+        study_name=tiny_study["name"], storage=tiny_study["storage"]).user_attrs["experiment"])))
+    data = load_data(exp.dataset, exp.seed)
+    right = []
+    for x, y in make_loader(data.test, data.native_size, 64):
+        logits, exits = sess.run(None, {"input": x.numpy()})
+        assert logits.shape == (len(x), 10) and exits.shape == (len(x),)
+        right.append(logits.argmax(1) == y.numpy())
+    # the saved file is the form whose test accuracy the evaluation reports
+    assert float(np.concatenate(right).mean()) == pytest.approx(ev["test_accuracy"], abs=1e-9)
