@@ -76,16 +76,16 @@ def tight_box(layer: np.ndarray) -> np.ndarray:
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
 
 
-def render_split(garments: np.ndarray, seed: int, split: str,
-                 indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render_split(garments: np.ndarray, seed: int, split: str, indices: np.ndarray | None = None,
+                 canvas: int = CANVAS) -> tuple[np.ndarray, np.ndarray]:
     """Scenes and boxes for `garments` (N x 28 x 28); image i uses the generator keyed by (seed, split,
-    indices[i]), so any image can be re-rendered alone."""
+    indices[i]), so any image can be re-rendered alone. (`canvas` other than 48: smaller scenes for tests.)"""
     idx = np.arange(len(garments)) if indices is None else indices
-    imgs = np.zeros((len(garments), CANVAS, CANVAS), np.uint8)
+    imgs = np.zeros((len(garments), canvas, canvas), np.uint8)
     boxes = np.zeros((len(garments), 4), np.float32)
     for i, (g, k) in enumerate(zip(garments, idx)):
         rng = np.random.default_rng([seed, _SPLIT_ID[split], int(k)])
-        imgs[i], boxes[i], _ = render_scene(g, rng)
+        imgs[i], boxes[i], _ = render_scene(g, rng, canvas)
     return imgs, boxes
 
 

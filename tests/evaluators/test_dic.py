@@ -17,24 +17,27 @@ from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.train import TrainSettings, accuracy, train_model
 
 MEAN, STD = scenes.SCENES_PREPROCESS.mean, scenes.SCENES_PREPROCESS.std
+C = 32  # canvas side in these tests
 
 
 @pytest.fixture(scope="module")
 def tiny(fmnist_dir: Path) -> dict:
-    """1500 training and 300 test scenes rendered from real garments, and a tiny ResNet-8 trained on them."""
+    """1000 training and 300 test scenes (32 px canvases, to keep it fast) rendered from real garments, and a
+    tiny ResNet-8 trained on them."""
     arrays = {k: read_idx(fmnist_dir / f, 3 if k.endswith("images") else 1) for k, f in FMNIST_FILES.items()}
     out = {}
-    for split, n in (("train", 1500), ("test", 300)):
-        imgs, boxes = scenes.render_split(arrays[f"{split}_images"][:n], 0, split)
+    for split, n in (("train", 1000), ("test", 300)):
+        imgs, boxes = scenes.render_split(arrays[f"{split}_images"][:n], 0, split, canvas=C)
         labels = torch.from_numpy(arrays[f"{split}_labels"][:n].astype(np.int64))
         out[split] = TensorSplit(torch.from_numpy(imgs).unsqueeze(1), labels, MEAN, STD)
         out[f"{split}_boxes"] = boxes
     torch.manual_seed(0)
     model = create_model("resnet8", num_classes=10, in_chans=1, widths=[8, 16, 32])
-    settings = TrainSettings(epochs=3, batch_size=64, lr=0.1, seed=0, memory_format="contiguous", compute_lock=False)
-    train_model(model, out["train"], 48, settings)
+    settings = TrainSettings(epochs=3, batch_size=32, lr=0.05, seed=0, augment=False, memory_format="contiguous",
+                             compute_lock=False)
+    train_model(model, out["train"], C, settings)
     out["model"] = model.eval()
-    out["accuracy"] = accuracy(model, out["test"], 48, compute_lock=False)
+    out["accuracy"] = accuracy(model, out["test"], C, compute_lock=False)
     return out
 
 
@@ -58,12 +61,12 @@ def test_cam_box_of_a_blob_and_square_crop_targets() -> None:
 
 
 def test_cam_boxes_beat_the_best_fixed_box(tiny: dict) -> None:
-    assert tiny["accuracy"] > 0.5, "the tiny model did not learn; its CAMs say nothing"
-    cams = dic.label_boxes(tiny["model"], tiny["test"], 48)
+    assert tiny["accuracy"] > 0.3, "the tiny model did not learn; its CAMs say nothing"
+    cams = dic.label_boxes(tiny["model"], tiny["test"], C)
     cam_iou = dic.box_iou(cams, tiny["test_boxes"]).mean()
-    # the best single box on the training set's ground truth, over a 4 px grid
-    grid = [(x0, y0, x1, y1) for x0 in range(0, 48, 4) for y0 in range(0, 48, 4)
-            for x1 in range(x0 + 8, 49, 4) for y1 in range(y0 + 8, 49, 4)]
+    # the best single box on the training set's ground truth, over a 2 px grid
+    grid = [(x0, y0, x1, y1) for x0 in range(0, C, 2) for y0 in range(0, C, 2)
+            for x1 in range(x0 + 4, C + 1, 2) for y1 in range(y0 + 4, C + 1, 2)]
     gt = tiny["train_boxes"]
     best = max(grid, key=lambda b: dic.box_iou(np.tile(np.array(b, np.float32), (len(gt), 1)), gt).mean())
     fixed_iou = dic.box_iou(np.tile(np.array(best, np.float32), (len(tiny["test_boxes"]), 1)),
@@ -77,14 +80,14 @@ def test_box_predictor_never_reads_ground_truth() -> None:
 
 
 def test_exported_dic_graph_equals_the_torch_pipeline(tiny: dict, tmp_path: Path) -> None:
-    boxes = dic.label_boxes(tiny["model"], tiny["train"], 48)
-    net, losses = dic.train_box_net(tiny["train"], boxes, 48, 1, epochs=3)
+    boxes = dic.label_boxes(tiny["model"], tiny["train"], C)
+    net, losses = dic.train_box_net(tiny["train"], boxes, C, 1, epochs=3)
     assert losses[-1] < losses[0]
-    pipe = dic.DICPipeline(net, tiny["model"], 48, 16).eval()
-    x = tiny["test"].batch(torch.arange(64), 48)
+    pipe = dic.DICPipeline(net, tiny["model"], C, 16).eval()
+    x = tiny["test"].batch(torch.arange(64), C)
     with torch.no_grad():
         ref = pipe(x).numpy()
-        crops = dic.CroppedSplit(tiny["test"], net(x), 48).batch(torch.arange(64), 16)
+        crops = dic.CroppedSplit(tiny["test"], net(x), C).batch(torch.arange(64), 16)
         assert np.allclose(tiny["model"](crops).numpy(), ref, atol=1e-5)  # training sees the deployed crops
     import onnx
     import onnxruntime as ort
