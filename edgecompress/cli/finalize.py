@@ -26,7 +26,7 @@ def print_finalize(summary: Any) -> None:
         t.add_row("-" if c.proxy_trial is None else str(c.proxy_trial), c.reason,
                   "-" if c.proxy_accuracy is None else f"{c.proxy_accuracy:.4f}",
                   f"prune {cfg.get('prune')} depth {cfg.get('depth')} bits {cfg.get('w_bits')}/{cfg.get('a_bits')} "
-                  f"res {cfg.get('resolution')}")
+                  f"res {cfg.get('resolution')}" + (" crop dic" if cfg.get("crop") == "dic" else ""))
     console.print(t)
     for w in summary.warnings:
         console.print(f"[yellow]warning:[/] {w}")

@@ -49,7 +49,8 @@ def print_summary(summary: Any) -> None:
         cached = f" (={row['cached_from']})" if row.get("cached_from") is not None else ""
         table.add_row(
             f"{row['number']}{cached}", *(_fmt(row["values"][n]) for n in names), _fmt(c.get("prune")),
-            _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}", _fmt(c.get("resolution")),
+            _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}",
+            _fmt(c.get("resolution")) + (" +dic" if c.get("crop") == "dic" else ""),
         )
     console.print(table)
 

@@ -76,6 +76,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
             "achieved_prune": as_float(r.get("achieved_prune", r.get("cfg_prune"))),
             "estimated": est, "feasible": bool(r.get("feasible", True)),
             "latency_source": r.get("latency_source") or "-",
+            "crop": r.get("cfg_crop") if isinstance(r.get("cfg_crop"), str) else "none",
             "is_base": base is not None and int(r["number"]) == int(base["number"]),
         }
         row.update({c: g.at[idx, c] for c in GAIN_COLUMNS})
@@ -150,7 +151,8 @@ def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
             fmt_lat(r["latency_ms"], r["latency_p90_ms"], est),
             "-" if math.isnan(batch) else (f"~{batch:.3g}" if est else f"{batch:.3g}"),
             fmt_count(r["macs"]), fmt_count(r["size_bytes"]) + ("B" if not math.isnan(r["size_bytes"]) else ""),
-            r["bits"], "-" if math.isnan(r["input_size"]) else str(int(r["input_size"])),
+            r["bits"], ("-" if math.isnan(r["input_size"]) else str(int(r["input_size"])))
+            + (" dic" if r.get("crop") == "dic" else ""),
             "-" if math.isnan(r["achieved_prune"]) else f"{r['achieved_prune']:.2f}",
             "estimated" if est else r["latency_source"],
             fmt_x(r.get("speedup_b1"), est), fmt_x(r.get("speedup_batch"), est), fmt_x(r.get("size_reduction")),

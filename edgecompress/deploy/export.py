@@ -43,6 +43,7 @@ from edgecompress.deploy.runtime import (
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
+from edgecompress.evaluators.dic import load_dic_pipeline
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.gains import front_gains
 from edgecompress.results.pareto import Selection, knee_point, select
@@ -548,6 +549,11 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     if isinstance(recorded, str) and recorded != result.weights_sha256:
         raise ExportError(f"trial {sel.number}: {path} does not hold the weights the trial recorded "
                           f"({A.WEIGHTS_HASH} {recorded[:12]}..., file {result.weights_sha256[:12]}...)")
+    if cfg.crop == "dic":  # one graph from the raw canvas: box net -> crop -> the classifier at `size`
+        model = load_dic_pipeline(path.parent, model, data.native_size, size)
+        result.notes.append(f"crop: dic: the files take the whole {data.native_size} px image; in the graph a "
+                            f"box predictor finds the object and its crop is resized to {size} px for the classifier")
+        size = data.native_size
     xval = validation_batch(data, size)
     raw = [spec.decode(it) for it in raw_items(data.val, len(xval))] if preprocess else []
     with torch.no_grad():

@@ -31,6 +31,7 @@ from edgecompress.deploy.runtime import deploy, estimate_sub8bit
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
+from edgecompress.evaluators.dic import BOX_NET_FILE, BoxNet, DICPipeline, ResizePipeline, load_box_net
 from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for, resolve_device
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.spaces.config import CompressionConfig
@@ -121,13 +122,24 @@ class _Remeasurer:
         self.ev.reference_model = self.reference_model  # type: ignore[method-assign]  # never trains
         self._base: Any = None
 
-    def measure(self, model: torch.nn.Module, cfg: CompressionConfig, size: int) -> dict[str, Any]:
+    def measure(self, model: torch.nn.Module, cfg: CompressionConfig, size: int,
+                folder: Path | None = None) -> dict[str, Any]:
         ev, d = self.ev, self.exp.device
         precision = precision_for(cfg.w_bits)
+        exporter = "legacy"
+        if self.exp.space.crop is not None:  # deployed from the raw image, as the evaluator measured it
+            native = ev.data.native_size
+            if cfg.crop == "dic":  # the trial's box net, or its architecture (weights do not change latency)
+                box = folder / BOX_NET_FILE if folder is not None else None
+                net = load_box_net(box) if box is not None and box.is_file() else BoxNet(ev.data.in_chans, native)
+                model = DICPipeline(net, model.eval(), native, size).eval()
+            else:
+                model = ResizePipeline(model.eval(), size).eval()
+            size, exporter = native, "dynamo"
         example = torch.randn(1, ev.data.in_chans, size, size)
         calib = ev.calib_batches(size) if precision == "int8" else None
         dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
-                     device=ev.device, threads=d.threads)
+                     device=ev.device, threads=d.threads, exporter=exporter)
         m = ev.measure_latency(dep, size)
         if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
             m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
@@ -201,7 +213,7 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
         size = cfg.input_size(rm.ev.data.native_size)
         model, _ = compress_model(base, cfg, torch.randn(1, rm.ev.data.in_chans, size, size))
         note = "architecture re-timed; never fine-tuned"
-    metrics = rm.measure(model, cfg, size)
+    metrics = rm.measure(model, cfg, size, Path(folder) if isinstance(folder, str) and folder else None)
     old_latency = ua.get("latency_ms")
     attrs = {k: v for k, v in ua.items() if k not in LATENCY_KEYS and not k.startswith("latency_")}
     attrs.update(metrics)

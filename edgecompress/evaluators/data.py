@@ -346,6 +346,31 @@ def _fashion_mnist(root: Path | None) -> RawData:
                    preprocess=FMNIST_PREPROCESS)
 
 
+# ---- Fashion-MNIST scenes (evaluators/scenes.py) -------------------------------------------------
+@register_dataset("fashion_mnist_scenes", native_size=48)
+def _fashion_mnist_scenes(root: Path | None) -> RawData:
+    """Garments at random scale and position on textured 48 px canvases, rendered once from Fashion-MNIST
+    (found as the fashion_mnist loader finds it, `root` being its folder) and cached under cache_root()."""
+    from edgecompress.evaluators import scenes
+
+    folder = scenes.scenes_folder(cache_root())
+    if not (folder / "meta.json").is_file():
+        src = fmnist_folder(root)
+        if src is None:
+            raise DataError(f"fashion_mnist_scenes is rendered from Fashion-MNIST, not found in "
+                            f"{', '.join(map(str, fmnist_candidates(root)))}; run `make data`")
+        arrays = {k: read_idx(src / f, 3 if k.endswith("images") else 1) for k, f in FMNIST_FILES.items()}
+        folder = scenes.build_scenes(arrays, cache_root())
+    mean, std = scenes.SCENES_PREPROCESS.mean, scenes.SCENES_PREPROCESS.std
+
+    def mk(split: str) -> TensorSplit:
+        imgs, labels = scenes.load_scene_arrays(folder, split)
+        return TensorSplit(torch.from_numpy(imgs).unsqueeze(1), torch.from_numpy(labels), mean, std)
+
+    return RawData(mk("train"), mk("test"), list(FMNIST_CLASSES), in_chans=1, native_size=scenes.CANVAS,
+                   preprocess=scenes.SCENES_PREPROCESS)
+
+
 # ---- CIFAR-10 (python pickles) -----------------------------------------------------------------
 def _cifar_folder(root: Path | None) -> Path:
     cands = [root, root / "cifar-10-batches-py"] if root else [cache_root() / "cifar-10-batches-py"]

@@ -29,6 +29,15 @@ from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed, weights_hash
 from edgecompress.evaluators.cost import count_costs
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
+from edgecompress.evaluators.dic import (
+    BOX_NET_FILE,
+    BoxPredictor,
+    DICPipeline,
+    ResizePipeline,
+    cropped_bundle,
+    get_box_predictor,
+    save_box_net,
+)
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
@@ -39,6 +48,7 @@ from edgecompress.utils import atomic_path, seed_everything
 
 EpochCallback = Callable[[int, float], None]
 REFERENCE_FILE = "latency_reference.json"  # in base_dir(exp): the reference's calibrated medians per machine
+DIC_DIR = "dic"  # in base_dir(exp): CAM boxes and the box predictor (evaluators/dic.py)
 
 
 @dataclass
@@ -81,6 +91,8 @@ class CompressionEvaluator:
         self.device = resolve_device(exp.device.device)
         self._data, self._base = data, base
         self._reference: LatencyReference | None = None
+        self._box: BoxPredictor | None = None
+        self._cropped: DataBundle | None = None
 
     @property
     def data(self) -> DataBundle:
@@ -102,16 +114,43 @@ class CompressionEvaluator:
         if self._base is None:
             self._base = get_base_model(self.exp, self.data, on_progress=on_progress)
         self.latency_reference()
+        if self.exp.space.crop is not None and "dic" in self.exp.space.crop.choices:
+            self.cropped_data()
 
-    def calib_batches(self, size: int, n: int = 8, batch_size: int = 32) -> list[torch.Tensor]:
-        """This experiment's int8 calibration images at `size` (data.calibration_batches)."""
-        return calibration_batches(self.data.train, size, self.exp.seed, n, batch_size)
+    def box_predictor(self) -> BoxPredictor:
+        """The base model's box predictor (CAM boxes -> BoxNet), trained once and cached next to it."""
+        if self._box is None:
+            self._box = get_box_predictor(self.base.model, self.data, base_dir(self.exp) / DIC_DIR, self.exp.seed)
+        return self._box
 
-    def _deploy(self, model: nn.Module, size: int, precision: str, workdir: Path | None = None) -> Deployed:
+    def cropped_data(self) -> DataBundle:
+        """The data as `crop: dic` models see it: every split cropped by the box predictor."""
+        if self._cropped is None:
+            self._cropped = cropped_bundle(self.data, self.box_predictor().net)
+        return self._cropped
+
+    def pipeline(self, model: nn.Module, config: CompressionConfig, size: int) -> tuple[nn.Module, int]:
+        """The deployed module of a compressed classifier and its input side: DICPipeline from the raw canvas for
+        `crop: dic`; when the space searches crop, `none` is also measured from the raw canvas (ResizePipeline),
+        so both include getting to the classifier's input; otherwise the classifier at `size` (as before)."""
+        native = self.data.native_size
+        if config.crop == "dic":
+            return DICPipeline(self.box_predictor().net, model, native, size).eval(), native
+        if self.exp.space.crop is not None:
+            return ResizePipeline(model, size).eval(), native
+        return model, size
+
+    def calib_batches(self, size: int, n: int = 8, batch_size: int = 32, split: Any = None) -> list[torch.Tensor]:
+        """This experiment's int8 calibration images at `size` (data.calibration_batches) from `split` (default:
+        the training split; a `crop: dic` classifier alone is calibrated on its crops)."""
+        return calibration_batches(self.data.train if split is None else split, size, self.exp.seed, n, batch_size)
+
+    def _deploy(self, model: nn.Module, size: int, precision: str, workdir: Path | None = None,
+                exporter: str = "legacy", split: Any = None) -> Deployed:
         example = torch.randn(1, self.data.in_chans, size, size)
-        calib = self.calib_batches(size) if precision == "int8" else None
+        calib = self.calib_batches(size, split=split) if precision == "int8" else None
         return deploy(model, example, backend=self.exp.device.backend, precision=precision, calib_batches=calib,
-                      device=self.device, threads=self.exp.device.threads, workdir=workdir)
+                      device=self.device, threads=self.exp.device.threads, workdir=workdir, exporter=exporter)
 
     def reference_model(self) -> nn.Module:
         """The latency reference's architecture: the uncompressed base model (weights do not matter)."""
@@ -210,6 +249,8 @@ class CompressionEvaluator:
         native = data.native_size
         size = config.input_size(native)
         example = torch.randn(1, data.in_chans, size, size)
+        if config.crop == "dic":  # the classifier trains and is scored on the box predictor's crops
+            data = self.cropped_data()
         taylor = None
         if config.importance == "taylor":  # first-order Taylor importance needs a labelled batch
             taylor = next(iter(make_loader(data.train, size, 64, shuffle=True, seed=exp.seed, limit=64)))
@@ -224,12 +265,19 @@ class CompressionEvaluator:
             "blocks_kept": report["blocks_kept"], "w_bits": w, "a_bits": a, "bn_recalibration_images": n_bn,
             # where the base model came from: a search trains it once, before its trials (a trial loads it)
             "base_from_cache": bool(self.base.reused), "base_dir": str(Path(self.base.path).absolute()),
-            **count_costs(model, (1, data.in_chans, size, size), w_bits=w, a_bits=a),
         }
         # 1. latency and cost first (cheap); weights do not matter for speed
+        pipe, in_size = self.pipeline(model, config, size)
+        metrics.update(count_costs(pipe, (1, data.in_chans, in_size, in_size), w_bits=w, a_bits=a))
+        if pipe is not model:
+            metrics.update({"crop": config.crop, "pipeline_input_size": in_size})
+        if config.crop == "dic":
+            box = self.box_predictor()
+            metrics.update({"dic_box_net_params": box.metrics["box_net_params"],
+                            "dic_cam_method": box.metrics["cam_method"]})
         measured_precision = precision_for(w)
-        dep = self._deploy(model, size, measured_precision)
-        metrics.update(self.measure_latency(dep, size))
+        dep = self._deploy(pipe, in_size, measured_precision, exporter="legacy" if pipe is model else "dynamo")
+        metrics.update(self.measure_latency(dep, in_size))
         if w < 8:  # no sub-8-bit kernels: scale the measured int8 (or fp32 fallback) latency by BitOPs
             metrics.update(estimate_sub8bit(metrics, dep.base_precision, w, a))
         else:
@@ -250,7 +298,7 @@ class CompressionEvaluator:
         settings.max_seconds = max(0.0, ft.max_seconds - (time.perf_counter() - t0))
         if w < 8 and ft.qat:
             apply_fake_quant(model, w, a, qat=True)
-            calibrate(model, self.calib_batches(size))
+            calibrate(model, self.calib_batches(size, split=data.train))
         t1 = time.perf_counter()
         if settings.epochs > 0:
             hist = train_model(model, data.train, size, settings, val=data.val, teacher=self.base.model,
@@ -260,7 +308,7 @@ class CompressionEvaluator:
         metrics["finetune_seconds"] = round(time.perf_counter() - t1, 3)
         metrics["finetune_epochs"] = settings.epochs
         # 3. the shipped form gives the accuracy
-        runner, fp_model = self._final_form(model, config, size)
+        runner, fp_model = self._final_form(model, config, size, data.train)
         metrics["weights_sha256"] = weights_hash(fp_model)  # names the trained weights (export records it too)
         eb = exp.device.eval_batch_size
         lock = exp.device.exclusive_measurement
@@ -276,21 +324,24 @@ class CompressionEvaluator:
                             violations={**pre, **violations(metrics, exp.constraints, "post")})
         if artefact_dir is not None:
             self._write_artefacts(Path(artefact_dir), fp_model, config, metrics, val_logits, test_logits)
+            if config.crop == "dic":  # the export builds the one-graph pipeline from the trial's folder alone
+                save_box_net(self.box_predictor().net, Path(artefact_dir) / BOX_NET_FILE)
             result.artefact_dir = str(artefact_dir)
         return result
 
-    def _final_form(self, model: nn.Module, config: CompressionConfig,
-                    size: int) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
-        """Runner whose logits are the shipped model's, and the fp32 model to save."""
+    def _final_form(self, model: nn.Module, config: CompressionConfig, size: int,
+                    train: Any = None) -> tuple[Callable[[torch.Tensor], torch.Tensor], nn.Module]:
+        """Runner whose logits are the shipped model's, and the fp32 model to save; int8 calibration images come
+        from `train` (the crops for `crop: dic`: the runner takes the classifier's input, not the canvas)."""
         w, a = config.w_bits, config.a_bits
         if w < 8:
             fq = model if getattr(model, "ec_fake_quant", None) else apply_fake_quant(copy.deepcopy(model), w, a)
-            calibrate(fq, self.calib_batches(size))
+            calibrate(fq, self.calib_batches(size, split=train))
             fq.eval()
             return fq, model
         if w == 32 and a == 32:
             return model.eval(), model
-        dep = self._deploy(model.eval(), size, precision_for(w))
+        dep = self._deploy(model.eval(), size, precision_for(w), split=train)
         return dep.run, model
 
     def _write_artefacts(self, folder: Path, model: nn.Module, config: CompressionConfig,

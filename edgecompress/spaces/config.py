@@ -11,6 +11,7 @@ from edgecompress.errors import ConfigError
 from edgecompress.utils import stable_hash
 
 ALLOWED_BITS = (2, 3, 4, 5, 6, 7, 8, 16, 32)
+CROP_CHOICES = ("none", "dic")
 
 
 class CompressionConfig(BaseModel):
@@ -30,6 +31,8 @@ class CompressionConfig(BaseModel):
     finetune_epochs: int | None = Field(None, description="None = the experiment's default")
     round_to: int | None = Field(None, description="round pruned channel counts to a multiple of this")
     importance: Literal["magnitude", "taylor"] = "magnitude"
+    crop: Literal["none", "dic"] = Field("none", description="dic: box predictor -> crop -> classifier "
+                                         "(evaluators/dic.py); none: the whole image resized")
 
     @field_validator("prune")
     @classmethod
@@ -102,11 +105,15 @@ class CompressionConfig(BaseModel):
     def is_uncompressed(self) -> bool:
         return (
             self.stage_prune(1)[0] == 0.0 if not isinstance(self.prune, tuple) else all(p == 0 for p in self.prune)
-        ) and self.depth == 1.0 and self.w_bits == 32 and self.a_bits == 32 and self.resolution == 1.0
+        ) and self.depth == 1.0 and self.w_bits == 32 and self.a_bits == 32 and self.resolution == 1.0 \
+            and self.crop == "none"
 
     # ---- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain dict; `crop` only when it is not "none", so configs from before the crop axis keep their hash."""
         d = self.model_dump()
+        if d["crop"] == "none":
+            del d["crop"]
         for k in ("prune", "depth"):
             if isinstance(d[k], tuple):
                 d[k] = list(d[k])

@@ -9,7 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecompress.errors import ConfigError
-from edgecompress.spaces.config import ALLOWED_BITS, format_validation_error
+from edgecompress.spaces.config import ALLOWED_BITS, CROP_CHOICES, format_validation_error
 from edgecompress.spaces.constraints import Constraints
 from edgecompress.utils import stable_hash
 
@@ -90,6 +90,16 @@ class ParamSpec(_Strict):
         return self
 
 
+class CategorySpec(_Strict):
+    """A categorical dimension: named `choices` (e.g. crop: {choices: [none, dic]})."""
+
+    choices: list[str] = Field(min_length=1)
+    low: None = Field(None, exclude=True)  # a ParamSpec's fields, always unset: SearchSpace reads both alike
+    high: None = Field(None, exclude=True)
+    step: None = Field(None, exclude=True)
+    log: bool = Field(False, exclude=True)
+
+
 class SpaceConfig(_Strict):
     """The search space over CompressionConfig (see spaces/space.py)."""
 
@@ -102,6 +112,17 @@ class SpaceConfig(_Strict):
     finetune_epochs: ParamSpec | None = None
     round_to: int | None = Field(None, ge=1)
     importance: Literal["magnitude", "taylor"] = "magnitude"
+    crop: CategorySpec | None = Field(None, description="dynamic image cropping: choices among none, dic "
+                                      "(None = not searched: crop none)")
+
+    @field_validator("crop")
+    @classmethod
+    def _crop(cls, v: CategorySpec | None) -> CategorySpec | None:
+        if v is not None:
+            bad = [c for c in v.choices if c not in CROP_CHOICES]
+            if bad:
+                raise ValueError(f"crop choices must be among {list(CROP_CHOICES)}, got {bad}")
+        return v
 
     @field_validator("bits", "act_bits")
     @classmethod

@@ -6,6 +6,7 @@ Parameter names (stable; they are the Optuna param names stored in studies):
     w_bits, a_bits                   weight / activation bits (a_bits only when `act_bits` is searched)
     resolution                       input resolution multiplier
     finetune_epochs                  fine-tune epochs (only when searched)
+    crop                             none | dic, dynamic image cropping (only when searched; categorical)
 A depth fraction is canonicalised to blocks per stage (1.0 when nothing is removed), so two fractions that
 give the same network give the same config (and config hash).
 """
@@ -19,8 +20,8 @@ from typing import Any
 import optuna
 
 from edgecompress.errors import ConfigError
-from edgecompress.spaces.config import ALLOWED_BITS, CompressionConfig
-from edgecompress.spaces.experiment import ParamSpec, SpaceConfig
+from edgecompress.spaces.config import ALLOWED_BITS, CROP_CHOICES, CompressionConfig
+from edgecompress.spaces.experiment import CategorySpec, ParamSpec, SpaceConfig
 
 _INT_PARAMS = ("w_bits", "a_bits", "finetune_epochs")
 
@@ -30,7 +31,7 @@ class _Dim:
     """One searchable dimension: a name, its spec, and whether its values are integers."""
 
     name: str
-    spec: ParamSpec
+    spec: ParamSpec | CategorySpec
     integer: bool
     key: str  # the experiment key, for error messages (e.g. "space.prune")
 
@@ -51,7 +52,13 @@ class _Dim:
         n = int(math.floor((s.high - s.low) / step + 1e-9)) + 1
         return [self._cast(round(s.low + i * step, 10)) for i in range(n)]
 
-    def _cast(self, v: float) -> Any:
+    @property
+    def categorical(self) -> bool:
+        return isinstance(self.spec, CategorySpec)
+
+    def _cast(self, v: Any) -> Any:
+        if self.categorical:
+            return str(v)
         return int(round(v)) if self.integer else float(v)
 
     def distribution(self) -> optuna.distributions.BaseDistribution:
@@ -92,6 +99,8 @@ class _Dim:
 
     def contains(self, v: Any) -> bool:
         s = self.spec
+        if self.categorical:
+            return v in self.values()
         if s.choices is not None or s.step is not None:
             return any(math.isclose(float(v), float(c), abs_tol=1e-9) for c in self.values())
         return float(s.low) - 1e-12 <= float(v) <= float(s.high) + 1e-12
@@ -123,6 +132,8 @@ class SearchSpace:
         self.dims.append(_Dim("resolution", cfg.resolution, False, "space.resolution"))
         if cfg.finetune_epochs is not None:
             self.dims.append(_Dim("finetune_epochs", cfg.finetune_epochs, True, "space.finetune_epochs"))
+        if cfg.crop is not None:
+            self.dims.append(_Dim("crop", cfg.crop, False, "space.crop"))
         self._validate()
 
     @classmethod
@@ -178,6 +189,7 @@ class SearchSpace:
             "finetune_epochs": int(params["finetune_epochs"]) if "finetune_epochs" in self.param_names else None,
             "round_to": self.cfg.round_to,
             "importance": self.cfg.importance,
+            "crop": str(params["crop"]) if "crop" in self.param_names else "none",
         }
         return CompressionConfig.from_dict(data, source="search params")
 
@@ -215,6 +227,10 @@ class SearchSpace:
                 params["finetune_epochs"] = config.finetune_epochs
             else:  # the experiment default is not a point of the space: take its cheapest value
                 params["finetune_epochs"] = min(dim.values()) if dim.discrete else int(dim.spec.low)
+        if "crop" in self.param_names:
+            params["crop"] = config.crop
+        elif config.crop != "none":
+            raise ConfigError(f"{source}: crop={config.crop} but the space does not search crop (space.crop)")
         for d in self.dims:
             v = params[d.name]
             if not d.contains(v):
@@ -258,7 +274,9 @@ class SearchSpace:
         return {d.name: (d.values() if d.discrete else [d.spec.low, d.spec.high]) for d in self.dims}
 
 
-def _check_value(name: str, v: float) -> str | None:
+def _check_value(name: str, v: Any) -> str | None:
+    if name == "crop":
+        return None if v in CROP_CHOICES else f"crop must be one of {list(CROP_CHOICES)}, got {v!r}"
     if name.startswith("prune") and not 0.0 <= v < 1.0:
         return f"pruning ratio must be in [0, 1), got {v}"
     if name == "depth" and not 0.0 < v <= 1.0:
@@ -274,6 +292,8 @@ def _check_value(name: str, v: float) -> str | None:
 
 def _snap(d: _Dim, v: Any) -> Any:
     """Use the space's own value (exact float / int) so enqueued params match the distribution."""
+    if d.categorical:
+        return str(v)
     if d.discrete:
         for c in d.values():
             if math.isclose(float(v), float(c), abs_tol=1e-9):
