@@ -23,8 +23,31 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def front_gains_by_trial(summary: Any) -> dict[int, dict[str, Any]]:
+    """results.gains of the summary's front rows against the study's uncompressed trial ({} without one)."""
+    from edgecompress.errors import EdgeCompressError
+    from edgecompress.results.gains import front_gains
+    from edgecompress.study import load_study, study_to_frame
+    from edgecompress.utils import plain
+
+    if not summary.front:
+        return {}
+    try:
+        df = study_to_frame(load_study(summary.study_name, summary.storage, final="proxy"))
+    except EdgeCompressError:  # a storage the summary names but this process cannot reopen: no gains column
+        return {}
+    numbers = [int(r["number"]) for r in summary.front]
+    rows = df[df["number"].isin(numbers)]
+    g, base = front_gains(df, rows)
+    if base is None:
+        return {}
+    return {int(n): {"base_trial": int(base["number"]), **plain(g.loc[i].to_dict())}
+            for i, n in zip(rows.index, rows["number"], strict=True)}
+
+
 def print_summary(summary: Any) -> None:
-    """Counts, where the study is, and the feasible Pareto front as a table."""
+    """Counts, where the study is, and the feasible Pareto front as a table with gains against the base."""
+    from edgecompress.cli.tables import fmt_pp, fmt_x, print_wide
     from edgecompress.search.progress import describe, format_seconds
 
     for w in summary.warnings:
@@ -42,17 +65,25 @@ def print_summary(summary: Any) -> None:
     table.add_column("trial", justify="right")
     for n in names:
         table.add_column(n, justify="right")
-    for col in ("prune", "depth", "bits w/a", "res"):
+    for col in ("prune", "depth", "bits w/a", "res", "faster b1", "acc vs base"):
         table.add_column(col, justify="right")
+    gains = front_gains_by_trial(summary)
     for row in summary.front:
         c = row["config"]
+        g = gains.get(int(row["number"]), {})
         cached = f" (={row['cached_from']})" if row.get("cached_from") is not None else ""
+        est = "~" if row.get("latency_source") == "estimated" or c.get("w_bits", 32) < 8 else ""
         table.add_row(
             f"{row['number']}{cached}", *(_fmt(row["values"][n]) for n in names), _fmt(c.get("prune")),
             _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}",
             _fmt(c.get("resolution")) + (" +dic" if c.get("crop") == "dic" else ""),
+            fmt_x(g.get("speedup_b1"), bool(est)),
+            fmt_pp(g.get("accuracy_change_pp"), g.get("accuracy_change_low_pp"), g.get("accuracy_change_high_pp")),
         )
-    console.print(table)
+    print_wide(table)
+    if gains:
+        base = next(iter(gains.values()))["base_trial"]
+        console.print(f"gains against the base (uncompressed, trial {base}); ~: estimated latency")
 
 
 def search_cmd(
@@ -111,7 +142,7 @@ def search_cmd(
 
         from edgecompress.cli.base import emit_json
 
-        emit_json(asdict(summary))
+        emit_json({**asdict(summary), "gains_vs_uncompressed": front_gains_by_trial(summary)})
     else:
         print_summary(summary)
     if summary.interrupted:

@@ -70,8 +70,19 @@ def test_export_choice_with_deployable_never_picks_an_estimated_trial(handmade) 
         choose_trial(df, trial=3, deployable=True)
 
 
-def test_pareto_json_and_table_show_the_deployable_front_with_gains(handmade) -> None:
-    res = _cli(["pareto", "hm", "--deployable", "--json"], handmade.runs)
+def _main(args: list[str], capsys) -> str:  # noqa: ANN001
+    """stdout of `edgecompress ARGS` run in this process (exit 0)."""
+    from edgecompress.cli import main
+
+    try:
+        main(args)
+    except SystemExit as e:
+        assert not e.code, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_pareto_json_and_table_show_the_deployable_front_with_gains(handmade, capsys, monkeypatch) -> None:
+    res = _cli(["pareto", "hm", "--deployable", "--json"], handmade.runs)  # a real process: stdout is only JSON
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)  # stdout is only the JSON document
     assert doc["deployable"] is True and doc["base_trial"] == 0
@@ -80,13 +91,15 @@ def test_pareto_json_and_table_show_the_deployable_front_with_gains(handmade) ->
     assert rows[1]["speedup_b1"] == pytest.approx(2.0) and rows[2]["speedup_batch"] == pytest.approx(20 / 6)
     assert rows[2]["size_reduction"] == pytest.approx(8.0) and rows[0]["is_base"] is True
     assert not any(r["estimated"] for r in doc["rows"])
-    full = json.loads(_cli(["pareto", "hm", "--json"], handmade.runs).stdout)
+    full = json.loads(_main(["pareto", "hm", "--json"], capsys))
     assert [r["trial"] for r in full["rows"]] == handmade.FRONT
-    table = _cli(["pareto", "hm", "--deployable"], handmade.runs)
-    assert table.returncode == 0, table.stderr
-    line = next(ln for ln in table.stdout.splitlines() if re.match(r"^│\s+1\s", ln))
+    from edgecompress.cli import base as cli_base
+
+    monkeypatch.setattr(cli_base.console, "width", 240)
+    table = _main(["pareto", "hm", "--deployable"], capsys)
+    line = next(ln for ln in table.splitlines() if re.match(r"^│\s+1\s", ln))
     assert "2.00x" in line and "2.50x" in line and "4.00x" in line and "-2.00 pp [" in line
-    assert "gains against the base (uncompressed, trial 0)" in table.stdout
+    assert "gains against the base (uncompressed, trial 0)" in table
 
 
 def test_report_info_has_both_fronts_and_the_base(handmade) -> None:
