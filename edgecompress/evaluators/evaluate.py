@@ -213,7 +213,7 @@ class CompressionEvaluator:
         Returns the least disturbed window, the attempts made and its reference's relative deviation."""
         d = self.exp.device
         kw = dict(min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv,
-                  min_seconds=d.min_seconds)
+                  min_seconds=min(d.min_seconds, d.max_seconds))  # a short cap wins
         best: tuple[PairedStats, float] | None = None
         attempts = 0
         while attempts < d.max_attempts:
