@@ -35,9 +35,9 @@ RESOLUTIONS = (16, 24, 32)
 NATIVE = 48
 EXPERIMENT: dict[str, Any] = {
     "name": "bench-dic", "seed": 0,
-    "dataset": {"name": "fashion_mnist_scenes"},
-    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},  # 2 shared cores: a quarter of the MACs
-    "base_training": {"epochs": 4, "batch_size": 128, "lr": 0.1},
+    "dataset": {"name": "fashion_mnist_scenes", "train_subset": 12000},  # 2 shared cores: 12k of the 18k
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},  # ... and a quarter of the MACs
+    "base_training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
     "finetune": {"epochs": 2, "batch_size": 128, "lr": 0.02, "train_subset": 6000, "max_seconds": 3000},
     "space": {"prune": {"choices": [0.0]}, "bits": {"choices": [32]},
               "resolution": {"choices": [r / NATIVE for r in RESOLUTIONS]}, "crop": {"choices": ["none", "dic"]}},
@@ -45,9 +45,14 @@ EXPERIMENT: dict[str, Any] = {
 }
 
 
-def experiment(epochs: int) -> Any:
+def experiment(epochs: int, smoke: bool = False) -> Any:
     data = dict(EXPERIMENT)
     data["finetune"] = {**EXPERIMENT["finetune"], "epochs": epochs}
+    if smoke:  # a minute's check of this script, not a result
+        data.update(dataset={"name": "fashion_mnist_scenes", "train_subset": 600, "val_subset": 200,
+                             "test_subset": 300}, base_training={"epochs": 1, "batch_size": 64},
+                    device={**EXPERIMENT["device"], "min_repeats": 5, "max_seconds": 0.3})
+        data["finetune"] = {**data["finetune"], "epochs": 1, "train_subset": 200}
     return parse_experiment(data, "bench/dic.py")
 
 
@@ -55,7 +60,7 @@ def train_indices(exp: Any, n: int) -> np.ndarray:
     """Indices (into the cached training canvases) of the evaluator's training split: load_data's own draw."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(exp.seed))
     n_val = max(1, int(round(n * exp.dataset.val_fraction)))
-    return perm[n_val:].numpy()
+    return perm[n_val:][: exp.dataset.train_subset].numpy()
 
 
 def box_figures(ev: Any) -> dict[str, Any]:
@@ -110,42 +115,12 @@ def row(res: Any) -> dict[str, Any]:
     return {"state": res.state, **{k: m.get(k) for k in keys}}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (same for none and dic)")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dic.json"))
-    args = ap.parse_args()
+def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
+            load_start: float) -> dict[str, Any]:
+    """The result document from the resolutions measured so far."""
     from edgecompress.deploy.latency import cpu_name
     from edgecompress.deploy.runtime import cpu_flags
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
-    from edgecompress.spaces.config import CompressionConfig
-    from edgecompress.utils import atomic_write_json
 
-    t0 = time.time()
-    load_start = os.getloadavg()[0]
-    exp = experiment(args.epochs)
-    ev = CompressionEvaluator(exp)
-    ev.prepare()
-    boxes = box_figures(ev)
-    per_res = []
-    for size in RESOLUTIONS:
-        entry: dict[str, Any] = {"resolution_px": size}
-        for crop in ("none", "dic"):
-            res = ev(CompressionConfig(resolution=size / NATIVE, crop=crop))
-            entry[crop] = row(res)
-            print(size, crop, entry[crop], flush=True)
-        dep = ev._deploy(_BoxAndCrop(ev.box_predictor().net, size).eval(), NATIVE, "fp32", exporter="dynamo")
-        bc = ev.measure_latency(dep, NATIVE)
-        entry["box_and_crop_latency_ms"] = bc["latency_ms"]
-        entry["box_and_crop_latency_batch_ms"] = bc["latency_batch_ms"]
-        n, d = entry["none"], entry["dic"]
-        if n["state"] == d["state"] == "complete":
-            entry["gain_pp"] = 100 * (d["test_accuracy"] - n["test_accuracy"])
-            entry["latency_overhead"] = d["latency_ms"] / n["latency_ms"] - 1
-            entry["latency_batch_overhead"] = d["latency_batch_ms"] / n["latency_batch_ms"] - 1
-            entry["box_and_crop_share"] = bc["latency_ms"] / d["latency_ms"]
-            entry["box_and_crop_share_batch"] = bc["latency_batch_ms"] / d["latency_batch_ms"]
-        per_res.append(entry)
     low = per_res[0]
     gain, over = low.get("gain_pp"), low.get("latency_overhead")
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd"})
@@ -171,7 +146,46 @@ def main() -> None:
             "benchmark reads; fixed_box: the best single box on 4000 training ground-truth boxes (4 px grid)",
         ],
     }
-    atomic_write_json(Path(args.out), result)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (same for none and dic)")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dic.json"))
+    ap.add_argument("--smoke", action="store_true", help="tiny subsets, 16 px only: checks the script runs")
+    args = ap.parse_args()
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.spaces.config import CompressionConfig
+    from edgecompress.utils import atomic_write_json
+
+    t0 = time.time()
+    load_start = os.getloadavg()[0]
+    exp = experiment(args.epochs, args.smoke)
+    ev = CompressionEvaluator(exp)
+    ev.prepare()
+    boxes = box_figures(ev)
+    per_res = []
+    for size in RESOLUTIONS[:1] if args.smoke else RESOLUTIONS:
+        entry: dict[str, Any] = {"resolution_px": size}
+        for crop in ("none", "dic"):
+            res = ev(CompressionConfig(resolution=size / NATIVE, crop=crop))
+            entry[crop] = row(res)
+            print(size, crop, entry[crop], flush=True)
+        dep = ev._deploy(_BoxAndCrop(ev.box_predictor().net, size).eval(), NATIVE, "fp32", exporter="dynamo")
+        bc = ev.measure_latency(dep, NATIVE)
+        entry["box_and_crop_latency_ms"] = bc["latency_ms"]
+        entry["box_and_crop_latency_batch_ms"] = bc["latency_batch_ms"]
+        n, d = entry["none"], entry["dic"]
+        if n["state"] == d["state"] == "complete":
+            entry["gain_pp"] = 100 * (d["test_accuracy"] - n["test_accuracy"])
+            entry["latency_overhead"] = d["latency_ms"] / n["latency_ms"] - 1
+            entry["latency_batch_overhead"] = d["latency_batch_ms"] / n["latency_batch_ms"] - 1
+            entry["box_and_crop_share"] = bc["latency_ms"] / d["latency_ms"]
+            entry["box_and_crop_share_batch"] = bc["latency_batch_ms"] / d["latency_batch_ms"]
+        per_res.append(entry)
+        result = summary(exp, ev, args, boxes, per_res, t0, load_start)  # written after each resolution
+        atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution",
                                               "box_iou", "goal_met")}))
 
