@@ -3,7 +3,7 @@
 1. `label_boxes`: class-activation maps of the trained base model (CAM when a linear classifier follows global
    pooling, as in the zoo's ResNets; Grad-CAM otherwise) for each training image's own label, upsampled to the
    canvas and thresholded at CAM_THRESHOLD of their range: the box of the pixels above it.
-2. `BoxNet`: a ~4k-parameter CNN on the canvas pooled to BOX_RES px, trained on those boxes (`train_box_net`)
+2. `BoxNet`: a ~6k-parameter CNN on the canvas pooled to BOX_RES px, trained on those boxes (`train_box_net`)
    to regress 8 numbers in [0, 1]: the box (cx, cy, w, h), whose IoU is reported, and the square crop around
    it (cx, cy, half-width, half-height; side = the box's longer side x CROP_MARGIN, at least MIN_CROP).
    Nothing here reads ground-truth boxes (evaluators/scenes.py keeps them apart, for evaluation only).
@@ -293,12 +293,15 @@ def load_box_net(path: Path) -> BoxNet:
 
 def get_box_predictor(base_model: nn.Module, data: DataBundle, folder: Path, seed: int = 0) -> BoxPredictor:
     """The box predictor of a base model, cached in `folder` (next to the base model): CAM boxes of the
-    training split, then a BoxNet trained on them."""
+    training split, then a BoxNet trained on them (again when the cached one has another recipe)."""
     folder.mkdir(parents=True, exist_ok=True)
+    recipe = {"version": DIC_VERSION, "cam_threshold": CAM_THRESHOLD, "box_res": BOX_RES, "crop_margin": CROP_MARGIN,
+              "min_crop": MIN_CROP, "box_epochs": BOX_EPOCHS, "train_images": len(data.train)}
     with FileLock(str(folder / ".lock")):
         if (folder / BOX_NET_FILE).is_file() and (folder / "metrics.json").is_file():
-            return BoxPredictor(load_box_net(folder / BOX_NET_FILE), json.loads((folder / "metrics.json").read_text()),
-                                folder)
+            metrics = json.loads((folder / "metrics.json").read_text())
+            if all(metrics.get(k) == v for k, v in recipe.items()):
+                return BoxPredictor(load_box_net(folder / BOX_NET_FILE), metrics, folder)
         t0 = time.perf_counter()
         method = cam_method(base_model)
         boxes = label_boxes(base_model, data.train, data.native_size, method)
@@ -306,9 +309,8 @@ def get_box_predictor(base_model: nn.Module, data: DataBundle, folder: Path, see
         t1 = time.perf_counter()
         net, losses = train_box_net(data.train, boxes, data.native_size, data.in_chans, seed=seed)
         save_box_net(net, folder / BOX_NET_FILE)
-        metrics = {"version": DIC_VERSION, "cam_method": method, "cam_threshold": CAM_THRESHOLD,
-                   "box_res": BOX_RES, "crop_margin": CROP_MARGIN, "train_images": len(data.train),
-                   "box_net_params": sum(p.numel() for p in net.parameters()), "box_epochs": BOX_EPOCHS,
+        metrics = {**recipe, "cam_method": method,
+                   "box_net_params": sum(p.numel() for p in net.parameters()),
                    "box_losses": [round(v, 5) for v in losses], "label_seconds": round(t1 - t0, 2),
                    "box_train_seconds": round(time.perf_counter() - t1, 2),
                    "cam_box_mean_area": float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
