@@ -115,6 +115,28 @@ def row(res: Any) -> dict[str, Any]:
     return {"state": res.state, **{k: m.get(k) for k in keys}}
 
 
+def front_comparison(per_res: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, Any]:
+    """The grid's (test accuracy, latency) front with crop none only vs with both: the `dic` points of the
+    joint front and the `none`-only front points each one dominates (no search: the fixed grid's 6 points)."""
+    pts = [(e["resolution_px"], c, e[c]["test_accuracy"], e[c][key]) for e in per_res for c in ("none", "dic")
+           if e[c]["state"] == "complete"]
+
+    def dominates(a: tuple, b: tuple) -> bool:
+        return a[2] >= b[2] and a[3] <= b[3] and (a[2] > b[2] or a[3] < b[3])
+
+    def front(ps: list[tuple]) -> list[tuple]:
+        return [p for p in ps if not any(dominates(q, p) for q in ps)]
+
+    none_front = front([p for p in pts if p[1] == "none"])
+    joint = front(pts)
+    wins = [{"dic_px": p[0], "accuracy": p[2], key: p[3],
+             "dominates_none": [{"px": q[0], "accuracy": q[2], key: q[3]} for q in none_front if dominates(p, q)]}
+            for p in joint if p[1] == "dic"]
+    return {"objective_latency": key, "none_front_px": [p[0] for p in none_front],
+            "joint_front": [f"{p[0]} px {p[1]}" for p in joint], "dic_on_joint_front": wins,
+            "crop_front_dominates_somewhere": any(w["dominates_none"] for w in wins)}
+
+
 def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
             load_start: float) -> dict[str, Any]:
     """The result document from the resolutions measured so far."""
@@ -133,6 +155,8 @@ def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[d
         "goal": "at 16 px: gain >= 3 pp for latency overhead <= 0.15",
         "goal_met": bool(gain is not None and gain >= 3 and over is not None and over <= 0.15),
         **boxes, "base_model": ev.base.metrics, "per_resolution": per_res,
+        "fronts": {"batch_1": front_comparison(per_res),
+                   "serving_batch": front_comparison(per_res, "latency_batch_ms")},
         "device": {"cpu": cpu_name(), "isa": flags, "threads": exp.device.threads, "backend": exp.device.backend},
         "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "seconds": round(time.time() - t0, 1),
@@ -144,6 +168,8 @@ def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[d
             "box_and_crop_share: the box net + crop graph alone, timed the same way, over the dic pipeline",
             "box_iou: the box predictor's boxes on the test split vs the ground truth, which nothing but this "
             "benchmark reads; fixed_box: the best single box on 4000 training ground-truth boxes (4 px grid)",
+            "fronts: from the fixed grid's 6 points (no search was run): does a dic point dominate a point of "
+            "the crop-none front",
         ],
     }
     return result
