@@ -35,9 +35,9 @@ RESOLUTIONS = (16, 24, 32)
 NATIVE = 48
 EXPERIMENT: dict[str, Any] = {
     "name": "bench-dic", "seed": 0,
-    "dataset": {"name": "fashion_mnist_scenes"},
-    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},  # 2 shared cores: a quarter of the MACs
-    "base_training": {"epochs": 4, "batch_size": 128, "lr": 0.1},
+    "dataset": {"name": "fashion_mnist_scenes", "train_subset": 12000},  # 2 shared cores: 12k of the 18k
+    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},  # ... and a quarter of the MACs
+    "base_training": {"epochs": 2, "batch_size": 128, "lr": 0.1},
     "finetune": {"epochs": 2, "batch_size": 128, "lr": 0.02, "train_subset": 6000, "max_seconds": 3000},
     "space": {"prune": {"choices": [0.0]}, "bits": {"choices": [32]},
               "resolution": {"choices": [r / NATIVE for r in RESOLUTIONS]}, "crop": {"choices": ["none", "dic"]}},
@@ -45,9 +45,14 @@ EXPERIMENT: dict[str, Any] = {
 }
 
 
-def experiment(epochs: int) -> Any:
+def experiment(epochs: int, smoke: bool = False) -> Any:
     data = dict(EXPERIMENT)
     data["finetune"] = {**EXPERIMENT["finetune"], "epochs": epochs}
+    if smoke:  # a minute's check of this script, not a result
+        data.update(dataset={"name": "fashion_mnist_scenes", "train_subset": 600, "val_subset": 200,
+                             "test_subset": 300}, base_training={"epochs": 1, "batch_size": 64},
+                    device={**EXPERIMENT["device"], "min_repeats": 5, "max_seconds": 0.3})
+        data["finetune"] = {**data["finetune"], "epochs": 1, "train_subset": 200}
     return parse_experiment(data, "bench/dic.py")
 
 
@@ -55,7 +60,7 @@ def train_indices(exp: Any, n: int) -> np.ndarray:
     """Indices (into the cached training canvases) of the evaluator's training split: load_data's own draw."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(exp.seed))
     n_val = max(1, int(round(n * exp.dataset.val_fraction)))
-    return perm[n_val:].numpy()
+    return perm[n_val:][: exp.dataset.train_subset].numpy()
 
 
 def box_figures(ev: Any) -> dict[str, Any]:
@@ -110,25 +115,84 @@ def row(res: Any) -> dict[str, Any]:
     return {"state": res.state, **{k: m.get(k) for k in keys}}
 
 
+def front_comparison(per_res: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, Any]:
+    """The grid's (test accuracy, latency) front with crop none only vs with both: the `dic` points of the
+    joint front and the `none`-only front points each one dominates (no search: the fixed grid's 6 points)."""
+    pts = [(e["resolution_px"], c, e[c]["test_accuracy"], e[c][key]) for e in per_res for c in ("none", "dic")
+           if e[c]["state"] == "complete"]
+
+    def dominates(a: tuple, b: tuple) -> bool:
+        return a[2] >= b[2] and a[3] <= b[3] and (a[2] > b[2] or a[3] < b[3])
+
+    def front(ps: list[tuple]) -> list[tuple]:
+        return [p for p in ps if not any(dominates(q, p) for q in ps)]
+
+    none_front = front([p for p in pts if p[1] == "none"])
+    joint = front(pts)
+    wins = [{"dic_px": p[0], "accuracy": p[2], key: p[3],
+             "dominates_none": [{"px": q[0], "accuracy": q[2], key: q[3]} for q in none_front if dominates(p, q)]}
+            for p in joint if p[1] == "dic"]
+    return {"objective_latency": key, "none_front_px": [p[0] for p in none_front],
+            "joint_front": [f"{p[0]} px {p[1]}" for p in joint], "dic_on_joint_front": wins,
+            "crop_front_dominates_somewhere": any(w["dominates_none"] for w in wins)}
+
+
+def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
+            load_start: float) -> dict[str, Any]:
+    """The result document from the resolutions measured so far."""
+    from edgecompress.deploy.latency import cpu_name
+    from edgecompress.deploy.runtime import cpu_flags
+
+    low = per_res[0]
+    gain, over = low.get("gain_pp"), low.get("latency_overhead")
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd"})
+    result = {
+        "bench": "dic", "dataset": "fashion_mnist_scenes (48 px canvases, garment 35-80% of the side)",
+        "model": EXPERIMENT["model"], "base_training": EXPERIMENT["base_training"],
+        "finetune": {**EXPERIMENT["finetune"], "epochs": args.epochs},
+        "gain_pp_lowest_resolution": gain, "latency_overhead_lowest_resolution": over,
+        "latency_batch_overhead_lowest_resolution": low.get("latency_batch_overhead"),
+        "goal": "at 16 px: gain >= 3 pp for latency overhead <= 0.15",
+        "goal_met": bool(gain is not None and gain >= 3 and over is not None and over <= 0.15),
+        **boxes, "base_model": ev.base.metrics, "per_resolution": per_res,
+        "fronts": {"batch_1": front_comparison(per_res),
+                   "serving_batch": front_comparison(per_res, "latency_batch_ms")},
+        "device": {"cpu": cpu_name(), "isa": flags, "threads": exp.device.threads, "backend": exp.device.backend},
+        "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
+        "seconds": round(time.time() - t0, 1),
+        "command": shlex.join([".venv/bin/python", "bench/dic.py", *sys.argv[1:]]),
+        "notes": [
+            "latency: the whole deployed graph from the raw 48 px canvas at batch 1 (and the serving batch), "
+            "onnxruntime fp32, timed interleaved with the uncompressed base model and drift-corrected "
+            "(evaluate.measure_latency); none = antialiased resize + classifier, dic = box net + crop + classifier",
+            "box_and_crop_share: the box net + crop graph alone, timed the same way, over the dic pipeline",
+            "box_iou: the box predictor's boxes on the test split vs the ground truth, which nothing but this "
+            "benchmark reads; fixed_box: the best single box on 4000 training ground-truth boxes (4 px grid)",
+            "fronts: from the fixed grid's 6 points (no search was run): does a dic point dominate a point of "
+            "the crop-none front",
+        ],
+    }
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (same for none and dic)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dic.json"))
+    ap.add_argument("--smoke", action="store_true", help="tiny subsets, 16 px only: checks the script runs")
     args = ap.parse_args()
-    from edgecompress.deploy.latency import cpu_name
-    from edgecompress.deploy.runtime import cpu_flags
     from edgecompress.evaluators.evaluate import CompressionEvaluator
     from edgecompress.spaces.config import CompressionConfig
     from edgecompress.utils import atomic_write_json
 
     t0 = time.time()
     load_start = os.getloadavg()[0]
-    exp = experiment(args.epochs)
+    exp = experiment(args.epochs, args.smoke)
     ev = CompressionEvaluator(exp)
     ev.prepare()
     boxes = box_figures(ev)
     per_res = []
-    for size in RESOLUTIONS:
+    for size in RESOLUTIONS[:1] if args.smoke else RESOLUTIONS:
         entry: dict[str, Any] = {"resolution_px": size}
         for crop in ("none", "dic"):
             res = ev(CompressionConfig(resolution=size / NATIVE, crop=crop))
@@ -146,32 +210,8 @@ def main() -> None:
             entry["box_and_crop_share"] = bc["latency_ms"] / d["latency_ms"]
             entry["box_and_crop_share_batch"] = bc["latency_batch_ms"] / d["latency_batch_ms"]
         per_res.append(entry)
-    low = per_res[0]
-    gain, over = low.get("gain_pp"), low.get("latency_overhead")
-    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd"})
-    result = {
-        "bench": "dic", "dataset": "fashion_mnist_scenes (48 px canvases, garment 35-80% of the side)",
-        "model": EXPERIMENT["model"], "base_training": EXPERIMENT["base_training"],
-        "finetune": {**EXPERIMENT["finetune"], "epochs": args.epochs},
-        "gain_pp_lowest_resolution": gain, "latency_overhead_lowest_resolution": over,
-        "latency_batch_overhead_lowest_resolution": low.get("latency_batch_overhead"),
-        "goal": "at 16 px: gain >= 3 pp for latency overhead <= 0.15",
-        "goal_met": bool(gain is not None and gain >= 3 and over is not None and over <= 0.15),
-        **boxes, "base_model": ev.base.metrics, "per_resolution": per_res,
-        "device": {"cpu": cpu_name(), "isa": flags, "threads": exp.device.threads, "backend": exp.device.backend},
-        "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
-        "seconds": round(time.time() - t0, 1),
-        "command": shlex.join([".venv/bin/python", "bench/dic.py", *sys.argv[1:]]),
-        "notes": [
-            "latency: the whole deployed graph from the raw 48 px canvas at batch 1 (and the serving batch), "
-            "onnxruntime fp32, timed interleaved with the uncompressed base model and drift-corrected "
-            "(evaluate.measure_latency); none = antialiased resize + classifier, dic = box net + crop + classifier",
-            "box_and_crop_share: the box net + crop graph alone, timed the same way, over the dic pipeline",
-            "box_iou: the box predictor's boxes on the test split vs the ground truth, which nothing but this "
-            "benchmark reads; fixed_box: the best single box on 4000 training ground-truth boxes (4 px grid)",
-        ],
-    }
-    atomic_write_json(Path(args.out), result)
+        result = summary(exp, ev, args, boxes, per_res, t0, load_start)  # written after each resolution
+        atomic_write_json(Path(args.out), result)
     print(json.dumps({k: result[k] for k in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution",
                                               "box_iou", "goal_met")}))
 

@@ -3,14 +3,14 @@
 1. `label_boxes`: class-activation maps of the trained base model (CAM when a linear classifier follows global
    pooling, as in the zoo's ResNets; Grad-CAM otherwise) for each training image's own label, upsampled to the
    canvas and thresholded at CAM_THRESHOLD of their range: the box of the pixels above it.
-2. `BoxNet`: a ~4k-parameter CNN on the canvas pooled to BOX_RES px, trained on those boxes (`train_box_net`)
+2. `BoxNet`: a ~6k-parameter CNN on the canvas pooled to BOX_RES px, trained on those boxes (`train_box_net`)
    to regress 8 numbers in [0, 1]: the box (cx, cy, w, h), whose IoU is reported, and the square crop around
    it (cx, cy, half-width, half-height; side = the box's longer side x CROP_MARGIN, at least MIN_CROP).
    Nothing here reads ground-truth boxes (evaluators/scenes.py keeps them apart, for evaluation only).
 3. `DICPipeline`: box net -> crop -> classifier, one module from the raw canvas, exported as one ONNX graph.
-   The crop is RoIAlign with 2 x 2 samples per bin written as GridSample + AveragePool, its sampling grid
-   one Gemm of the box net's outputs: 3 graph nodes where torchvision's RoIAlign export takes ~25 (batch
-   indices, slicing), which at batch 1 cost more than the box net itself. `CroppedSplit` gives the same crops
+   The crop is RoIAlign (CROP_SAMPLES per bin and axis) written as GridSample (+ AveragePool when > 1), its
+   sampling grid one Gemm of the box net's outputs: 2-3 graph nodes where torchvision's RoIAlign export takes
+   ~25 (batch indices, slicing), which at batch 1 cost more than the box net itself. `CroppedSplit` gives the same crops
    to fine-tuning and evaluation. `get_box_predictor` caches 1-2 next to the base model.
 """
 
@@ -36,6 +36,8 @@ BOX_RES = 24  # the box predictor's input side (px)
 CAM_THRESHOLD = 0.3  # fraction of each CAM's range (the CAM paper uses 0.2 of the max)
 CROP_MARGIN = 1.15  # the crop's side over the predicted box's longer side
 MIN_CROP = 0.25  # smallest crop side, as a fraction of the canvas
+CROP_SAMPLES = 1  # bilinear samples per output pixel and axis (RoIAlign's sampling_ratio): ORT's GridSample
+# at batch 64 cost more than half the 16 px classifier with 2 x 2 (measured, loaded 2-core machine)
 BOX_EPOCHS = 12
 DIC_VERSION = 1
 BOX_NET_FILE = "box_net.pt"
@@ -68,10 +70,11 @@ def crop_targets(boxes: np.ndarray, canvas: int) -> np.ndarray:
     return np.stack([b[:, 0], b[:, 1], half, half], 1)
 
 
-def crop_matrix(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def crop_matrix(size: int, samples: int = CROP_SAMPLES) -> tuple[torch.Tensor, torch.Tensor]:
     """(W, bias) with grid = box_net_output @ W.T + bias: GridSample coordinates (align_corners=False) of a
-    2size x 2size grid at the centres of 2 x 2 sub-bins of the crop (outputs 4..7: cx, cy, hx, hy)."""
-    n = 2 * size
+    (samples x size)^2 grid at the centres of the crop's samples x samples sub-bins (outputs 4..7: cx, cy,
+    hx, hy)."""
+    n = samples * size
     t = -1.0 + (2 * torch.arange(n, dtype=torch.float32) + 1) / n  # sub-bin centres in [-1, 1]
     w = torch.zeros(n, n, 2, 8)
     w[:, :, 0, 4] = 2.0  # u = 2cx - 1 + 2hx * t_col
@@ -82,12 +85,14 @@ def crop_matrix(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def crop(x: torch.Tensor, boxes: torch.Tensor, size: int, matrix: tuple[torch.Tensor, torch.Tensor] | None = None,
-         ) -> torch.Tensor:
+         samples: int = CROP_SAMPLES) -> torch.Tensor:
     """Crop each canvas to its box net output's square crop (outputs 4..7) at size x size: bilinear samples at
-    2 x 2 sub-bin centres, averaged (RoIAlign, sampling_ratio 2); outside the canvas reads 0."""
-    w, b = matrix if matrix is not None else crop_matrix(size)
-    grid = F.linear(boxes, w, b).view(-1, 2 * size, 2 * size, 2)
-    return F.avg_pool2d(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False), 2)
+    samples x samples sub-bin centres, averaged (RoIAlign with sampling_ratio `samples`); outside reads 0."""
+    w, b = matrix if matrix is not None else crop_matrix(size, samples)
+    n = samples * size
+    out = F.grid_sample(x, F.linear(boxes, w, b).view(-1, n, n, 2), mode="bilinear", padding_mode="zeros",
+                        align_corners=False)
+    return F.avg_pool2d(out, samples) if samples > 1 else out
 
 
 class DICPipeline(nn.Module):
@@ -288,12 +293,15 @@ def load_box_net(path: Path) -> BoxNet:
 
 def get_box_predictor(base_model: nn.Module, data: DataBundle, folder: Path, seed: int = 0) -> BoxPredictor:
     """The box predictor of a base model, cached in `folder` (next to the base model): CAM boxes of the
-    training split, then a BoxNet trained on them."""
+    training split, then a BoxNet trained on them (again when the cached one has another recipe)."""
     folder.mkdir(parents=True, exist_ok=True)
+    recipe = {"version": DIC_VERSION, "cam_threshold": CAM_THRESHOLD, "box_res": BOX_RES, "crop_margin": CROP_MARGIN,
+              "min_crop": MIN_CROP, "box_epochs": BOX_EPOCHS, "train_images": len(data.train)}
     with FileLock(str(folder / ".lock")):
         if (folder / BOX_NET_FILE).is_file() and (folder / "metrics.json").is_file():
-            return BoxPredictor(load_box_net(folder / BOX_NET_FILE), json.loads((folder / "metrics.json").read_text()),
-                                folder)
+            metrics = json.loads((folder / "metrics.json").read_text())
+            if all(metrics.get(k) == v for k, v in recipe.items()):
+                return BoxPredictor(load_box_net(folder / BOX_NET_FILE), metrics, folder)
         t0 = time.perf_counter()
         method = cam_method(base_model)
         boxes = label_boxes(base_model, data.train, data.native_size, method)
@@ -301,9 +309,8 @@ def get_box_predictor(base_model: nn.Module, data: DataBundle, folder: Path, see
         t1 = time.perf_counter()
         net, losses = train_box_net(data.train, boxes, data.native_size, data.in_chans, seed=seed)
         save_box_net(net, folder / BOX_NET_FILE)
-        metrics = {"version": DIC_VERSION, "cam_method": method, "cam_threshold": CAM_THRESHOLD,
-                   "box_res": BOX_RES, "crop_margin": CROP_MARGIN, "train_images": len(data.train),
-                   "box_net_params": sum(p.numel() for p in net.parameters()), "box_epochs": BOX_EPOCHS,
+        metrics = {**recipe, "cam_method": method,
+                   "box_net_params": sum(p.numel() for p in net.parameters()),
                    "box_losses": [round(v, 5) for v in losses], "label_seconds": round(t1 - t0, 2),
                    "box_train_seconds": round(time.perf_counter() - t1, 2),
                    "cam_box_mean_area": float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))

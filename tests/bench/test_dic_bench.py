@@ -1,0 +1,28 @@
+"""bench/dic.py --smoke runs end to end and writes the keys the issue asks for."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow  # trains a base model on 600 scenes and two 16 px configs
+def test_dic_bench_smoke_writes_the_result_keys(fmnist_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "dic.json"
+    env = {**os.environ, "EDGECOMPRESS_RUNS": str(tmp_path / "runs")}
+    subprocess.run([sys.executable, str(ROOT / "bench" / "dic.py"), "--smoke", "--out", str(out)], env=env,
+                   check=True, cwd=ROOT, timeout=1500)
+    doc = json.loads(out.read_text())
+    for key in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution", "box_iou", "per_resolution",
+                "device", "command", "loadavg_1min"):
+        assert key in doc, key
+    (row,) = doc["per_resolution"]
+    assert row["resolution_px"] == 16 and row["none"]["state"] == row["dic"]["state"] == "complete"
+    assert 0.0 <= doc["box_iou"] <= 1.0 and 0 < row["box_and_crop_share"] < 1
