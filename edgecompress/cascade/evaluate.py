@@ -77,6 +77,10 @@ def study_candidates(study: Any, include_estimated: bool = False,
     cands: list[Candidate] = []
     labels: np.ndarray | None = None
     for _, row in rows.iterrows():
+        if row.get("cfg_crop") == "dic":  # its stage would need the box net and crop in front (not yet here)
+            notes.append(f"trial {int(row['number'])}: dynamic image cropping (crop: dic) is not a cascade stage "
+                         "yet, left out")
+            continue
         folder = Path(str(row.get("artefact_dir") or ""))
         if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
             notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")

@@ -13,6 +13,7 @@ import pytest
 
 from edgecompress.deploy.export import choose_trial
 from edgecompress.results import front, study_to_frame
+from edgecompress.study import attrs as A
 from edgecompress.results.gains import base_trial, front_gains, gains
 from edgecompress.results.report import _get_report_info
 from edgecompress.study.intervals import paired_difference
@@ -126,3 +127,22 @@ def test_the_base_is_the_full_uncompressed_config_wherever_it_is(handmade) -> No
     full = df.index[df["number"] == 2][0]
     df.at[full, "config"] = cfg0
     assert int(base_trial(df)["number"]) == 2
+
+
+def test_cascade_candidates_leave_out_dynamic_cropping_trials(handmade) -> None:
+    """A crop: dic trial on the deployable front is not a cascade stage (its stage would need the box net and
+    crop in front); it is left out with a note naming it, the other front trials stay candidates."""
+    from optuna.trial import create_trial
+
+    from edgecompress.cascade.evaluate import study_candidates
+
+    t1 = handmade.study.trials[1]
+    attrs = dict(t1.user_attrs)
+    attrs[A.CONFIG] = {**attrs[A.CONFIG], "crop": "dic"}
+    attrs.update({A.CONFIG_HASH: "h6", "accuracy": 0.91, "latency_ms": 0.45})  # on the front beside 0 and 2
+    handmade.study.add_trial(create_trial(values=[0.91, 0.45], params=t1.params, distributions=t1.distributions,
+                                          user_attrs=attrs))
+    cands, _, notes = study_candidates(handmade.study)
+    numbers = [c.number for c in cands]
+    assert 6 not in numbers and 0 in numbers
+    assert any("trial 6" in n and "crop: dic" in n for n in notes)
