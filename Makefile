@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 FMNIST_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install data browser qemu demo test test-slow lint bench bench-gpu clean
+.PHONY: install data browser qemu services postgres demo test test-slow lint bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -40,14 +40,27 @@ qemu:
 	     && echo "qemu-user installed" || echo "qemu-user not installable here: the emulated-AVX2 test will skip"; \
 	else echo "no qemu-user: the emulated-AVX2 test will skip"; fi
 
+# PostgreSQL (Debian) for the shared-study tests (tests skip with a reason without it); `make postgres` starts
+# a loopback server in runs/postgres for users and prints its --storage URL.
+services:
+	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	     echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	     (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+	     && echo "postgresql installed" || echo "postgresql not installable here: the PostgreSQL tests will skip"; \
+	else echo "no postgresql: the PostgreSQL tests will skip"; fi
+
+postgres: install services
+	$(BIN)/python -m edgecompress.pgserver start --dir runs/postgres --port 5433
+
 demo: data
 	$(BIN)/edgecompress demo configs/fmnist-quick.yaml
 
-test: data browser qemu
+test: data browser qemu services
 	$(BIN)/python -m pytest -q
 
 # exit code 5 = no test selected: not a failure when no test is marked slow
-test-slow: data browser qemu
+test-slow: data browser qemu services
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]
 
 # ruff, then the layer contracts (pyproject.toml [tool.importlinter]): a lower layer importing a higher one fails

@@ -33,6 +33,9 @@ def fmnist_dir() -> Path:
 def _isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("EDGECOMPRESS_RUNS", str(runs))
+    # empty = the runs folder; set through monkeypatch so a Ray trial run in-process (Locations.apply) cannot
+    # leak its artefact store into later tests
+    monkeypatch.setenv("EDGECOMPRESS_ARTEFACTS", "")
 
 
 TINY_PIPELINE = {

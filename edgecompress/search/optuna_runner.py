@@ -78,8 +78,15 @@ def study_dir(study_name: str) -> Path:
 
 def experiment_hash(exp: ExperimentConfig) -> str:
     """What must agree between the workers of one study: the experiment without its budget (how many trials a
-    worker runs and how it samples are its own business) and without its name."""
-    return stable_hash({k: v for k, v in exp.to_dict().items() if k not in ("budget", "name")})
+    worker runs and how it samples are its own business) and without its name. Unset (None) settings are left
+    out, so a newer edgecompress that adds an optional setting hashes an old experiment the same."""
+    return stable_hash(_without_none({k: v for k, v in exp.to_dict().items() if k not in ("budget", "name")}))
+
+
+def _without_none(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _without_none(x) for k, x in v.items() if x is not None}
+    return v
 
 
 def check_experiment(study: optuna.Study, exp: ExperimentConfig) -> None:

@@ -154,6 +154,8 @@ def _trainable_factory(
 
 def _where(ray: Any) -> dict[str, Any]:
     """The Ray node and the resources Ray assigned to this trial (none outside a Ray worker)."""
+    if not ray.is_initialized():  # outside a Ray worker (unit tests): asking would start a local Ray
+        return {"ec_node": None, "ec_resources": None}
     try:
         ctx = ray.get_runtime_context()
         return {"ec_node": ctx.get_node_id(), "ec_resources": dict(ctx.get_assigned_resources())}
