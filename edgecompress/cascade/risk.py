@@ -31,7 +31,7 @@ from edgecompress.cascade.plan import route
 from edgecompress.errors import ConfigError, EdgeCompressError
 
 __all__ = ["RiskControl", "binomial_pvalue", "cascade_loss", "check_risk", "control_risk", "fixed_sequence",
-           "min_calibration_size", "split_indices"]
+           "min_calibration_size", "plan_with_risk", "split_indices"]
 
 
 def check_risk(epsilon: float, delta: float) -> None:
