@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000, help="test images timed one by one")
     ap.add_argument("--near-front", type=int, default=1)
     ap.add_argument("--risk", type=float, default=0.01, help="also a plan with P(risk > RISK) <= 0.1; 0: skip")
+    ap.add_argument("--final", default="auto", choices=["auto", "final", "proxy"],
+                    help="finalized models (auto: when <study>-final has complete trials) or the search's")
     ap.add_argument("--out", default="bench/results/cascade.json")
     args = ap.parse_args()
     if args.heavy:
@@ -96,7 +98,7 @@ def main() -> None:
                         str(args.finalize_epochs), "--no-progress"], check=True)
     build_s = time.perf_counter() - t0
     search = load_study(args.study, final="proxy")
-    st = load_study(args.study, final="auto")
+    st = load_study(args.study, final=args.final)
     exp = parse_experiment(st.user_attrs["experiment"])
     data = load_data(exp.dataset, exp.seed)
     cands, labels, notes = study_candidates(st, near_front=args.near_front)
