@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, study_candidates  # noqa: E402
 from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
+from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
 from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
 from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.deploy.runtime import cpu_flags  # noqa: E402
@@ -116,9 +117,7 @@ def main() -> None:
     risk: dict[str, Any] = {}
     if args.risk > 0:
         sel, cal = split_indices(len(labels), 0.5, exp.seed)
-        sc = [type(c)(**{**c.__dict__, "spec": type(c.spec)(**{**c.spec.__dict__,
-                                                                 "val_logits": c.spec.val_logits[sel]})})
-              for c in cands]
+        sc = sliced_candidates(cands, labels, sel)
         ov = overheads["b1"]
         base = plan_cascade(sc, labels[sel], routing_overhead_ms=ov["routing_overhead_ms"],
                             call_overhead_ms=ov["call_overhead_ms"])
