@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, study_candidates  # noqa: E402
 from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
+from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
 from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
 from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.deploy.runtime import cpu_flags  # noqa: E402
@@ -83,6 +84,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000, help="test images timed one by one")
     ap.add_argument("--near-front", type=int, default=1)
     ap.add_argument("--risk", type=float, default=0.01, help="also a plan with P(risk > RISK) <= 0.1; 0: skip")
+    ap.add_argument("--final", default="auto", choices=["auto", "final", "proxy"],
+                    help="finalized models (auto: when <study>-final has complete trials) or the search's")
     ap.add_argument("--out", default="bench/results/cascade.json")
     args = ap.parse_args()
     if args.heavy:
@@ -96,7 +99,7 @@ def main() -> None:
                         str(args.finalize_epochs), "--no-progress"], check=True)
     build_s = time.perf_counter() - t0
     search = load_study(args.study, final="proxy")
-    st = load_study(args.study, final="auto")
+    st = load_study(args.study, final=args.final)
     exp = parse_experiment(st.user_attrs["experiment"])
     data = load_data(exp.dataset, exp.seed)
     cands, labels, notes = study_candidates(st, near_front=args.near_front)
@@ -114,9 +117,7 @@ def main() -> None:
     risk: dict[str, Any] = {}
     if args.risk > 0:
         sel, cal = split_indices(len(labels), 0.5, exp.seed)
-        sc = [type(c)(**{**c.__dict__, "spec": type(c.spec)(**{**c.spec.__dict__,
-                                                                 "val_logits": c.spec.val_logits[sel]})})
-              for c in cands]
+        sc = sliced_candidates(cands, labels, sel)
         ov = overheads["b1"]
         base = plan_cascade(sc, labels[sel], routing_overhead_ms=ov["routing_overhead_ms"],
                             call_overhead_ms=ov["call_overhead_ms"])
@@ -171,7 +172,8 @@ def main() -> None:
         "escalation_rates_b1_plan": b1["test_escalation_rates"],
         "cascade_b1_plan": {k: v for k, v in b1.items() if k != "front"},
         "cascade_batch_plan": {k: v for k, v in bb.items() if k != "front"},
-        "study": st.study_name, "search_trials_complete": n_search, "finalized_trials_complete": n_final,
+        "study": st.study_name, "models": "finalized" if st.study_name.endswith("-final") else "search (proxy)",
+        "search_trials_complete": n_search, "finalized_trials_complete": n_final,
         "candidates": len(cands), "near_front": args.near_front,
         "backend": exp.device.backend, "threads": exp.device.threads, "batch_size": exp.device.batch_size,
         "device": device(), "torch_version": torch.__version__,

@@ -10,6 +10,14 @@ from edgecompress.cascade.builder import (
     stage_spec_from_artefacts,
 )
 from edgecompress.cascade.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
+from edgecompress.cascade.fused import (
+    FusedCheck,
+    check_fused,
+    fused_cascade_graph,
+    fused_session,
+    measure_fused_overheads,
+)
+from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
 from edgecompress.cascade.pipeline import CascadeBuild, cascade_from_study
 from edgecompress.cascade.plan import (
     COMBINES,
@@ -21,10 +29,21 @@ from edgecompress.cascade.plan import (
     expected_latency,
     simulate,
 )
+from edgecompress.cascade.risk import RiskControl, control_risk, plan_with_risk
 from edgecompress.cascade.runtime import CascadeModel, load_cascade, save_cascade
 
 __all__ = [
     "COMBINES",
+    "FusedCheck",
+    "LeanCascade",
+    "RiskControl",
+    "check_fused",
+    "control_risk",
+    "fused_cascade_graph",
+    "fused_session",
+    "measure_fused_overheads",
+    "plan_with_risk",
+    "shared_pool_stages",
     "CascadeBuild",
     "CONFIDENCE_KINDS",
     "SEED_ALPHA",

@@ -26,7 +26,8 @@ from edgecompress.errors import EdgeCompressError
 FUSED_OPSET = 18  # Resize with antialias
 INPUT, LOGITS, EXIT = "input", "logits", "exit_stage"
 
-__all__ = ["FusedCheck", "fused_cascade_graph", "fused_session", "check_fused", "EXIT", "INPUT", "LOGITS"]
+__all__ = ["EXIT", "INPUT", "LOGITS", "FusedCheck", "check_fused", "fused_cascade_graph", "fused_session",
+           "measure_fused_overheads"]
 
 
 def _load(model: Any) -> Any:

@@ -74,9 +74,10 @@ def parse_formats(text: str) -> tuple[str, ...]:
     return tuple(f.strip().lower() for f in text.split(",") if f.strip())
 
 
-def _sliced(cands: list[Candidate], idx: np.ndarray) -> list[Candidate]:
-    """The candidates with their validation logits cut to the samples `idx` (the selection part)."""
-    return [dc_replace(c, spec=dc_replace(c.spec, val_logits=c.spec.val_logits[idx])) for c in cands]
+def sliced_candidates(cands: list[Candidate], labels: np.ndarray, idx: np.ndarray) -> list[Candidate]:
+    """The candidates with their validation logits (and accuracy) cut to the samples `idx` (the selection part)."""
+    return [dc_replace(c, spec=dc_replace(c.spec, val_logits=c.spec.val_logits[idx]),
+                       val_accuracy=float(np.mean(c.spec.val_logits[idx].argmax(1) == labels[idx]))) for c in cands]
 
 
 def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256) -> tuple[Any, float]:
@@ -145,7 +146,7 @@ def cascade_from_study(
     sel_idx = cal_idx = None
     if risk is not None:
         sel_idx, cal_idx = split_indices(len(labels), calib_fraction, exp.seed)
-    plan_cands = cands if sel_idx is None else _sliced(cands, sel_idx)
+    plan_cands = cands if sel_idx is None else sliced_candidates(cands, labels, sel_idx)
     plan_labels = labels if sel_idx is None else labels[sel_idx]
     plan = plan_cascade(plan_cands, plan_labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
                         combine=combine, max_stages=max_stages, batch=batch,

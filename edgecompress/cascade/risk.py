@@ -31,7 +31,7 @@ from edgecompress.cascade.plan import route
 from edgecompress.errors import ConfigError, EdgeCompressError
 
 __all__ = ["RiskControl", "binomial_pvalue", "cascade_loss", "check_risk", "control_risk", "fixed_sequence",
-           "min_calibration_size", "split_indices"]
+           "min_calibration_size", "plan_with_risk", "split_indices"]
 
 
 def check_risk(epsilon: float, delta: float) -> None:
@@ -185,7 +185,9 @@ def control_risk(select: tuple[Sequence[np.ndarray], np.ndarray, np.ndarray],
 
 def _split_data(plan: Any, logits: Sequence[np.ndarray], labels: np.ndarray
                 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """(confidences of stages 0..m-2, exit_correct (m, N), last-stage-alone correct (N,)) of a plan's stages."""
+    """(confidences of stages 0..m-2, exit_correct (m, N), last-stage correct (N,)) of a plan's stages. "The last
+    stage alone" is the output of an input that goes through every stage: the last model's logits, or with a
+    logit combination (sum, seed_alpha) the combined output there, so escalating everything has zero loss."""
     from edgecompress.cascade.confidence import confidence
     from edgecompress.cascade.plan import running_outputs
 
@@ -194,7 +196,7 @@ def _split_data(plan: Any, logits: Sequence[np.ndarray], labels: np.ndarray
              for z, t in zip(logits[:-1], plan.temperatures[:-1], strict=True)]
     outs = running_outputs(logits, plan.combine, plan.alpha)
     exit_correct = np.stack([o.argmax(axis=1) == labels for o in outs])
-    return confs, exit_correct, np.asarray(logits[-1]).argmax(axis=1) == labels
+    return confs, exit_correct, exit_correct[-1].copy()
 
 
 def plan_with_risk(plan: Any, select: tuple[Sequence[np.ndarray], np.ndarray],

@@ -117,3 +117,18 @@ def test_plan_with_risk_replaces_thresholds_and_states_the_guarantee() -> None:
     assert rc.calib_risk <= 0.02 and 0 < rc.calib_escalation[0] < 1
     assert "1000-sample calibration part" in rc.statement and "<= 0.02" in rc.statement
     assert rc.to_dict()["thresholds"][0] != "inf"
+
+
+def test_combined_outputs_keep_escalate_everything_at_zero_loss() -> None:
+    """With out1 + 1.6 out2 the reference is the combined all-stages output, so the most conservative candidate
+    has zero calibration loss and a guarantee is always reachable with enough samples."""
+    rng = np.random.default_rng(1)
+    n = 600
+    labels = rng.integers(0, 10, n)
+    z = [np.eye(10, dtype=np.float32)[labels] * s + rng.standard_normal((n, 10)).astype(np.float32) * 2
+         for s in (1.0, 2.0)]
+    plan = CascadePlan(stages=[StagePlan("s", 14, 0.1), StagePlan("b", 28, 0.4)], thresholds=[0.3], lows=[0.0],
+                       combine="seed_alpha")
+    new, rc = plan_with_risk(plan, ([x[:300] for x in z], labels[:300]), ([x[300:] for x in z], labels[300:]),
+                             0.01, 0.05)
+    assert rc.rejected >= 1 and rc.calib_risk <= 0.01 and new.lows == [0.0]
