@@ -13,9 +13,9 @@ import pytest
 
 from edgecompress.deploy.export import choose_trial
 from edgecompress.results import front, study_to_frame
-from edgecompress.study import attrs as A
 from edgecompress.results.gains import base_trial, front_gains, gains
 from edgecompress.results.report import _get_report_info
+from edgecompress.study import attrs as A
 from edgecompress.study.intervals import paired_difference
 
 
