@@ -84,7 +84,7 @@ def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256)
     """The fused cascade behind the dataset's preprocessing graph (uint8 N x H x W x C images in), and its argmax
     agreement with the fused graph fed by the data loader on the first `n` stored test images."""
     from edgecompress.cascade.fused import INPUT, LOGITS, fused_session
-    from edgecompress.deploy.export import raw_items
+    from edgecompress.deploy.export_check import raw_items
     from edgecompress.deploy.preprocess import with_preprocessing
     from edgecompress.evaluators.data import make_loader
 

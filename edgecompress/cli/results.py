@@ -259,7 +259,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export one trial (config.yaml + TorchScript/ONNX), each file reloaded, compared and re-timed; config.yaml
         states the loader's preprocessing, checked on the dataset's raw validation files."""
-        from edgecompress.deploy.export import ExportError, export_trial
+        from edgecompress.deploy.export import export_trial
+        from edgecompress.deploy.export_check import ExportError
         from edgecompress.results.pareto import parse_latency_ms
 
         try:

@@ -6,8 +6,9 @@ Layers of one package (see pyproject.toml's import-linter contract):
                        (schemes, calibration, session options), latency measurement. The evaluator measures
                        every candidate through them. `preprocess`: each dataset loader's preprocessing as data
                        (`Preprocess`), its PIL + numpy reference and its ONNX graph (`with_preprocessing`).
-    export, retarget   above results: pick a trial of a study, export it with its exact preprocessing and
-                       check every file; re-measure a study on another device.
+    export, retarget   above results: pick a trial of a study (export_choice), export it with its exact
+                       preprocessing (export), check every file (export_check), write config.yaml
+                       (export_config); re-measure a study on another device (retarget).
 Names are imported on first use (PEP 562), so importing one layer never loads the other.
 """
 
@@ -22,8 +23,9 @@ _API = {
     "serialized_size": "runtime", "INT8_SCHEMES": "runtime",
     "Preprocess": "preprocess", "preprocessing_graph": "preprocess", "with_preprocessing": "preprocess",
     "LatencyStats": "latency", "measure_latency": "latency", "device_name": "latency",
-    "ExportError": "export", "ExportResult": "export", "ModelCheck": "export", "choose_trial": "export",
-    "export_trial": "export", "load_export_config": "export", "PreprocessCheck": "export",
+    "ExportError": "export_check", "ExportResult": "export_check", "ModelCheck": "export_check",
+    "PreprocessCheck": "export_check", "choose_trial": "export_choice", "export_trial": "export",
+    "load_export_config": "export_config",
     "RetargetSummary": "retarget", "RetargetedTrial": "retarget", "retarget_study": "retarget",
 }
 

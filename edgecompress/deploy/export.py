@@ -4,6 +4,8 @@ config.yaml states the dataset loader's preprocessing (its `Preprocess`) in word
 checks that statement: the stated steps, run with PIL + numpy on the dataset's raw files (not the loader's
 tensors), must give the model the loader's input. With `preprocess`, the ONNX files are also written with the
 preprocessing in the graph (uint8 N x H x W x C images in), checked against the torch pipeline.
+This module runs the export; the trial is chosen in export_choice, the files are checked in export_check and
+config.yaml is written (and read back) in export_config.
 
 Nothing is written under the final name until every exported model has been reloaded, compared with the
 in-memory model on a validation batch (top-1 agreement, max logit difference) and re-timed on this
@@ -13,15 +15,11 @@ device: the files are built in a temp folder next to the output folder, which th
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
 import os
-import platform
 import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,116 +28,36 @@ import torch
 import torch.nn as nn
 import yaml
 
-import edgecompress
-from edgecompress.deploy.latency import device_name, measure_latency
-from edgecompress.deploy.preprocess import Preprocess, with_preprocessing
-from edgecompress.deploy.runtime import (
-    deploy,
-    estimate_latency,
-    export_onnx,
-    ort_session_options,
-    resolve_int8_scheme,
+from edgecompress.deploy.export_check import (
+    FP32_MIN_AGREEMENT,
+    ExportError,
+    ExportResult,
+    ModelCheck,
+    budget_check,
+    check_onnx,
+    check_onnx_raw,
+    check_stated_preprocess,
+    check_torchscript,
+    raw_items,
+    validation_batch,
 )
+from edgecompress.deploy.export_choice import choose_trial, trial_model_path
+from edgecompress.deploy.export_config import FILES, PREPROCESS_LAYOUT, export_config
+from edgecompress.deploy.preprocess import Preprocess, with_preprocessing
+from edgecompress.deploy.runtime import deploy, estimate_latency, export_onnx, resolve_int8_scheme
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
 from edgecompress.evaluators.dic import load_dic_pipeline
-from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.gains import front_gains
-from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig
-from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.frame import study_to_frame
-from edgecompress.study.front import front
 from edgecompress.study.storage import load_study
-from edgecompress.utils import plain, read_format_yaml, replace_dir
+from edgecompress.utils import plain, replace_dir
 
-FORMAT = "edgecompress.export"
-FORMAT_VERSION = 2  # 2: input.preprocess is the loader's steps (words + data), not one line
-READABLE_VERSIONS = (1, 2)
 FORMATS = ("yaml", "torchscript", "onnx")
-FILES = {"config": "config.yaml", "torchscript": "model.torchscript.pt", "onnx": "model.onnx",
-         "onnx_int8": "model_int8.onnx", "onnx_preprocess": "model_preprocess.onnx",
-         "onnx_int8_preprocess": "model_int8_preprocess.onnx"}
-FP32_MIN_AGREEMENT = 0.99  # fp32 exports must give the same top-1 as the in-memory model
-CHECK_SAMPLES = 256  # validation images used to compare an exported model with the in-memory one
-RAW_CHECK_SAMPLES = 1000  # validation images the stated preprocessing is checked on (from the raw files)
-MAX_INPUT_DIFF = 1e-3  # stated preprocessing vs the loader's tensor, after normalisation
-PREPROCESS_LAYOUT = "NHWC"  # the uint8 input of the files with the preprocessing in the graph
-_METRIC_TYPES = (int, float, str, bool)
-
-
-class ExportError(EdgeCompressError):
-    """The export cannot proceed or did not pass its checks; `result` holds the checks when they ran."""
-
-    def __init__(self, message: str, result: ExportResult | None = None) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-@dataclass
-class ModelCheck:
-    """One exported file reloaded, compared with the in-memory model and re-timed on this device."""
-
-    name: str  # torchscript | onnx | onnx_int8
-    file: str
-    precision: str
-    samples: int
-    agreement: float  # top-1 agreement with the in-memory fp32 model
-    max_abs_diff: float  # max |logit difference|
-    min_agreement: float | None  # None: informational (int8 is expected to differ a little)
-    latency_ms: float  # median batch 1 (scaled by BitOPs for sub-8-bit trials, see latency_source)
-    latency_p90_ms: float
-    latency_batch_ms: float
-    batch_size: int
-    latency_source: str  # measured | estimated
-    passed: bool
-    note: str = ""
-
-
-@dataclass
-class PreprocessCheck:
-    """config.yaml's stated preprocessing run with PIL + numpy on the raw files of validation images."""
-
-    samples: int  # the first `samples` validation images (all of them when samples == validation images)
-    validation_images: int
-    size: int
-    max_input_diff: float  # max |stated - loader's tensor| over all inputs (after normalisation)
-    agreement: float  # top-1 agreement of the in-memory model on the stated inputs vs the loader's
-    stated_accuracy: float  # the in-memory model on the stated inputs
-    loader_accuracy: float  # the in-memory model on the loader's tensors (the study's pipeline), same images
-    onnx_accuracy: float | None  # model.onnx on the stated inputs (None: no ONNX file exported)
-    study_accuracy: float | None  # the trial's accuracy in the study (its shipped precision, all validation images)
-    passed: bool
-    note: str = ""
-
-
-@dataclass
-class ExportResult:
-    """What was exported where, the checks, and whether the re-measured latency meets the budget."""
-
-    out_dir: Path
-    study: str
-    number: int
-    selection: Selection
-    config: CompressionConfig
-    files: list[str] = field(default_factory=list)
-    checks: list[ModelCheck] = field(default_factory=list)
-    latency_check: str | None = None  # the check whose latency is compared with the budget
-    max_latency_ms: float | None = None
-    problems: list[str] = field(default_factory=list)
-    forced: bool = False
-    preprocess_check: PreprocessCheck | None = None
-    notes: list[str] = field(default_factory=list)
-    weights_sha256: str = ""  # evaluators.compress.weights_hash of the exported model (= the trial's record)
-    fidelity: str = "proxy"  # "final": a finalize study's trial (fully trained), "proxy": a search trial
-    gains: dict[str, Any] = field(default_factory=dict)  # results.gains against the base, with "base_trial"
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def check_device(device: str) -> None:
@@ -164,197 +82,6 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
     if not out:
         raise ValueError(f"--format: no format given (choose from {', '.join(FORMATS)})")
     return tuple(out)
-
-
-def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = None,
-                 min_accuracy: float | None = None, knee: bool = False, deployable: bool = False) -> Selection:
-    """The trial to export: `trial` N, the knee of the front, or `select` over the front by the budgets.
-
-    With `trial` or `knee`, budgets are checked against the chosen point (not used to choose). `deployable`:
-    the front of the trials whose latency was measured (never an estimated one; `trial` N must be one).
-    """
-    if trial is not None and knee:
-        raise ValueError("export: give either --trial or --knee, not both")
-    if trial is None and not knee and max_latency is None and min_accuracy is None:
-        raise ValueError("export: choose a trial with --trial N, --max-latency X, --min-accuracy Y or --knee")
-    if trial is not None:
-        rows = df[df["number"] == trial]
-        if not len(rows):
-            raise EdgeCompressError(f"export: study {df.attrs.get('study_name')!r} has no trial {trial}")
-        row = rows.iloc[0]
-        if row["state"] != "COMPLETE":
-            why = row.get("fail_reason") or row.get("state_detail")
-            raise EdgeCompressError(f"export: trial {trial} is {row['state']} ({why}); only complete trials export")
-        if deployable and row.get(A.LATENCY_SOURCE) == "estimated":
-            raise ValueError(f"export --deployable: trial {trial}'s latency is estimated (no kernels here), not "
-                             "measured; drop --deployable to export it anyway")
-        one = rows.copy()
-        one.attrs = dict(df.attrs)
-        sel = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
-        return Selection(sel.number, sel.feasible, sel.row, sel.violations,
-                         f"trial {trial}" + ("" if sel.feasible else f": {sel.reason}"))
-    rows = front(df, deployable=deployable)
-    if rows.empty:
-        what = "deployable (measured-latency) " if deployable else ""
-        raise EdgeCompressError(f"export: study {df.attrs.get('study_name')!r} has no complete {what}trial")
-    if knee:
-        sel = knee_point(rows)
-        if max_latency is None and min_accuracy is None:
-            return sel
-        one = rows[rows["number"] == sel.number]
-        chk = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
-        return Selection(sel.number, chk.feasible, sel.row, chk.violations,
-                         sel.reason + ("" if chk.feasible else f"; {chk.reason}"))
-    return select(rows, max_latency=max_latency, min_accuracy=min_accuracy)
-
-
-def trial_model_path(row: Any, number: int | None) -> Path:
-    """model.pt of a trial's artefacts, or a one-line error saying why there is none."""
-    folder = row.get("artefact_dir") if hasattr(row, "get") else None
-    if not isinstance(folder, str) or not folder:
-        raise EdgeCompressError(f"trial {number} has no artefact_dir: nothing to export")
-    path = Path(folder) / ARTEFACT_FILES["model"]
-    if not path.is_file():
-        raise EdgeCompressError(f"trial {number}: no saved model at {path} (stopped before fine-tuning, "
-                                "or its artefacts were moved)")
-    return path
-
-
-def validation_batch(data: DataBundle, size: int, n: int = CHECK_SAMPLES) -> torch.Tensor:
-    """The first `n` validation images at `size` (normalised NCHW float)."""
-    n = min(n, len(data.val))
-    return data.val.batch(torch.arange(n), size)
-
-
-def ort_session(path: str | os.PathLike[str], device: str = "cpu", threads: int = 2) -> Any:
-    """A fresh ONNX Runtime session on a file (CUDA provider first when device is cuda)."""
-    import onnxruntime as ort
-
-    so = ort_session_options(threads)
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=so, providers=providers)
-
-
-def compare_logits(ref: np.ndarray, out: np.ndarray) -> tuple[float, float]:
-    """(top-1 agreement, max |difference|) of two logit arrays of the same shape."""
-    if ref.shape != out.shape:
-        raise EdgeCompressError(f"exported model gives logits of shape {out.shape}, expected {ref.shape}")
-    agree = float((ref.argmax(1) == out.argmax(1)).mean()) if len(ref) else 1.0
-    return agree, float(np.max(np.abs(ref - out))) if ref.size else 0.0
-
-
-def _timing(fn_for: Any, exp: ExperimentConfig, device: str, threads: int, backend: str,
-            runtime: str, in_shape: tuple[int, ...]) -> tuple[float, float, float]:
-    """(batch-1 median, batch-1 p90, serving-batch median) in ms; fn_for(x) -> zero-arg callable."""
-    d = exp.device
-    kw = dict(device=device, threads=threads, backend=backend, runtime_version=runtime,
-              min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv,
-              clock="host" if backend == "onnxruntime" else "auto")
-    x1 = torch.randn(1, *in_shape[1:])
-    xb = torch.randn(d.batch_size, *in_shape[1:])
-    s1 = measure_latency(fn_for(x1), batch_size=1, **kw)
-    sb = measure_latency(fn_for(xb), batch_size=d.batch_size, **kw)
-    return s1.median_ms, s1.p90_ms, sb.median_ms
-
-
-def _check_torchscript(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: ExperimentConfig,
-                       device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
-        loaded = torch.jit.load(str(path), map_location=device).eval()
-    with torch.no_grad():
-        out = loaded(xval.to(device)).float().cpu().numpy()
-    agree, diff = compare_logits(ref, out)
-
-    def fn_for(x: torch.Tensor) -> Any:
-        xd = x.to(device)
-        return lambda: loaded(xd)
-
-    return agree, diff, _timing(fn_for, exp, device, threads, "torch", f"torch {torch.__version__}",
-                                tuple(xval.shape))
-
-
-def _check_onnx(path: Path, ref: np.ndarray, xval: torch.Tensor, exp: ExperimentConfig,
-                device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
-    import onnxruntime as ort
-
-    sess = ort_session(path, device, threads)
-    name = sess.get_inputs()[0].name
-    out = np.asarray(sess.run(None, {name: xval.numpy()})[0], dtype=np.float32)
-    agree, diff = compare_logits(ref, out)
-
-    def fn_for(x: torch.Tensor) -> Any:
-        feed = {name: x.numpy()}
-        return lambda: sess.run(None, feed)
-
-    return agree, diff, _timing(fn_for, exp, device, threads, "onnxruntime", f"onnxruntime {ort.__version__}",
-                                tuple(xval.shape))
-
-
-def raw_items(split: Any, n: int) -> list[Any]:
-    """The first `n` images of `split` as the dataset stores them: file paths (folders) or uint8 H x W x C arrays
-    (datasets read into memory), not the loader's tensors."""
-    if hasattr(split, "files"):
-        return list(split.files[:n])
-    if hasattr(split, "images"):
-        return [im.permute(1, 2, 0).numpy() for im in split.images[:n]]
-    raise EdgeCompressError(f"cannot read the stored images of a {type(split).__name__} to check the preprocessing")
-
-
-def check_stated_preprocess(model: nn.Module, data: DataBundle, spec: Preprocess, size: int,
-                            study_accuracy: float | None = None, onnx_path: Path | None = None,
-                            n: int = RAW_CHECK_SAMPLES, threads: int = 2, chunk: int = 128) -> PreprocessCheck:
-    """Run `spec`'s stated steps (PIL + numpy, `Preprocess.apply`) on the raw files of the first `n` validation
-    images and compare with the loader's tensors: input difference, the in-memory model's top-1 agreement and
-    accuracy on both, and `onnx_path`'s accuracy on the stated inputs."""
-    n = min(n, len(data.val))
-    items, labels = raw_items(data.val, n), data.val.labels[:n].numpy()
-    sess = ort_session(onnx_path, "cpu", threads) if onnx_path is not None else None
-    diff, stated_pred, loader_pred, onnx_pred = 0.0, [], [], []
-    for start in range(0, n, chunk):
-        stated = np.stack([spec.apply(it, size) for it in items[start: start + chunk]])
-        loader = data.val.batch(torch.arange(start, min(n, start + chunk)), size)
-        diff = max(diff, float(np.abs(stated - loader.numpy()).max()))
-        with torch.no_grad():
-            stated_pred.append(model(torch.from_numpy(stated)).argmax(1).numpy())
-            loader_pred.append(model(loader).argmax(1).numpy())
-        if sess is not None:
-            out = sess.run(None, {sess.get_inputs()[0].name: stated})[0]
-            onnx_pred.append(np.asarray(out).argmax(1))
-    sp, lp = np.concatenate(stated_pred), np.concatenate(loader_pred)
-    agreement = float((sp == lp).mean())
-    return PreprocessCheck(
-        samples=n, validation_images=len(data.val), size=size, max_input_diff=diff, agreement=agreement,
-        stated_accuracy=float((sp == labels).mean()), loader_accuracy=float((lp == labels).mean()),
-        onnx_accuracy=float((np.concatenate(onnx_pred) == labels).mean()) if onnx_pred else None,
-        study_accuracy=study_accuracy, passed=agreement >= FP32_MIN_AGREEMENT and diff <= MAX_INPUT_DIFF,
-    )
-
-
-def _check_onnx_raw(path: Path, ref: np.ndarray, images: list[np.ndarray], exp: ExperimentConfig,
-                    device: str, threads: int) -> tuple[float, float, tuple[float, float, float]]:
-    """A file with the preprocessing in its graph, fed the decoded uint8 images (N x H x W x C, one batch per
-    image size) of the images `ref` (the in-memory model on the loader's tensors) was computed on."""
-    import onnxruntime as ort
-
-    sess = ort_session(path, device, threads)
-    name = sess.get_inputs()[0].name
-    out = np.zeros_like(ref)
-    by_shape: dict[tuple[int, ...], list[int]] = {}
-    for i, im in enumerate(images):
-        by_shape.setdefault(im.shape, []).append(i)
-    for idx in by_shape.values():
-        out[idx] = np.asarray(sess.run(None, {name: np.stack([images[i] for i in idx])})[0], dtype=np.float32)
-    agree, diff = compare_logits(ref, out)
-    d = exp.device
-    kw = dict(device=device, threads=threads, backend="onnxruntime", runtime_version=f"onnxruntime {ort.__version__}",
-              min_repeats=d.min_repeats, max_seconds=d.max_seconds, target_cv=d.target_cv, clock="host")
-    feeds = [{name: np.stack([images[0]] * b)} for b in (1, d.batch_size)]
-    s1 = measure_latency(lambda: sess.run(None, feeds[0]), batch_size=1, **kw)
-    sb = measure_latency(lambda: sess.run(None, feeds[1]), batch_size=d.batch_size, **kw)
-    return agree, diff, (s1.median_ms, s1.p90_ms, sb.median_ms)
 
 
 def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size: int, in_chans: int,
@@ -388,111 +115,6 @@ def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size
             onnx.save(merged, str(staging / FILES[f"{name}_preprocess"]))
             built.append((f"{name}_preprocess", precision))
     return built
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def versions() -> dict[str, str]:
-    """Versions of the runtimes an exported model was built and checked with."""
-    out = {"edgecompress": edgecompress.__version__, "torch": torch.__version__,
-           "numpy": np.__version__, "python": platform.python_version()}
-    for mod in ("onnxruntime", "onnx"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except ImportError:
-            out[mod] = "not installed"
-    return out
-
-
-def preprocessed_input(spec: Preprocess, size: int, files: list[str]) -> dict[str, Any]:
-    """config.yaml's description of the files with the preprocessing in the graph."""
-    c = spec.channels
-    decode = (f"decode with PIL: np.asarray(Image.open(file).convert({spec.pil_mode!r}))" if spec.pil_mode
-              else f"the stored uint8 pixels ({spec.stored})")
-    return {
-        "files": files, "input_name": "images", "dtype": "uint8", "layout": PREPROCESS_LAYOUT,
-        "shape": ["N", "H", "W", c], "output": "logits",
-        "words": f"uint8 images N x H x W x {c} ({decode}; all images of one batch the same H x W); the graph runs "
-                 f"the steps after decoding (ONNX Resize with antialias, opset >= 18) and the model",
-    }
-
-
-def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle, row: dict[str, Any],
-                  size: int, device: str, threads: int, staging: Path,
-                  spec: Preprocess | None = None) -> dict[str, Any]:
-    """The config.yaml content: everything needed to reproduce and to use the exported model."""
-    metric_keys = [k for k, v in row.items() if isinstance(v, _METRIC_TYPES) and not k.startswith(
-        ("params_", "cfg_", "violation_", "datetime"))]
-    metrics = {k: plain(row[k]) for k in sorted(metric_keys)}
-    files = {}
-    for name in result.files:
-        p = staging / name
-        files[name] = {"sha256": _sha256(p), "bytes": p.stat().st_size}
-    spec = spec or data.preprocess
-    if spec is None:
-        raise ExportError(f"dataset {data.name!r}: its loader states no preprocessing (RawData.preprocess)")
-    pre_files = [f for f in result.files if f.endswith("_preprocess.onnx")]
-    inp: dict[str, Any] = {"size": size, "channels": data.in_chans, "layout": "NCHW", "dtype": "float32",
-                           "preprocess": spec.describe(size), "mean": plain(list(spec.mean)),
-                           "std": plain(list(spec.std)), "classes": list(data.classes)}
-    if pre_files:
-        inp["preprocessed_onnx"] = preprocessed_input(spec, size, pre_files)
-    pc = result.preprocess_check
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "study": result.study,
-        "trial": result.number,
-        "selection": {"reason": result.selection.reason, "feasible": result.selection.feasible,
-                      "violations": plain(result.selection.violations)},
-        "compression": result.config.to_dict(),
-        "config_hash": result.config.config_hash(),
-        "weights_sha256": result.weights_sha256,
-        "fidelity": result.fidelity,
-        "gains_vs_uncompressed": dict(result.gains) or None,
-        "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
-        "seed": exp.seed,
-        "input": inp,
-        "metrics": metrics,
-        "device": {"export_device": device, "export_device_name": device_name(device), "threads": threads,
-                   "search_device": metrics.get("device"), "search_device_name": metrics.get("device_name"),
-                   "search_backend": metrics.get("backend")},
-        "versions": versions(),
-        "files": files,
-        "checks": [plain(asdict(c)) for c in result.checks],
-        "preprocess_check": plain(asdict(pc)) if pc is not None else None,
-        "budget": {"max_latency_ms": result.max_latency_ms, "latency_check": result.latency_check},
-        "problems": list(result.problems),
-        "notes": precision_notes(result.config) + list(result.notes),
-        "experiment": exp.to_dict(),
-    }
-
-
-def precision_notes(cfg: CompressionConfig) -> list[str]:
-    """What the exported files are, relative to the precision the trial was scored at."""
-    w, a = cfg.w_bits, cfg.a_bits
-    if w < 8:
-        return [f"the trial's accuracy is the {w}/{a}-bit fake-quantised model's; no runtime has {w}-bit kernels, "
-                "so the files are fp32 and int8 (QDQ) and the int8 latency is scaled by the BitOPs ratio"]
-    if w == 16:
-        return ["16-bit trial: the files are fp32 (cast to fp16/bf16 at load time where the device supports it)"]
-    return []
-
-
-def load_export_config(path: str | os.PathLike[str]) -> tuple[CompressionConfig, dict[str, Any]]:
-    """Read an export's config.yaml (a file or its folder) -> (CompressionConfig, the whole document)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / FILES["config"]
-    doc = read_format_yaml(path, FORMAT, READABLE_VERSIONS, "export config")
-    return CompressionConfig.from_dict(doc["compression"], str(path)), doc
 
 
 def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | None = None,
@@ -567,9 +189,9 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
         for name, precision in built:
             file = FILES[name]
             if name.endswith("_preprocess"):
-                agree, diff, (lat, p90, lat_b) = _check_onnx_raw(staging / file, ref, raw, exp, device, threads)
+                agree, diff, (lat, p90, lat_b) = check_onnx_raw(staging / file, ref, raw, exp, device, threads)
             else:
-                check = _check_torchscript if name == "torchscript" else _check_onnx
+                check = check_torchscript if name == "torchscript" else check_onnx
                 agree, diff, (lat, p90, lat_b) = check(staging / file, ref, xval, exp, device, threads)
             source, note = "measured", ""
             if name.endswith("_preprocess"):
@@ -600,7 +222,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
             result.problems.append(
                 f"the stated preprocessing does not reproduce the loader's input on {pc.samples} raw validation "
                 f"images: max input difference {pc.max_input_diff:.3g}, top-1 agreement {pc.agreement:.4f}")
-        _budget_check(result, exp, cfg)
+        budget_check(result, exp, cfg)
         if result.problems and not force:
             raise ExportError(f"export of trial {result.number} failed its checks: {'; '.join(result.problems)} "
                               "(pass --force to write it anyway)", result)
@@ -630,18 +252,3 @@ def _study_accuracy(row: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if np.isnan(f) else f
-
-
-def _budget_check(result: ExportResult, exp: ExperimentConfig, cfg: CompressionConfig) -> None:
-    """Compare the latency of the file matching the search's deploy form with the requested budget."""
-    by_name = {c.name: c for c in result.checks}
-    if exp.device.backend == "onnxruntime":
-        order = ["onnx_int8", "onnx", "torchscript"] if cfg.w_bits <= 8 else ["onnx", "torchscript"]
-    else:
-        order = ["torchscript", "onnx", "onnx_int8"]
-    main = next((by_name[n] for n in order if n in by_name), None)
-    result.latency_check = main.name if main else None
-    if main is not None and result.max_latency_ms is not None and main.latency_ms > result.max_latency_ms:
-        result.problems.append(
-            f"re-measured latency of {main.file} on this device is {main.latency_ms:.4g} ms "
-            f"({main.latency_source}), over the budget of {result.max_latency_ms:g} ms")

@@ -10,15 +10,10 @@ import pytest
 import torch
 
 import edgecompress.deploy.export as export_mod
-from edgecompress.deploy.export import (
-    ExportError,
-    ExportResult,
-    ModelCheck,
-    choose_trial,
-    export_trial,
-    load_export_config,
-    parse_formats,
-)
+from edgecompress.deploy.export import export_trial, parse_formats
+from edgecompress.deploy.export_check import ExportError, ExportResult, ModelCheck, budget_check
+from edgecompress.deploy.export_choice import choose_trial
+from edgecompress.deploy.export_config import load_export_config
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.results import load_study, study_to_frame
 from edgecompress.results.pareto import Selection
@@ -170,7 +165,7 @@ def test_budget_check_uses_the_deploy_form_and_flags_a_slow_file() -> None:
 
     res = ExportResult(Path("x"), "s", 1, Selection(1, True, {}), CompressionConfig(w_bits=8, a_bits=8),
                        checks=[check("onnx", 0.5), check("onnx_int8", 3.0)], max_latency_ms=2.0)
-    export_mod._budget_check(res, parse_experiment({}), res.config)
+    budget_check(res, parse_experiment({}), res.config)
     assert res.latency_check == "onnx_int8" and "over the budget of 2 ms" in res.problems[0]
 
 

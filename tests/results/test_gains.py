@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from edgecompress.deploy.export import choose_trial
+from edgecompress.deploy.export_choice import choose_trial
 from edgecompress.results import front, study_to_frame
 from edgecompress.results.gains import base_trial, front_gains, gains
 from edgecompress.results.report import _get_report_info

@@ -78,7 +78,8 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
     assert load_study(proxy["storage"]).study_name == "tiny-final"  # a file with both counts as one study
     assert load_study("tiny", final="proxy").study_name == "tiny"
     # export reads the finalized study by default and ships its weights, not the search trial's
-    from edgecompress.deploy.export import export_trial, load_export_config
+    from edgecompress.deploy.export import export_trial
+    from edgecompress.deploy.export_config import load_export_config
 
     pick = next(t for t in trials if t.user_attrs[A.PROXY_TRIAL] is not None)
     res = export_trial("tiny", proxy["runs"] / "export", trial=pick.number, formats="onnx")
