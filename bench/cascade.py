@@ -33,8 +33,8 @@ from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, study_
 from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
 from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
 from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
+from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
 from edgecompress.deploy.latency import cpu_name  # noqa: E402
-from edgecompress.deploy.runtime import cpu_flags  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402
 from edgecompress.results import load_study  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402

@@ -140,8 +140,8 @@ def front_comparison(per_res: list[dict[str, Any]], key: str = "latency_ms") -> 
 def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
             load_start: float) -> dict[str, Any]:
     """The result document from the resolutions measured so far."""
+    from edgecompress.deploy.cpu_features import cpu_flags
     from edgecompress.deploy.latency import cpu_name
-    from edgecompress.deploy.runtime import cpu_flags
 
     low = per_res[0]
     gain, over = low.get("gain_pp"), low.get("latency_overhead")

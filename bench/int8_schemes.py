@@ -27,14 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgecompress.deploy.cpu_features import cpu_flags, has_vnni, resolve_int8_scheme  # noqa: E402
 from edgecompress.deploy.latency import device_name  # noqa: E402
-from edgecompress.deploy.runtime import (  # noqa: E402
-    cpu_flags,
-    deploy,
-    has_vnni,
-    quantized_conv_share,
-    resolve_int8_scheme,
-)
+from edgecompress.deploy.runtime import deploy  # noqa: E402
+from edgecompress.deploy.runtime_ort import quantized_conv_share  # noqa: E402
 from edgecompress.evaluators.data import make_loader  # noqa: E402
 from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402

@@ -40,8 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from edgecompress.deploy.cpu_features import cpu_flags, has_vnni  # noqa: E402
 from edgecompress.deploy.latency import cpu_name, latency_lock  # noqa: E402
-from edgecompress.deploy.runtime import cpu_flags, has_vnni  # noqa: E402
 from edgecompress.evaluators.base import BaseModel, build_model  # noqa: E402
 from edgecompress.evaluators.compress import compress_model  # noqa: E402
 from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402

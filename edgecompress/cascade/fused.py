@@ -213,7 +213,7 @@ def fused_session(model: Any, threads: int = 2, spinning: bool = True) -> Any:
     """An ONNX Runtime CPU session for a fused cascade (ModelProto or path), with the deploy options."""
     import onnxruntime as ort
 
-    from edgecompress.deploy.runtime import ort_session_options
+    from edgecompress.deploy.runtime_ort import ort_session_options
 
     src = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
     return ort.InferenceSession(src, sess_options=ort_session_options(threads, spinning),

@@ -14,7 +14,7 @@ import torch
 
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
-from edgecompress.deploy.runtime import Deployed
+from edgecompress.deploy.deployed import Deployed
 from edgecompress.evaluators.data import resize_batch
 
 ArrayStage = Callable[[np.ndarray], np.ndarray]
@@ -40,12 +40,12 @@ def module_stage(module: torch.nn.Module) -> ArrayStage:
 
 def shared_pool_stages(paths: Sequence[str], threads: int = 2) -> list[ArrayStage]:
     """ONNX Runtime sessions for stages called in turn that share ONE intra-op thread pool: the process's global
-    pool (deploy.runtime.use_global_thread_pool; its first call fixes the size for the whole process, and every
+    pool (deploy.runtime_ort.use_global_thread_pool; its first call fixes the size for the whole process, and every
     later session of the process uses it), so idle per-session pools do not spin on the cores the next stage
     needs. Serve the fused graph (cascade/fused.py) where one session will do."""
     import onnxruntime as ort
 
-    from edgecompress.deploy.runtime import ort_session_options, use_global_thread_pool
+    from edgecompress.deploy.runtime_ort import ort_session_options, use_global_thread_pool
 
     use_global_thread_pool(threads)
     out: list[ArrayStage] = []

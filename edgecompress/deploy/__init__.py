@@ -2,8 +2,10 @@
 
 Layers of one package (see pyproject.toml's import-linter contract):
     runtime, preprocess, latency
-                       below the evaluators: ONNX Runtime / torch / torch.compile backends, int8 settings
-                       (schemes, calibration, session options), latency measurement. The evaluator measures
+                       below the evaluators: ONNX Runtime / torch / torch.compile backends (`deploy` in runtime,
+                       built by runtime_ort / runtime_torch into a `Deployed`), int8 settings (schemes for the
+                       CPU in cpu_features, calibration, session options), sub-8-bit estimates (sub8bit),
+                       latency measurement. The evaluator measures
                        every candidate through them. `preprocess`: each dataset loader's preprocessing as data
                        (`Preprocess`), its PIL + numpy reference and its ONNX graph (`with_preprocessing`).
     export, retarget   above results: pick a trial of a study (export_choice), export it with its exact
@@ -18,9 +20,9 @@ import importlib
 from typing import Any
 
 _API = {
-    "Deployed": "runtime", "deploy": "runtime", "estimate_latency": "runtime", "estimate_sub8bit": "runtime",
-    "export_onnx": "runtime", "ort_session_options": "runtime", "resolve_int8_scheme": "runtime",
-    "serialized_size": "runtime", "INT8_SCHEMES": "runtime",
+    "Deployed": "deployed", "deploy": "runtime", "estimate_latency": "sub8bit", "estimate_sub8bit": "sub8bit",
+    "export_onnx": "runtime_ort", "ort_session_options": "runtime_ort", "resolve_int8_scheme": "cpu_features",
+    "serialized_size": "deployed", "INT8_SCHEMES": "cpu_features",
     "Preprocess": "preprocess", "preprocessing_graph": "preprocess", "with_preprocessing": "preprocess",
     "LatencyStats": "latency", "measure_latency": "latency", "device_name": "latency",
     "ExportError": "export_check", "ExportResult": "export_check", "ModelCheck": "export_check",

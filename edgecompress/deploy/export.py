@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import yaml
 
+from edgecompress.deploy.cpu_features import resolve_int8_scheme
 from edgecompress.deploy.export_check import (
     FP32_MIN_AGREEMENT,
     ExportError,
@@ -44,7 +45,9 @@ from edgecompress.deploy.export_check import (
 from edgecompress.deploy.export_choice import choose_trial, trial_model_path
 from edgecompress.deploy.export_config import FILES, PREPROCESS_LAYOUT, export_config
 from edgecompress.deploy.preprocess import Preprocess, with_preprocessing
-from edgecompress.deploy.runtime import deploy, estimate_latency, export_onnx, resolve_int8_scheme
+from edgecompress.deploy.runtime import deploy
+from edgecompress.deploy.runtime_ort import export_onnx
+from edgecompress.deploy.sub8bit import estimate_latency
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data

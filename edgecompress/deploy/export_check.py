@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from edgecompress.deploy.latency import measure_latency
 from edgecompress.deploy.preprocess import Preprocess
-from edgecompress.deploy.runtime import ort_session_options
+from edgecompress.deploy.runtime_ort import ort_session_options
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import DataBundle
 from edgecompress.results.pareto import Selection

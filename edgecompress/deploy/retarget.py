@@ -27,7 +27,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 from edgecompress.deploy.export import check_device
-from edgecompress.deploy.runtime import deploy, estimate_sub8bit
+from edgecompress.deploy.runtime import deploy
+from edgecompress.deploy.sub8bit import estimate_sub8bit
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data

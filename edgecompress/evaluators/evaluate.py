@@ -21,8 +21,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from edgecompress.deploy.deployed import Deployed
 from edgecompress.deploy.latency import PROTOCOL_NOTE, PairedStats, calibrated_reference, latency_lock
-from edgecompress.deploy.runtime import Deployed, deploy, estimate_sub8bit
+from edgecompress.deploy.runtime import deploy
+from edgecompress.deploy.sub8bit import estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.base import BaseModel, base_dir, get_base_model
 from edgecompress.evaluators.batchnorm import recalibrate_batchnorm

@@ -15,7 +15,8 @@ from edgecompress.cascade.fused import EXIT, INPUT, LOGITS, check_fused, fused_c
 from edgecompress.cascade.lean import LeanCascade
 from edgecompress.cascade.plan import CascadePlan, StagePlan
 from edgecompress.cascade.runtime import CascadeModel
-from edgecompress.deploy.runtime import deploy, export_onnx
+from edgecompress.deploy.runtime import deploy
+from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.evaluators.data import load_data, make_loader, resize_batch
 from edgecompress.evaluators.models import create_model
 from edgecompress.spaces import parse_experiment

@@ -20,7 +20,7 @@ from edgecompress.deploy.preprocess import (
     round_half_up,
     with_preprocessing,
 )
-from edgecompress.deploy.runtime import ONNX_OPSET, export_onnx
+from edgecompress.deploy.runtime_ort import ONNX_OPSET, export_onnx
 
 FOLDER = Preprocess("folder", "files", 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pil_mode="RGB",
                     short_side_ratio=1.14, center_crop=True, tensor_resize=False)

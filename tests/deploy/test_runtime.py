@@ -14,16 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from edgecompress.deploy.cpu_features import resolve_int8_scheme
 from edgecompress.deploy.latency import LatencyStats
-from edgecompress.deploy.runtime import (
-    SCALED_LATENCY_KEYS,
-    deploy,
-    estimate_latency,
-    estimate_sub8bit,
-    ort_session_options,
-    quantized_conv_share,
-    resolve_int8_scheme,
-)
+from edgecompress.deploy.runtime import deploy
+from edgecompress.deploy.runtime_ort import ort_session_options, quantized_conv_share
+from edgecompress.deploy.sub8bit import SCALED_LATENCY_KEYS, estimate_latency, estimate_sub8bit
 from edgecompress.evaluators.models import create_model
 
 ORT_PREDICT = Path(__file__).with_name("ort_predict.py")

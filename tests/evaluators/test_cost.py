@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.deploy.runtime import serialized_size
+from edgecompress.deploy.deployed import serialized_size
 from edgecompress.evaluators.cost import count_costs, count_macs, count_params
 from edgecompress.evaluators.models import create_model
 

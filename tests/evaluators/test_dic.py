@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from edgecompress.deploy.runtime import export_onnx
+from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.evaluators import dic, scenes
 from edgecompress.evaluators.data import FMNIST_FILES, TensorSplit, read_idx
 from edgecompress.evaluators.models import create_model

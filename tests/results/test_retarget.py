@@ -55,7 +55,7 @@ def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -
     """Retarget re-measures a 4-bit trial with the evaluator's estimate, from the precision it really deployed at."""
     import edgecompress.deploy.retarget as retarget_mod
     import edgecompress.deploy.runtime as deploy_mod
-    from edgecompress.deploy.runtime import SCALED_LATENCY_KEYS
+    from edgecompress.deploy.sub8bit import SCALED_LATENCY_KEYS
     from edgecompress.evaluators.base import BaseModel
     from edgecompress.evaluators.compress import compress_model
     from edgecompress.evaluators.data import load_data
