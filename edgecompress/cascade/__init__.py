@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from edgecompress.cascade.builder import (
-    as_stage_spec,
-    build_cascade,
-    cascade_front,
-    seed_rule_plan,
-    stage_spec_from_artefacts,
-)
+from edgecompress.cascade.builder import build_cascade, cascade_front, seed_rule_plan
+from edgecompress.cascade.candidates import as_stage_spec, stage_spec_from_artefacts
 from edgecompress.cascade.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
 from edgecompress.cascade.fused import (
     FusedCheck,
