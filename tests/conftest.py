@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,20 @@ TINY_PIPELINE = {
                "enqueue": [{"prune": 0.5, "resolution": 0.5}, {"prune": 0.0, "resolution": 0.5}]},
     "device": {"device": "cpu", "threads": 1, "min_repeats": 5, "max_seconds": 0.3, "batch_size": 8},
 }
+
+
+@pytest.fixture
+def tiny_pipeline() -> Callable[..., dict[str, Any]]:
+    """TINY_PIPELINE for a test to vary: `tiny_pipeline(name=..., budget={...})` is a deep copy with those top-level
+    keys replaced (whole values, not merged), so nested values can also be changed on the result in place."""
+
+    def make(**changes: Any) -> dict[str, Any]:
+        unknown = set(changes) - set(TINY_PIPELINE)
+        if unknown:
+            raise KeyError(f"TINY_PIPELINE has no key {sorted(unknown)}")
+        return {**copy.deepcopy(TINY_PIPELINE), **copy.deepcopy(changes)}
+
+    return make
 
 
 @pytest.fixture(scope="session")

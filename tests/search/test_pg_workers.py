@@ -87,29 +87,18 @@ def test_independent_workers_reach_the_total_with_no_config_twice(pg_server, tmp
     assert not any((tmp_path / f"worker{i}" / "runs" / name).exists() for i in range(3))  # nothing local
 
 
-TINY = {  # tests/conftest.py's TINY_PIPELINE, on the grid (8 points): workers never draw the same config
-    "name": "tiny-workers", "seed": 0,
-    "dataset": {"name": "fashion_mnist", "train_subset": 600, "val_subset": 300, "test_subset": 300},
-    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
-    "base_training": {"epochs": 2, "batch_size": 64, "lr": 0.1},
-    "finetune": {"epochs": 1, "batch_size": 64, "train_subset": 300},
-    "space": {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 8]},
-              "resolution": {"choices": [0.5, 1.0]}, "round_to": 2},
-    "budget": {"trials": 4, "sampler": "grid"},
-    "device": {"device": "cpu", "threads": 1, "min_repeats": 5, "max_seconds": 0.3, "batch_size": 8},
-}
-
-
 def cli(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "edgecompress.cli", *args], cwd=folder, env=env or _env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_cli_workers_with_the_real_evaluator_train_the_base_once(pg_server, tmp_path: Path, fmnist_dir) -> None:
+def test_cli_workers_with_the_real_evaluator_train_the_base_once(pg_server, tmp_path: Path, fmnist_dir,
+                                                                  tiny_pipeline) -> None:
     name, store = f"real-{uuid.uuid4().hex[:6]}", tmp_path / "store"
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    # tests/conftest.py's TINY_PIPELINE on the grid (8 points): workers never draw the same config
+    cfg.write_text(yaml.safe_dump(tiny_pipeline(name="tiny-workers", budget={"trials": 4, "sampler": "grid"})))
     cmd = ["search", str(cfg), "--study", name, "--storage", pg_server.url, "--artefacts", str(store),
            "--trials", "4", "--no-progress"]
     finish([cli(tmp_path / f"worker{i}", *cmd) for i in range(2)], timeout=480)

@@ -145,22 +145,13 @@ def test_killed_driver_resumes_with_the_same_command(cluster, pg_server, fakes, 
     assert len(rerun) == 6 - len(kept)
 
 
-TINY_RAY = {  # tests/conftest.py's TINY_PIPELINE without fine-tuning epochs: ASHA then stops no trial early
-    "name": "tiny-ray", "seed": 0,
-    "dataset": {"name": "fashion_mnist", "train_subset": 600, "val_subset": 300, "test_subset": 300},
-    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
-    "base_training": {"epochs": 2, "batch_size": 64, "lr": 0.1},
-    "finetune": {"epochs": 0, "batch_size": 64, "train_subset": 300},
-    "space": {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 8]},
-              "resolution": {"choices": [0.5, 1.0]}, "round_to": 2},
-    "budget": {"trials": 3, "sampler": "random", "enqueue": [{"prune": 0.5, "resolution": 0.5}]},
-    "device": {"device": "cpu", "threads": 1, "min_repeats": 5, "max_seconds": 0.3, "batch_size": 8},
-}
-
-
-def test_real_ray_study_exported_and_cascaded(cluster, tmp_path: Path, fmnist_dir) -> None:
+def test_real_ray_study_exported_and_cascaded(cluster, tmp_path: Path, fmnist_dir, tiny_pipeline) -> None:
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_RAY))
+    # tests/conftest.py's TINY_PIPELINE without fine-tuning epochs: ASHA then stops no trial early
+    tiny = tiny_pipeline(name="tiny-ray",
+                         budget={"trials": 3, "sampler": "random", "enqueue": [{"prune": 0.5, "resolution": 0.5}]})
+    tiny["finetune"]["epochs"] = 0
+    cfg.write_text(yaml.safe_dump(tiny))
     work = tmp_path / "work"  # the driver's working folder: runs/ is relative to it
     work.mkdir()
 
