@@ -139,7 +139,7 @@ class _Remeasurer:
         example = torch.randn(1, ev.data.in_chans, size, size)
         calib = ev.calib_batches(size) if precision == "int8" else None
         dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
-                     device=ev.device, threads=d.threads, exporter=exporter)
+                     device=ev.device, threads=d.measure_threads, exporter=exporter)
         m = ev.measure_latency(dep, size)
         if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
             m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
