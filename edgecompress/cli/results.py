@@ -336,5 +336,6 @@ def register(app: typer.Typer) -> None:
         with user_errors(), progress:
             summary = remeasure_study(
                 study, front_only=front, new_study=new_study, storage=storage, overwrite=overwrite,
-                latency_threads=latency_threads, progress=lambda done, total, n: progress.update(task, completed=done, total=total))
+                latency_threads=latency_threads,
+                progress=lambda done, total, n: progress.update(task, completed=done, total=total))
         _print_retarget(summary)
