@@ -94,9 +94,12 @@ def main() -> None:
                 setattr(args, k, v)
     t0, load0 = time.perf_counter(), loadavg()
     if args.build:
-        subprocess.run([sys.executable, "-m", "edgecompress.cli", "search", args.config, "--study", args.study,
-                        "--trials", str(args.trials), "--finalize", str(args.finalize), "--finalize-epochs",
-                        str(args.finalize_epochs), "--no-progress"], check=True)
+        cli = [sys.executable, "-m", "edgecompress.cli"]
+        subprocess.run([*cli, "search", args.config, "--study", args.study, "--trials", str(args.trials),
+                        "--no-progress"], check=True)
+        # deployable: the finalized configs have measured latencies (4-bit estimates cannot be cascade stages)
+        subprocess.run([*cli, "finalize", args.study, "--top", str(args.finalize), "--epochs",
+                        str(args.finalize_epochs), "--deployable", "--no-progress"], check=True)
     build_s = time.perf_counter() - t0
     search = load_study(args.study, final="proxy")
     st = load_study(args.study, final=args.final)

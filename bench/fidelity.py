@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--runs", default=None, help="runs folder (default bench/data/fidelity-runs-e<epochs>)")
     ap.add_argument("--remeasure", action="store_true",
                     help="re-measure the finalized study's latencies quietly and use those for the speed-ups")
+    ap.add_argument("--latency-threads", type=int, default=None,
+                    help="with --remeasure: device.latency_threads of the re-measurement (default: the study's)")
     ap.add_argument("--out", default="bench/results/fidelity.json")
     args = ap.parse_args()
     args.runs = args.runs or f"bench/data/fidelity-runs-e{args.epochs}"
@@ -112,12 +114,13 @@ def main() -> None:
     final = final[final["state"] == "COMPLETE"].copy()
     latency_how = "measured during finalize (search protocol: interleaved reference, drift-corrected)"
     if args.remeasure:
-        summary = remeasure_study(f"{STUDY}-final", overwrite=True)
+        summary = remeasure_study(f"{STUDY}-final", overwrite=True, latency_threads=args.latency_threads)
         quiet = study_to_frame(load_study(summary.study)).set_index("config_hash")
         for key in ("latency_ms", "latency_batch_ms", "latency_source"):
             final[key] = [quiet.at[h, key] if h in quiet.index else np.nan for h in final["config_hash"]]
         latency_how = (f"re-measured after finalize with `edgecompress remeasure` ({summary.study}), "
-                       "machine quiet, same protocol")
+                       "machine quiet, same protocol"
+                       + (f", {args.latency_threads} thread(s)" if args.latency_threads else ""))
     final["proxy_reason"] = [reason.get(int(n)) if n == n else None for n in final["proxy_trial"]]
     pairs = final.merge(proxy[["number", "accuracy"]], left_on="proxy_trial", right_on="number",
                         suffixes=("", "_proxy"))

@@ -62,8 +62,14 @@ KEYS = ("latency_ms", "latency_abs_ms", "latency_ratio", "latency_ref_ms", "late
 DATA_SUBSET = {"dataset.train_subset": 512, "dataset.val_subset": 64, "dataset.test_subset": 64}
 
 
+THREADS: dict[str, int] = {}  # --threads: device.latency_threads for every measurement (children get it too)
+
+
 def experiment(config: str, exclusive: bool = True) -> ExperimentConfig:
-    return load_experiment(config, {**DATA_SUBSET, "device.exclusive_measurement": exclusive})
+    over = {**DATA_SUBSET, "device.exclusive_measurement": exclusive}
+    if THREADS:
+        over["device.latency_threads"] = THREADS["n"]
+    return load_experiment(config, over)
 
 
 def evaluator(exp: ExperimentConfig, data: Any = None) -> CompressionEvaluator:
@@ -109,7 +115,9 @@ def run_processes(config: str, n: int, runs: str) -> dict[str, Any]:
         for i in range(n):
             out = Path(tmp) / f"p{i}.json"
             env = {**os.environ, "EDGECOMPRESS_RUNS": runs, "PYTHONPATH": str(ROOT)}
-            subprocess.run([sys.executable, __file__, "--config", config, "--child", str(out)], env=env, check=True)
+            cmd = [sys.executable, __file__, "--config", config, "--child", str(out)]
+            cmd += ["--threads", str(THREADS["n"])] if THREADS else []
+            subprocess.run(cmd, env=env, check=True)
             rows.append(json.loads(out.read_text()))
             print(f"process {i + 1}/{n}: " + ", ".join(
                 f"{k} {r['latency_abs_ms']:.4g} abs / {r['latency_ms']:.4g} corrected ms" for k, r in rows[-1].items()))
@@ -214,8 +222,14 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default="bench/results/latency.json")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="device.latency_threads for every measurement (default: the config's)")
+    ap.add_argument("--compare-threads", type=int, default=None,
+                    help="also measure the spread with this many threads, recorded beside (spread_other_threads)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        THREADS["n"] = args.threads
     if args.child:
         child(args.config, args.child)
         return
@@ -225,6 +239,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as runs:
         spread_part = run_processes(args.config, args.processes, runs)
         neighbour = run_neighbour(args.config, args.rounds, runs)
+    other = None
+    if args.compare_threads:
+        own = THREADS.get("n")
+        THREADS["n"] = args.compare_threads
+        with tempfile.TemporaryDirectory() as runs:
+            part = run_processes(args.config, args.processes, runs)
+        other = {"threads": args.compare_threads, "per_model": part,
+                 **{k: max(v[k] for v in part.values())
+                    for k in ("spread_abs", "spread_ratio", "spread_abs_batch", "spread_ratio_batch")}}
+        if own is None:
+            THREADS.clear()
+        else:
+            THREADS["n"] = own
     load_end = os.getloadavg()[0]
     # other processes' CPU during the spread windows (this script's own children excluded: each measured itself)
     busy_windows = [b for v in spread_part.values() for b in v["per_process"]["latency_busy_cpus"] if b is not None]
@@ -246,10 +273,12 @@ def main() -> None:
         "goals": {"spread_ratio": "<= 0.05 where spread_abs is larger", "neighbour_inflation": "<= 0.10"},
         "per_model": spread_part,
         "neighbour": neighbour,
+        "spread_other_threads": other,
         "protocol": "CompressionEvaluator.measure_latency: interleaved with the uncompressed reference, "
                     "latency_ms = ratio x the reference's calibrated median (5 windows, shared by all processes)",
         "device": {"name": cpu_name(), "flags": flags, "vnni": has_vnni(set(flags)), "cores": os.cpu_count(),
                    "backend": exp.device.backend, "threads": exp.device.threads,
+                   "latency_threads": exp.device.measure_threads,
                    "batch_size": exp.device.batch_size},
         "machine": {"loadavg_start": load_start, "loadavg_end": load_end, "busy_cpus_others_median": busy,
                     "note": (f"other processes kept {busy:.2f} of {os.cpu_count()} CPUs busy: not a quiet machine, "

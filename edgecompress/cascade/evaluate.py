@@ -202,7 +202,7 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
 
             calib = calibration_batches(data.train, size, exp.seed)
         out.append(deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
-                          precision=precision, calib_batches=calib, device="cpu", threads=exp.device.threads,
+                          precision=precision, calib_batches=calib, device="cpu", threads=exp.device.measure_threads,
                           spinning=spinning, workdir=None if workdir is None else workdir / name))
     return out
 
@@ -358,7 +358,7 @@ def _served_form(by_name: dict[str, Candidate], names: list[str], plan: CascadeP
         if not all(str(d.path or "").endswith(".onnx") for d in stages):
             return None, None, cascade
         fused_model = fused_cascade_graph([d.path for d in stages], plan, data.in_chans, native, data.num_classes)
-    sess = fused_session(fused_model, exp.device.threads)
+    sess = fused_session(fused_model, exp.device.measure_threads)
     int8 = any(d.base_precision == "int8" for d in stages)
     check = check_fused(sess, cascade.route, [x.numpy() for x, _ in make_loader(data.test, native, 256)],
                         rel_tolerance=0.05 if int8 else 0.0)

@@ -142,7 +142,7 @@ def cascade_from_study(
     data = load_data(exp.dataset, exp.seed)
     first = min(c.spec.input_size for c in cands)
     ov = measure_fused_overheads(data.in_chans, data.native_size, first, data.num_classes, kind,
-                                 exp.device.batch_size if batch else 1, exp.device.threads)
+                                 exp.device.batch_size if batch else 1, exp.device.measure_threads)
     sel_idx = cal_idx = None
     if risk is not None:
         sel_idx, cal_idx = split_indices(len(labels), calib_fraction, exp.seed)

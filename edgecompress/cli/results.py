@@ -324,6 +324,8 @@ def register(app: typer.Typer) -> None:
                                              "STUDY-remeasured)"),
         storage: str | None = typer.Option(None, "--storage", help="storage URL or file holding STUDY"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing new study"),
+        latency_threads: int | None = typer.Option(None, "--latency-threads", min=1,
+                                                   help="threads of the measurement (default: the study's)"),
     ) -> None:
         """Re-measure a study's latency on its own device/backend, quietly (exclusive compute lock, no
         training), with the search's drift-corrected protocol, into a new study: after a search on a busy
@@ -335,5 +337,6 @@ def register(app: typer.Typer) -> None:
         with user_errors(), progress:
             summary = remeasure_study(
                 study, front_only=front, new_study=new_study, storage=storage, overwrite=overwrite,
+                latency_threads=latency_threads,
                 progress=lambda done, total, n: progress.update(task, completed=done, total=total))
         _print_retarget(summary)

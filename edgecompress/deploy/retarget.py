@@ -84,14 +84,16 @@ class RetargetSummary:
 
 
 def retargeted_experiment(exp: ExperimentConfig, device: str, backend: str | None,
-                          threads: int | None) -> ExperimentConfig:
-    """`exp` with its device section pointed at the new device / backend / threads."""
+                          threads: int | None, latency_threads: int | None = None) -> ExperimentConfig:
+    """`exp` with its device section pointed at the new device / backend / threads / latency threads."""
     d = exp.to_dict()
     d["device"] = {**d["device"], "device": device}
     if backend is not None:
         d["device"]["backend"] = backend
     if threads is not None:
         d["device"]["threads"] = threads
+    if latency_threads is not None:
+        d["device"]["latency_threads"] = latency_threads
     return parse_experiment(d, "retarget")
 
 
@@ -140,7 +142,7 @@ class _Remeasurer:
         example = torch.randn(1, ev.data.in_chans, size, size)
         calib = ev.calib_batches(size) if precision == "int8" else None
         dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
-                     device=ev.device, threads=d.threads, exporter=exporter)
+                     device=ev.device, threads=d.measure_threads, exporter=exporter)
         m = ev.measure_latency(dep, size)
         if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
             m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
@@ -247,7 +249,7 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
                    new_study: str | None = None, storage: Any = None, new_storage: Any = None,
                    threads: int | None = None, data: DataBundle | None = None, overwrite: bool = False,
                    progress: ProgressFn | None = None, only: Collection[int] | None = None,
-                   label: str = "retargeted") -> RetargetSummary:
+                   label: str = "retargeted", latency_threads: int | None = None) -> RetargetSummary:
     """Re-measure every complete trial of `source` on `device`/`backend` into a new study (no retraining).
 
     The new study is named `new_study` (default `<source>-<device>`); it lives in `new_storage`, else in the
@@ -257,7 +259,7 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
     """
     check_device(device)
     src = load_study(source, storage)
-    exp = retargeted_experiment(study_experiment(src), device, backend, threads)
+    exp = retargeted_experiment(study_experiment(src), device, backend, threads, latency_threads)
     name = new_study or f"{src.study_name}-{device}"
     if name == src.study_name and new_storage is None:
         raise EdgeCompressError(f"--new-study: {name!r} is the source study; choose another name")
@@ -324,11 +326,13 @@ def front_numbers(source: Any, storage: Any = None) -> list[int]:
 
 def remeasure_study(source: Any, *, front_only: bool = False, new_study: str | None = None, storage: Any = None,
                     new_storage: Any = None, data: DataBundle | None = None, overwrite: bool = False,
-                    progress: ProgressFn | None = None) -> RetargetSummary:
+                    progress: ProgressFn | None = None, latency_threads: int | None = None) -> RetargetSummary:
     """Re-measure a study's latencies on its own device, backend and threads with the search's protocol
     (interleaved reference, drift-corrected, exclusive compute lock) into a new study (default
     `<source>-remeasured`); `front_only` keeps only the front's trials. For a study searched on a busy
-    machine: run it when the machine is quiet (nothing trains here, the measurements take the lock)."""
+    machine: run it when the machine is quiet (nothing trains here, the measurements take the lock).
+    `latency_threads` re-measures on another thread count (device.latency_threads), e.g. 1 after a
+    search that timed with as many threads as cores."""
     src = load_study(source, storage)
     exp = study_experiment(src)
     device = resolve_device(exp.device.device)
@@ -336,4 +340,4 @@ def remeasure_study(source: Any, *, front_only: bool = False, new_study: str | N
     return retarget_study(source, device=device,
                           new_study=new_study or f"{src.study_name}-remeasured", storage=storage,
                           new_storage=new_storage, data=data, overwrite=overwrite, progress=progress, only=only,
-                          label="remeasured")
+                          label="remeasured", latency_threads=latency_threads)

@@ -152,7 +152,7 @@ class CompressionEvaluator:
         example = torch.randn(1, self.data.in_chans, size, size)
         calib = self.calib_batches(size, split=split) if precision == "int8" else None
         return deploy(model, example, backend=self.exp.device.backend, precision=precision, calib_batches=calib,
-                      device=self.device, threads=self.exp.device.threads, workdir=workdir, exporter=exporter)
+                      device=self.device, threads=self.exp.device.measure_threads, workdir=workdir, exporter=exporter)
 
     def reference_model(self) -> nn.Module:
         """The latency reference's architecture: the uncompressed base model (weights do not matter)."""

@@ -157,6 +157,11 @@ class DeviceConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     backend: Literal["onnxruntime", "torch", "torch_compile"] = "onnxruntime"
     threads: int = Field(2, ge=1)
+    latency_threads: int | None = Field(
+        None, ge=1, description="intra-op threads of latency measurements (None: threads). With as many threads as "
+        "cores, a core taken by anything else or an unlucky thread placement moved one model's figure by up to 30% "
+        "between processes; 1 thread gave the same figure in every process (bench/results/latency.json), as "
+        "mobile NAS papers time on one core")
     batch_size: int = Field(64, ge=1, description="serving batch size for latency_batch_ms")
     min_repeats: int = Field(20, ge=3, description="pairs (trial, reference) timed before the stop rule applies")
     max_seconds: float = Field(2.0, gt=0, description="time cap for one latency measurement")
@@ -172,6 +177,11 @@ class DeviceConfig(_Strict):
         True, description="training steps hold the machine's compute lock shared and a measurement takes it "
         "exclusively, so no worker of any study on this machine computes while one measures")
     eval_batch_size: int = Field(512, ge=1)
+
+    @property
+    def measure_threads(self) -> int:
+        """Threads a latency measurement (and the deployment it times) uses."""
+        return self.latency_threads or self.threads
     train_memory_format: Literal["auto", "contiguous", "channels_last"] = Field(
         "auto", description="auto: channels-last only where a child-process probe shows it safe and faster")
 

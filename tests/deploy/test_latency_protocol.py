@@ -243,3 +243,26 @@ def test_a_window_whose_reference_strays_is_measured_again(tmp_path: Path, slowd
     assert n == attempts == dep.windows
     assert (deviation > 0.1) == disturbed
     assert abs(stats.ref_median_ms - min(slowdowns)) < 0.1  # the least disturbed window was kept
+
+
+@pytest.mark.parametrize("latency_threads, expected", [(None, 2), (1, 1)])
+def test_latency_threads_set_the_measured_deployment(latency_threads: int | None, expected: int) -> None:
+    """device.latency_threads (None: device.threads) is the thread count the evaluator deploys and times with;
+    configs without it keep their experiment hash (the setting is left out of it while None)."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.spaces.experiment import DeviceConfig, ExperimentConfig
+
+    dev = DeviceConfig(threads=2, latency_threads=latency_threads)
+    fake_self = SimpleNamespace(exp=SimpleNamespace(device=dev), data=SimpleNamespace(in_chans=1), device="cpu")
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    dep = CompressionEvaluator._deploy(fake_self, model, 8, "fp32")  # type: ignore[arg-type]
+    assert dep.threads == expected == dev.measure_threads
+    assert dep.calibration_key((1, 8, 8), 4)["threads"] == expected  # a reference calibrated per thread count
+    from edgecompress.search.optuna_runner import experiment_hash
+
+    same = experiment_hash(ExperimentConfig(device=dev)) == experiment_hash(ExperimentConfig())
+    assert same == (latency_threads is None)

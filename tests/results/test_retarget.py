@@ -137,3 +137,18 @@ def test_remeasure_command(real_db, capsys) -> None:
     out = capsys.readouterr().out
     assert "fmx -> fmx-quiet" in out and "edgecompress pareto fmx-quiet" in out
     assert (real_db.runs / "fmx-quiet.db").is_file()
+
+
+def test_remeasure_on_one_thread(real_db, capsys) -> None:
+    """`remeasure --latency-threads 1`: the trials are timed on one thread (recorded), the new study's
+    experiment says so, the source study's thread count is left as it was."""
+    from edgecompress.cli import main
+    from edgecompress.study.attrs import study_experiment
+
+    src = load_study(real_db.url)
+    assert {t.user_attrs["threads"] for t in src.trials if "threads" in t.user_attrs} != {1}
+    main(["remeasure", "fmx", "--front", "--new-study", "fmx-one", "--latency-threads", "1"])
+    new = load_study(str(real_db.runs / "fmx-one.db"))
+    assert new.trials and {t.user_attrs["threads"] for t in new.trials} == {1}
+    assert study_experiment(new).device.latency_threads == 1
+    assert study_experiment(src).device.latency_threads is None
