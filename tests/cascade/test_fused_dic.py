@@ -115,3 +115,23 @@ def test_none_stage_is_resized_in_graph_dic_stage_is_not(stages: tuple) -> None:
 
     all_ops = ops(graph.graph)
     assert all_ops.count("Resize") == 1 and all_ops.count("GridSample") == 2
+
+
+def test_int8_dic_stage_inlined_equals_lean_cascade(scene_data: dict, stages: tuple, tmp_path: Path) -> None:
+    """An int8 (ORT static QDQ, calibrated on canvases as the evaluator and export do) DIC stage inside the fused
+    graph gives what its own session gives, the `none` stage behind it resized in the graph."""
+    from edgecompress.cascade.fused import check_fused
+    from edgecompress.cascade.lean import LeanCascade
+    from edgecompress.deploy.runtime import deploy
+
+    mods, _, plans = stages
+    x = scene_data["x"]
+    calib = [x[i : i + 16] for i in range(0, 64, 16)]
+    deps = [deploy(mods[0], x[:1], precision="int8", calib_batches=calib, threads=1, workdir=tmp_path / "a"),
+            deploy(mods[1], resize(x[:1], plans[1].input_size), threads=1, workdir=tmp_path / "b")]
+    c = confidence(torch.from_numpy(deps[0].run_array(x.numpy())), "margin")
+    plan = CascadePlan(stages=plans[:2], thresholds=[float(np.quantile(c.numpy(), 0.4))])
+    sess = fused_session(fused_cascade_graph([d.path for d in deps], plan, 1, NATIVE, 10), threads=1)
+    lean = LeanCascade([d.run_array for d in deps], plan)
+    res = check_fused(sess, lean.route, [x.numpy(), x[:1].numpy(), x[7:8].numpy()], tolerance=1e-4)
+    assert res.ok and res.route_agreement == 1.0, res
