@@ -115,8 +115,17 @@ def test_evaluate_cascade_reports_the_dic_stage(dic_study: dict) -> None:
 def test_cascade_cli_takes_dic_candidates(dic_study: dict, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cascade"
     main(["cascade", "dic", "--storage", dic_study["storage"], "-o", str(out), "--samples", "10",
-          "--near-front", "3", "--format", "onnx"])
+          "--near-front", "3"])
     ev = json.loads((out / "evaluation.json").read_text())
+    # both saved forms (fused ONNX, TorchScript stages: a dic stage traced from the canvas) answer alike
+    from edgecompress.cascade import load_cascade
+    from edgecompress.cascade.fused import INPUT, LOGITS
+
+    x = next(iter(make_loader(dic_study["data"].test, 48, 100)))[0]
+    with torch.no_grad():
+        ts = load_cascade(out)(x).numpy()
+    onnx_out = fused_session(str(out / "cascade.onnx"), 1).run([LOGITS], {INPUT: x.numpy()})[0]
+    assert (ts.argmax(1) == onnx_out.argmax(1)).mean() >= 0.99
     assert any(c["crop"] == "dic" and c["input_size"] == 48 for c in ev["candidates"]), ev["candidates"]
     assert "left out" not in " ".join(ev["notes"])
     printed = capsys.readouterr().out
