@@ -58,7 +58,7 @@ def stage_spec_from_artefacts(
     spec = StageSpec(
         name=name or trial_dir.name,
         latency_ms=float(metrics["latency_ms"]),
-        input_size=int(metrics["input_size"]),
+        input_size=int(metrics["pipeline_input_size"] if metrics.get("crop") == "dic" else metrics["input_size"]),
         val_logits=np.asarray(logits, dtype=np.float32),
         latency_batch_ms=None
         if metrics.get("latency_batch_ms") is None

@@ -44,6 +44,11 @@ class Candidate:
     val_accuracy: float
     precision: str
     config: dict[str, Any]
+    classifier_size: int | None = None  # `crop: dic`: the classifier's side (the stage itself takes the canvas)
+
+    @property
+    def crop(self) -> str:
+        return str(self.config.get("crop") or "none")
 
 
 def study_candidates(study: Any, include_estimated: bool = False,
@@ -77,10 +82,6 @@ def study_candidates(study: Any, include_estimated: bool = False,
     cands: list[Candidate] = []
     labels: np.ndarray | None = None
     for _, row in rows.iterrows():
-        if row.get("cfg_crop") == "dic":  # its stage would need the box net and crop in front (not yet here)
-            notes.append(f"trial {int(row['number'])}: dynamic image cropping (crop: dic) is not a cascade stage "
-                         "yet, left out")
-            continue
         folder = Path(str(row.get("artefact_dir") or ""))
         if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
             notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")
@@ -91,11 +92,18 @@ def study_candidates(study: Any, include_estimated: bool = False,
             labels = lab
         elif not np.array_equal(labels, lab):
             raise EdgeCompressError(f"trial {int(row['number'])}: validation labels differ from the other trials'")
+        config = dict(row.get("config") or {})
+        dic = config.get("crop") == "dic"  # its deployed model takes the raw canvas (box net -> crop -> classifier)
+        size = _opt_int(row.get("pipeline_input_size")) if dic else None
+        if dic and size is None:
+            notes.append(f"trial {int(row['number'])}: crop: dic without pipeline_input_size, left out")
+            continue
         spec = StageSpec(name=f"trial-{int(row['number'])}", latency_ms=float(row["latency_ms"]),
-                         input_size=int(row["input_size"]), val_logits=logits.astype(np.float32),
+                         input_size=size or int(row["input_size"]), val_logits=logits.astype(np.float32),
                          latency_batch_ms=_opt(row.get("latency_batch_ms")), batch_size=_opt_int(row.get("batch_size")))
         cands.append(Candidate(int(row["number"]), spec, folder, float(row["accuracy"]),
-                               str(row.get("precision", "fp32")), dict(row.get("config") or {})))
+                               str(row.get("precision", "fp32")), config,
+                               int(row["input_size"]) if dic else None))
     if len(cands) < 2:
         raise EdgeCompressError(f"cascade needs at least 2 Pareto models; the front has {len(cands)} "
                                 f"(trials {[c.number for c in cands]}); run more trials")
@@ -178,6 +186,8 @@ def _best_single(cands: list[Candidate], min_accuracy: float | None, max_latency
 def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data: Any,
                   deployed: bool = True, spinning: bool = True, workdir: Path | None = None) -> list[Any]:
     """Per stage: each trial's deploy form (a deploy.Deployed, deployed=True) or its fp32 torch model.
+    A `crop: dic` trial's stage is its whole deployed pipeline from the raw canvas (evaluators.dic.DICPipeline:
+    the trial's box net -> crop -> the classifier at its own size), as `export` builds it; its input is native.
 
     `spinning=False` for stages called in turn: ONNX Runtime's idle threads would otherwise spin on the
     cores the next stage needs (measured: 0.33 ms instead of 0.17 ms per batch-1 call of a 2-stage cascade).
@@ -185,12 +195,16 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
     """
     from edgecompress.deploy.runtime import deploy
     from edgecompress.evaluators.compress import load_compressed
+    from edgecompress.evaluators.dic import load_dic_pipeline
     from edgecompress.evaluators.evaluate import precision_for
 
     out: list[Any] = []
     for name in names:
         c = cands[name]
-        model, _ = load_compressed(c.artefact_dir / ARTEFACT_FILES["model"])
+        model, meta = load_compressed(c.artefact_dir / ARTEFACT_FILES["model"])
+        if c.crop == "dic":
+            size = int(meta.get("input_size") or c.classifier_size or 0)
+            model = load_dic_pipeline(c.artefact_dir, model, data.native_size, size)
         if not deployed:
             out.append(model.eval())
             continue
@@ -251,6 +265,9 @@ class CascadeEvaluation:
     accuracy_delta_interval_pp: list[float] = field(default_factory=list)  # paired 95% interval
     risk: dict[str, Any] = field(default_factory=dict)
     fused_overheads: dict[str, float] = field(default_factory=dict)  # what the planner charged (measured)
+    stage_crops: list[str] = field(default_factory=list)  # per stage: "none" or "dic" (input: the raw canvas)
+    stage_classifier_sizes: list[int] = field(default_factory=list)  # per stage: the classifier's input side
+    candidates: list[dict[str, Any]] = field(default_factory=list)  # what the builder chose from (val only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -340,6 +357,11 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
         seed_rule=seed, front=front, notes=list(notes or []), samples_timed=n,
         fused=fused_model is not None, fused_check=check.to_dict() if check is not None else {},
         latency_percentiles_ms=percentiles, accuracy_delta_interval_pp=list(interval),
+        stage_crops=[by_name[n_].crop for n_ in names],
+        stage_classifier_sizes=[by_name[n_].classifier_size or by_name[n_].spec.input_size for n_ in names],
+        candidates=[{"trial": c.number, "crop": c.crop, "input_size": c.spec.input_size,
+                     "classifier_size": c.classifier_size or c.spec.input_size, "latency_ms": c.spec.latency_ms,
+                     "val_accuracy": c.val_accuracy, "precision": c.precision} for c in cands],
     )
     return ev, fused_model
 

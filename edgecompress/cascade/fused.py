@@ -1,7 +1,9 @@
 """The whole cascade as ONE ONNX graph: one session, one thread pool, measured as deployed.
 
 Graph (input `input`: float N x C x H x W as the data pipeline gives it, any N >= 1):
-  stage 0 runs on the batch (in-graph antialiased Resize to its size), its confidence (margin, max-softmax
+  stage 0 runs on the batch (in-graph antialiased Resize to its size; none for a stage whose input is the native
+  size, as a `crop: dic` stage's is: its own graph, box net -> crop -> classifier, starts from the raw canvas and
+  crops at its classifier's resolution), its confidence (margin, max-softmax
   or negative entropy of softmax(logits / T)) is computed in the graph, and the samples inside the
   escalation band (low < conf < threshold, the rule of plan.escalates) are picked by NonZero; an `If` runs the
   next stage only when at least one sample escalates (batch 1 with nothing to escalate costs stage 0 plus

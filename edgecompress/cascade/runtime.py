@@ -55,7 +55,8 @@ class CascadeModel(nn.Module):
     """Stage models run in plan order; each sample stops at the first stage confident about it.
 
     forward(x) takes N x C x H x W at any resolution (each stage gets its own plan size, resized from
-    x), returns N x classes logits combined per the plan. Nothing is moved between devices: stages and
+    x; a `crop: dic` stage, evaluators.dic.DICPipeline, has the native size there and crops the canvas itself),
+    returns N x classes logits combined per the plan. Nothing is moved between devices: stages and
     input must already share one. Gradients are off; put the stages in eval mode (the constructor does).
     """
 

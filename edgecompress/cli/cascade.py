@@ -66,7 +66,10 @@ def register(app: typer.Typer) -> None:
         for k, s in enumerate(plan.stages):
             thr = f"{plan.thresholds[k]:.4g}" if k < len(plan.thresholds) else "-"
             esc = f"{ev.test_escalation_rates[k]:.1%}" if k < len(ev.test_escalation_rates) else "-"
-            t.add_row(str(k + 1), str(ev.stage_trials[k]), str(s.input_size), ev.stage_precisions[k].split()[0],
+            px = str(s.input_size)
+            if k < len(ev.stage_crops) and ev.stage_crops[k] == "dic":  # fed the canvas: box net -> crop -> px
+                px = f"{ev.stage_classifier_sizes[k]} dic"
+            t.add_row(str(k + 1), str(ev.stage_trials[k]), px, ev.stage_precisions[k].split()[0],
                       f"{s.latency_ms:.4f}", thr, esc)
         console.print(t)
         b = ev.best_single

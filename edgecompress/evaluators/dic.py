@@ -3,9 +3,16 @@
 1. `label_boxes`: class-activation maps of the trained base model (CAM when a linear classifier follows global
    pooling, as in the zoo's ResNets; Grad-CAM otherwise) for each training image's own label, upsampled to the
    canvas and thresholded at CAM_THRESHOLD of their range: the box of the pixels above it.
-2. `BoxNet`: a ~6k-parameter CNN on the canvas pooled to BOX_RES px, trained on those boxes (`train_box_net`)
-   to regress 8 numbers in [0, 1]: the box (cx, cy, w, h), whose IoU is reported, and the square crop around
-   it (cx, cy, half-width, half-height; side = the box's longer side x CROP_MARGIN, at least MIN_CROP).
+2. `BoxNet`: a ~5k-parameter MLP on the canvas average-pooled to BOX_RES (12) px, trained on those boxes
+   (`train_box_net`) to regress 8 numbers in [0, 1]: the box (cx, cy, w, h), whose IoU is reported, and the square
+   crop around it (cx, cy, half-width, half-height; side = the box's longer side x CROP_MARGIN, at least MIN_CROP).
+   DIC_VERSION 1 used a 2-conv CNN at 24 px; at batch 1 its graph nodes (AveragePool, 2 Conv+ReLU, ONNX Runtime's
+   NCHWc reorders, Reshape, Gemm+Sigmoid) cost more than the MAC count says. Measured (ResNet-8 8/16/32 at 16 px,
+   ORT 1 thread, batch 1, loaded 2-core machine, min of interleaved blocks): box net + crop cost 4.0-4.4 us more
+   than the plain pipeline's antialiased resize with the CNN, 0.5-1.2 us with the MLP (the plain 16 px pipeline
+   ~43 us at load 6), and with 2 threads under load the CNN's convs, spread over the busy pool, cost 3x more; box
+   IoU against the true boxes on the same 1000 test canvases (both trained on the same CAM boxes of 4000): 0.488
+   (CNN) vs 0.485 (MLP); the MLP also trains ~7x faster.
    Nothing here reads ground-truth boxes (evaluators/scenes.py keeps them apart, for evaluation only).
 3. `DICPipeline`: box net -> crop -> classifier, one module from the raw canvas, exported as one ONNX graph.
    The crop is RoIAlign (CROP_SAMPLES per bin and axis) written as GridSample (+ AveragePool when > 1), its
@@ -32,35 +39,54 @@ from edgecompress.evaluators.data import DataBundle, Split, make_loader
 from edgecompress.evaluators.models import CifarResNet, classifier_layer, model_stages
 from edgecompress.utils import atomic_path, atomic_write_json, seed_everything
 
-BOX_RES = 24  # the box predictor's input side (px)
+BOX_RES = 12  # the box predictor's input side (px); DIC_VERSION 1: 24 (conv)
+BOX_WIDTH = 32  # hidden units (mlp) or first conv's channels (conv; 8 in DIC_VERSION 1)
+BOX_ARCH = "mlp"  # DIC_VERSION 1: "conv"
 CAM_THRESHOLD = 0.3  # fraction of each CAM's range (the CAM paper uses 0.2 of the max)
 CROP_MARGIN = 1.15  # the crop's side over the predicted box's longer side
 MIN_CROP = 0.25  # smallest crop side, as a fraction of the canvas
 CROP_SAMPLES = 1  # bilinear samples per output pixel and axis (RoIAlign's sampling_ratio): ORT's GridSample
 # at batch 64 cost more than half the 16 px classifier with 2 x 2 (measured, loaded 2-core machine)
 BOX_EPOCHS = 12
-DIC_VERSION = 1
+DIC_VERSION = 2  # 2: the MLP box net at 12 px (1: conv at 24 px); part of the cached predictor's recipe
 BOX_NET_FILE = "box_net.pt"
 
 
 class BoxNet(nn.Module):
-    """Tiny box regressor: pool to `res` px, two strided 3x3 convs, a linear head -> sigmoid (cx, cy, w, h)."""
+    """Tiny box regressor: average-pool the canvas to `res` px, then (arch "mlp", the default) one hidden layer of
+    `width` ReLU units, or (arch "conv", DIC_VERSION 1's, still loadable) two strided 3x3 convs of `width` and
+    2 `width` channels; a linear head -> sigmoid: the 8 outputs (box cx, cy, w, h; crop cx, cy, hx, hy).
 
-    def __init__(self, in_chans: int = 1, native: int = 48, res: int = BOX_RES, width: int = 8) -> None:
+    Why an MLP at 12 px: at batch 1 the box net's cost is per graph node, not per MAC. The conv version
+    (AveragePool, 2 Conv+ReLU with ONNX Runtime's NCHWc layout reorders after each, Reshape, Gemm+Sigmoid) cost
+    about as much again as the plain pipeline's antialiased resize; AveragePool, Reshape and two fused Gemms cost a
+    third of that (see module docstring for the figures)."""
+
+    def __init__(self, in_chans: int = 1, native: int = 48, res: int = BOX_RES, width: int = BOX_WIDTH,
+                 arch: str = BOX_ARCH) -> None:
         super().__init__()
-        self.in_chans, self.native, self.res, self.width = in_chans, native, res, width
-        self.conv1 = nn.Conv2d(in_chans, width, 3, 2, 1)
-        self.conv2 = nn.Conv2d(width, 2 * width, 3, 2, 1)
-        side = (res + 3) // 4
-        self.head = nn.Linear(2 * width * side * side, 8)
+        if arch not in ("mlp", "conv"):
+            raise ValueError(f"BoxNet arch must be 'mlp' or 'conv', got {arch!r}")
+        self.in_chans, self.native, self.res, self.width, self.arch = in_chans, native, res, width, arch
+        if arch == "conv":
+            self.conv1 = nn.Conv2d(in_chans, width, 3, 2, 1)
+            self.conv2 = nn.Conv2d(width, 2 * width, 3, 2, 1)
+            side = (res + 3) // 4
+            self.head = nn.Linear(2 * width * side * side, 8)
+        else:
+            self.fc1 = nn.Linear(in_chans * res * res, width)
+            self.head = nn.Linear(width, 8)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.res:
             k = self.native // self.res
             x = F.avg_pool2d(x, k) if k * self.res == self.native else F.interpolate(
                 x, size=(self.res, self.res), mode="bilinear", align_corners=False)
-        x = F.relu(self.conv2(F.relu(self.conv1(x))))
-        return torch.sigmoid(self.head(x.flatten(1)))
+        if self.arch == "conv":
+            x = F.relu(self.conv2(F.relu(self.conv1(x)))).flatten(1)
+        else:
+            x = F.relu(self.fc1(x.flatten(1)))
+        return torch.sigmoid(self.head(x))
 
 
 def crop_targets(boxes: np.ndarray, canvas: int) -> np.ndarray:
@@ -279,14 +305,14 @@ class BoxPredictor:
 
 def save_box_net(net: BoxNet, path: Path) -> None:
     blob = {"version": DIC_VERSION, "kwargs": {"in_chans": net.in_chans, "native": net.native, "res": net.res,
-                                               "width": net.width}, "state_dict": net.state_dict()}
+                                               "width": net.width, "arch": net.arch}, "state_dict": net.state_dict()}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
 
 def load_box_net(path: Path) -> BoxNet:
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    net = BoxNet(**blob["kwargs"])
+    net = BoxNet(**{"arch": "conv", **blob["kwargs"]})  # version 1 blobs (trial artefacts) name no arch: conv
     net.load_state_dict(blob["state_dict"])
     return net.eval()
 
@@ -295,7 +321,8 @@ def get_box_predictor(base_model: nn.Module, data: DataBundle, folder: Path, see
     """The box predictor of a base model, cached in `folder` (next to the base model): CAM boxes of the
     training split, then a BoxNet trained on them (again when the cached one has another recipe)."""
     folder.mkdir(parents=True, exist_ok=True)
-    recipe = {"version": DIC_VERSION, "cam_threshold": CAM_THRESHOLD, "box_res": BOX_RES, "crop_margin": CROP_MARGIN,
+    recipe = {"version": DIC_VERSION, "cam_threshold": CAM_THRESHOLD, "box_res": BOX_RES, "box_arch": BOX_ARCH,
+              "box_width": BOX_WIDTH, "crop_margin": CROP_MARGIN,
               "min_crop": MIN_CROP, "box_epochs": BOX_EPOCHS, "train_images": len(data.train)}
     with FileLock(str(folder / ".lock")):
         if (folder / BOX_NET_FILE).is_file() and (folder / "metrics.json").is_file():

@@ -26,3 +26,17 @@ def test_dic_bench_smoke_writes_the_result_keys(fmnist_dir: Path, tmp_path: Path
     (row,) = doc["per_resolution"]
     assert row["resolution_px"] == 16 and row["none"]["state"] == row["dic"]["state"] == "complete"
     assert 0.0 <= doc["box_iou"] <= 1.0 and 0 < row["box_and_crop_share"] < 1
+
+
+@pytest.mark.slow  # seven dynamo ONNX exports (~20 s), then a few short timing blocks
+def test_dic_overhead_bench_measures_both_box_predictors(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dic_overhead", ROOT / "bench" / "dic_overhead.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    paths = mod.export_all(16, tmp_path)
+    r = mod.measure(paths, 16, threads=1, batch=2, calls=3, rounds=2)
+    assert set(r["fastest_block_us"]) == {"none", "dic_v1", "dic_v2", "box_crop_v1", "box_crop_v2", "resize", "empty"}
+    assert all(v > 0 for v in r["fastest_block_us"].values())
+    assert {"fastest_blocks", "median_paired", "box_crop_minus_resize_us"} <= set(r["overhead_v2"])

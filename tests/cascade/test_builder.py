@@ -310,6 +310,9 @@ def test_stage_spec_from_artefacts_reads_validation_files_only(tmp_path) -> None
     )
     np.testing.assert_array_equal(spec.val_logits, specs[0].val_logits)
     np.testing.assert_array_equal(got_labels, labels)
+    # a crop: dic trial's stage is its whole pipeline from the raw canvas: its input is the canvas
+    (trial / "metrics.json").write_text(json.dumps({**metrics, "crop": "dic", "pipeline_input_size": 48}))
+    assert stage_spec_from_artefacts(trial)[0].input_size == 48
     (trial / "val_logits.npy").unlink()
     with pytest.raises(EdgeCompressError, match=r"artefact missing: .*trials/7/val_logits.npy"):
         stage_spec_from_artefacts(trial)

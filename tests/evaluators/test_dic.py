@@ -98,3 +98,40 @@ def test_exported_dic_graph_equals_the_torch_pipeline(tiny: dict, tmp_path: Path
     assert {"GridSample", "Gemm", "Conv"} <= ops and "RoiAlign" not in ops
     out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
     assert np.abs(out - ref).max() < 1e-3 and (out.argmax(1) == ref.argmax(1)).all()
+
+
+def test_box_net_and_crop_stay_a_few_cheap_nodes(tmp_path: Path) -> None:
+    """Batch-1 latency of the box net + crop is per graph node (measured: the v1 CNN's convs and layout reorders
+    cost ~4 us more than the plain pipeline's resize, the MLP ~1 us): the exported box net + crop is
+    AveragePool, Reshape, 2 Gemm (+ReLU/Sigmoid), the grid Gemm, Reshape, GridSample, and no Conv."""
+    import onnx
+
+    class BoxAndCrop(torch.nn.Module):
+        def __init__(self, net: dic.BoxNet) -> None:
+            super().__init__()
+            self.net = net
+            w, b = dic.crop_matrix(16)  # a buffer, as in DICPipeline
+            self.register_buffer("w", w, persistent=False)
+            self.register_buffer("b", b, persistent=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return dic.crop(x, self.net(x), 16, (self.w, self.b))
+
+    net = dic.BoxNet(1, 48).eval()
+    assert net.arch == "mlp" and net.res == 12 and sum(p.numel() for p in net.parameters()) < 6000
+    path = export_onnx(BoxAndCrop(net).eval(), torch.randn(1, 1, 48, 48), tmp_path / "bc.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node if n.op_type != "Constant"]  # constants fold away
+    assert "Conv" not in ops and ops.count("GridSample") == 1 and len(ops) <= 9, ops
+
+
+def test_version_1_box_net_files_still_load(tmp_path: Path) -> None:
+    """Trial artefacts written before DIC_VERSION 2 hold a conv box net whose kwargs name no arch."""
+    old = dic.BoxNet(1, 48, res=24, width=8, arch="conv").eval()
+    torch.save({"version": 1, "kwargs": {"in_chans": 1, "native": 48, "res": 24, "width": 8},
+                "state_dict": old.state_dict()}, tmp_path / dic.BOX_NET_FILE)
+    loaded = dic.load_box_net(tmp_path / dic.BOX_NET_FILE)
+    x = torch.randn(3, 1, 48, 48)
+    with torch.no_grad():
+        assert loaded.arch == "conv" and torch.equal(loaded(x), old(x))
+    dic.save_box_net(dic.BoxNet(1, 48).eval(), tmp_path / "new.pt")  # the new one round-trips with its arch
+    assert dic.load_box_net(tmp_path / "new.pt").arch == "mlp"

@@ -129,9 +129,10 @@ def test_the_base_is_the_full_uncompressed_config_wherever_it_is(handmade) -> No
     assert int(base_trial(df)["number"]) == 2
 
 
-def test_cascade_candidates_leave_out_dynamic_cropping_trials(handmade) -> None:
-    """A crop: dic trial on the deployable front is not a cascade stage (its stage would need the box net and
-    crop in front); it is left out with a note naming it, the other front trials stay candidates."""
+def test_cascade_candidates_take_dynamic_cropping_trials_at_the_canvas(handmade) -> None:
+    """A crop: dic trial on the deployable front is a cascade stage fed the raw canvas (its deployed graph: box
+    net -> crop -> classifier), so its stage input is its pipeline_input_size; one that does not record it is left
+    out with a note naming it."""
     from optuna.trial import create_trial
 
     from edgecompress.cascade.evaluate import study_candidates
@@ -143,6 +144,11 @@ def test_cascade_candidates_leave_out_dynamic_cropping_trials(handmade) -> None:
     handmade.study.add_trial(create_trial(values=[0.91, 0.45], params=t1.params, distributions=t1.distributions,
                                           user_attrs=attrs))
     cands, _, notes = study_candidates(handmade.study)
-    numbers = [c.number for c in cands]
-    assert 6 not in numbers and 0 in numbers
+    assert 6 not in [c.number for c in cands] and 0 in [c.number for c in cands]
     assert any("trial 6" in n and "crop: dic" in n for n in notes)
+    attrs.update({A.CONFIG_HASH: "h7", "pipeline_input_size": 48, "accuracy": 0.915, "latency_ms": 0.44})
+    handmade.study.add_trial(create_trial(values=[0.915, 0.44], params=t1.params, distributions=t1.distributions,
+                                          user_attrs=attrs))
+    cands, _, notes = study_candidates(handmade.study)
+    dic = next(c for c in cands if c.number == 7)
+    assert dic.crop == "dic" and dic.spec.input_size == 48 and dic.classifier_size == int(attrs["input_size"])
