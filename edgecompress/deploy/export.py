@@ -49,6 +49,7 @@ from edgecompress.results.gains import front_gains
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import artefact_store
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.frame import study_to_frame
@@ -213,7 +214,8 @@ def trial_model_path(row: Any, number: int | None) -> Path:
     folder = row.get("artefact_dir") if hasattr(row, "get") else None
     if not isinstance(folder, str) or not folder:
         raise EdgeCompressError(f"trial {number} has no artefact_dir: nothing to export")
-    path = Path(folder) / ARTEFACT_FILES["model"]
+    local = artefact_store.local_folder(row)  # not readable here: fetched from the artefact store's upload
+    path = (local or Path(folder)) / ARTEFACT_FILES["model"]
     if not path.is_file():
         raise EdgeCompressError(f"trial {number}: no saved model at {path} (stopped before fine-tuning, "
                                 "or its artefacts were moved)")

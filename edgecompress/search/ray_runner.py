@@ -39,15 +39,15 @@ artefact store to absolute paths (utils.Locations) and each trial applies them b
 evaluator: Ray runs a trial in its own working folder, where the relative `runs` would be a fresh folder (a
 base model trained again per trial). The base model is trained by the driver before any trial starts; trials
 load it from the store's cache. A trial writes its artefacts under <store>/<study>/ray/<trial id>/ and the
-driver moves them to <store>/<study>/trials/<number>/; a complete trial whose artefacts the driver cannot
-see (a node without the shared folder) is recorded FAIL with the reason, never COMPLETE without its model.
+driver moves them to <store>/<study>/trials/<number>/ (with an fsspec URL store, through the store:
+search.ray_artefacts); a complete trial whose artefacts the driver finds nowhere is recorded FAIL with the
+reason, never COMPLETE without its model. GPUs per trial: search.ray_device.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,7 +65,6 @@ from edgecompress.search.objective import (
     active_constraints,
     constraint_values,
     find_cached,
-    link_artefacts,
     objective_values,
     result_attrs,
     trial_dir,
@@ -84,6 +83,8 @@ from edgecompress.search.optuna_runner import (
     study_dir,
 )
 from edgecompress.search.progress import is_counted, study_stats
+from edgecompress.search.ray_artefacts import collect, link_cached, not_found_reason, published, upload_trial_output
+from edgecompress.search.ray_device import assigned, trial_device
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
@@ -95,7 +96,7 @@ METRIC = "val_accuracy"
 def _trainable_factory(
     exp: ExperimentConfig, space: Any, url: str, study_name: str, folder: Path,
     evaluator: Evaluator | None, evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None,
-    locs: Locations | None = None,
+    locs: Locations | None = None, gpus_per_trial: float = 0.0,
 ) -> Callable[[dict[str, Any]], None]:
     """The Tune function trainable: evaluate one config (or reuse the study's cached result).
 
@@ -110,6 +111,7 @@ def _trainable_factory(
         if locs is not None:  # the driver's runs folder and artefact store, not this trial's working folder
             locs.apply()
         config = space.from_params(params)
+        trial_exp, device = trial_device(exp, gpus_per_trial, *assigned(ray, gpus_per_trial))  # ray_device
         trial_id = tune.get_context().get_trial_id()
         out = folder / "ray" / str(trial_id)
         out.mkdir(parents=True, exist_ok=True)
@@ -120,9 +122,9 @@ def _trainable_factory(
             source = None
         if source is not None:
             tune.report({METRIC: source.user_attrs.get("accuracy", 0.0), **dict(zip(names, source.values)),
-                         "ec_cached_from": source.number})
+                         "ec_cached_from": source.number, "ec_device": device})
             return
-        ev = evaluator or (evaluator_factory or build_trial_evaluator)(exp)
+        ev = evaluator or (evaluator_factory or build_trial_evaluator)(trial_exp)
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             tune.report({METRIC: float(val_accuracy), "epoch": int(epoch)})
@@ -141,7 +143,8 @@ def _trainable_factory(
                 values = objective_values(exp.objectives, result.metrics, result.state)
             except TrialFailed as e:
                 result.state, result.fail_reason = "failed", str(e)
-        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), **_where(ray)}
+        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), "ec_device": device,
+                                 **_where(ray), **upload_trial_output(out, study_name, str(trial_id))}
         if values is not None:
             acc = result.metrics.get("accuracy")
             final = {METRIC: float(acc) if acc is not None else 0.0, **dict(zip(names, values)), **final}
@@ -203,23 +206,17 @@ class _StudyWriter:
             source = self.study.trials[int(result["ec_cached_from"])]
             attrs.update({k: v for k, v in source.user_attrs.items() if k not in ("artefact_dir", "ray_trial_id")})
             attrs.update(artefact_dir=str(folder), cached_from=source.number)
-            link_artefacts(Path(source.user_attrs.get("artefact_dir", "")), folder)
+            link_cached(source.user_attrs, folder)  # fetched from a URL store if need be
             values, constraints = reported or list(source.values), dict(source.constraints)
             metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
             ev = EvalResult(config=config, state=source.user_attrs.get("state_detail", "complete"),
                             metrics=metrics, violations=source.user_attrs.get("violations", {}))
         elif "ec_result" in result:
             ev = EvalResult.from_dict(result["ec_result"])
-            src = Path(result.get("ec_artefacts", ""))
             attrs.update(ray_node=result.get("ec_node"), ray_resources=result.get("ec_resources"))
-            if src.is_dir():
-                for f in src.iterdir():
-                    shutil.move(str(f), folder / f.name)
-                shutil.rmtree(src, ignore_errors=True)
-            elif ev.state == "complete":  # never a COMPLETE trial without its model and logits
-                ev.state, ev.fail_reason = "failed", (
-                    f"the trial's artefacts ({src}, node {result.get('ec_node')}) are not visible to the driver: "
-                    "give --artefacts a folder every Ray node shares")
+            # from the driver's disk, else from the trial's upload to a URL store (search.ray_artefacts)
+            if not collect(result, folder) and ev.state == "complete":  # never COMPLETE without its model
+                ev.state, ev.fail_reason = "failed", not_found_reason(result)
             if ev.state in ("complete", "infeasible"):
                 if reported is None:
                     ev.state, ev.fail_reason = "failed", "the final report has no objective values"
@@ -236,9 +233,12 @@ class _StudyWriter:
             attrs.update(result_attrs(ev, folder))
         state = TrialState.COMPLETE if values is not None else (
             TrialState.FAIL if ev.state == "failed" else TrialState.PRUNED)
+        attrs.update(result.get("ec_device") or {})  # ray_gpu_ids, trial_device, device_note
         ev.artefact_dir = str(folder)
         write_trial_files(folder, config, {**ev.to_dict(), "trial": number, "values": values,
                                            "cached_from": attrs.get("cached_from")})
+        state, attrs = published(self.study.study_name, number, folder, result, state, attrs)
+        values, constraints = (values, constraints) if state == TrialState.COMPLETE else (None, None)
         self.study.add_trial(optuna.trial.create_trial(
             state=state, values=values, params=params, distributions=self.distributions,
             user_attrs=attrs, intermediate_values=curve or None, constraints=constraints,
@@ -364,7 +364,7 @@ def _run_ray_search(
                                   reduction_factor=2)
         writer = _StudyWriter(study, exp, space, study_dir(study_name), report)
         trainable = _trainable_factory(exp, space, url, study_name, study_dir(study_name), evaluator,
-                                       evaluator_factory, locs)
+                                       evaluator_factory, locs, gpus_per_trial)
         own_ray = not ray.is_initialized()
         if own_ray:
             init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
