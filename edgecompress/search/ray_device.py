@@ -44,3 +44,14 @@ def assigned(ray: Any, gpus_per_trial: float) -> tuple[list[Any], bool]:
     import torch
 
     return list(ray.get_gpu_ids()), bool(torch.cuda.is_available())
+
+
+def where(ray: Any) -> dict[str, Any]:
+    """The Ray node and the resources Ray assigned to this trial (none outside a Ray worker)."""
+    if not ray.is_initialized():  # outside a Ray worker (unit tests): asking would start a local Ray
+        return {"ec_node": None, "ec_resources": None}
+    try:
+        ctx = ray.get_runtime_context()
+        return {"ec_node": ctx.get_node_id(), "ec_resources": dict(ctx.get_assigned_resources())}
+    except Exception:  # noqa: BLE001 - called outside a Ray worker (unit tests)
+        return {"ec_node": None, "ec_resources": None}

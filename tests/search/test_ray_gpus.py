@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from optuna.trial import TrialState
 
@@ -26,6 +27,7 @@ def test_trial_device_from_assigned_gpus(fakes) -> None:
     assert "GPU 1" in attrs["device_note"] and "torch.cuda.is_available() is False" in attrs["device_note"]
 
 
+@pytest.mark.slow  # ~35 s on 2 loaded cores (Ray start-up)
 def test_one_declared_gpu_per_trial_and_cpu_fallback(fakes, tmp_path: Path, runs: Path) -> None:
     import ray
     import ray.cloudpickle
