@@ -12,8 +12,9 @@ runs it at its start, after recording its `config_hash` user attr:
    - owner FAIL, PRUNED (its evaluation failed, or a dead owner was failed by the heartbeat or the pid
      check): it is no longer RUNNING, so the lowest remaining claimant owns the config and trains it;
 3. a RUNNING trial with a lower number that has not recorded its hash yet (asked just before this one, it is
-   between ask and claim) may be a claimant too: wait until it has (at most `settle_s`), so two workers that
-   draw one config at once agree on the owner whatever order their writes land in;
+   between ask and claim) may be a claimant too: wait until it has (at most `settle_s`, and not for a trial
+   started longer ago than that), so two workers that draw one config at once agree on the owner whatever
+   order their writes land in;
 4. waiting is bounded by `wait_s` (the owner's time budget): past it the waiter trains itself, with a note
    saying why (an owner left RUNNING that nothing fails: a storage without heartbeat, another host).
 
@@ -23,6 +24,7 @@ fail_stale_trials and the pid check), so a stale owner is failed by its waiters 
 
 from __future__ import annotations
 
+import datetime
 import os
 import time
 from collections.abc import Callable
@@ -87,7 +89,8 @@ def claim_config(
         for t in trials:
             if t.state == TrialState.RUNNING and CONFIG_HASH not in t.user_attrs:
                 undecided_since.setdefault(t.number, now)
-        live = [t for t in trials if CONFIG_HASH in t.user_attrs or now - undecided_since[t.number] < settle_s]
+        live = [t for t in trials if CONFIG_HASH in t.user_attrs
+                or (now - undecided_since[t.number] < settle_s and _age_s(t) < settle_s)]
         owner = owner_of(live, number, config_hash)
         if owner >= number:
             return Claim(waited_for=waited_for, note=_took_over(waited_for))
@@ -101,6 +104,14 @@ def claim_config(
         time.sleep(poll_s)
         if refresh is not None:
             refresh()
+
+
+def _age_s(t: FrozenTrial) -> float:
+    """Seconds since a trial started (its worker's clock; 0 when unknown): a trial left RUNNING long ago
+    without a hash (its worker died between ask and claim) blocks no one."""
+    if t.datetime_start is None:
+        return 0.0
+    return (datetime.datetime.now() - t.datetime_start).total_seconds()
 
 
 def _attrs(trials: list[FrozenTrial], number: int) -> dict:

@@ -25,6 +25,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.utils import replace_dir, runs_dir, stable_hash
 
 MARKER = "_COMPLETE"
+RECORD_FILES = ("config.yaml", "metrics.json")  # evaluators.result.ARTEFACT_FILES' records, not artefacts
 STORE_ENV = "EDGECOMPRESS_ARTEFACTS"
 
 
@@ -125,22 +126,27 @@ def remove(uri: str) -> None:
 
 
 def local_folder(attrs: Mapping[str, Any]) -> Path | None:
-    """A folder on this machine holding a trial's artefacts: its `artefact_dir` when readable here, else
-    its `artefact_uri` fetched from the store; None when neither is available. `attrs`: the trial's user
-    attrs (or a study-frame row)."""
-    folder = attrs.get("artefact_dir")
-    if isinstance(folder, str) and folder and Path(folder).is_dir() and any(Path(folder).iterdir()):
+    """A folder on this machine holding a trial's artefacts: its `artefact_dir` when readable here (with more
+    than its records in it, when there is an upload to prefer), else its `artefact_uri` fetched from the
+    store; None when neither is available. `attrs`: the trial's user attrs (or a study-frame row)."""
+    folder, uri = attrs.get("artefact_dir"), _str(attrs.get("artefact_uri"))
+    if _str(folder) and Path(folder).is_dir() and (uri is None or _has_artefacts(Path(folder))):
         return Path(folder)
-    uri = attrs.get("artefact_uri")
-    if isinstance(uri, str) and uri:
-        return fetch(uri)
-    return None
+    return fetch(uri) if uri else None
 
 
 def available(attrs: Mapping[str, Any]) -> bool:
     """Whether `local_folder` would find the artefacts (without fetching them)."""
-    folder = attrs.get("artefact_dir")
-    if isinstance(folder, str) and folder and Path(folder).is_dir() and any(Path(folder).iterdir()):
+    folder, uri = attrs.get("artefact_dir"), _str(attrs.get("artefact_uri"))
+    if _str(folder) and Path(folder).is_dir() and (uri is None or _has_artefacts(Path(folder))):
         return True
-    uri = attrs.get("artefact_uri")
-    return isinstance(uri, str) and bool(uri) and manifest(uri) is not None
+    return uri is not None and manifest(uri) is not None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _has_artefacts(folder: Path) -> bool:
+    """Artefacts in a trial folder, not only its records (config.yaml, metrics.json)."""
+    return any(p.name not in RECORD_FILES for p in folder.iterdir())

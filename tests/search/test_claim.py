@@ -159,3 +159,18 @@ def test_two_workers_given_each_config_three_times_train_each_once(tmp_path: Pat
     assert len({t.user_attrs["config_hash"] for t in trained}) == 2
     assert any("waited_for" in t.user_attrs for t in trials)  # the workers did collide
     assert len({t.system_attrs["ec:pid"] for t in trials}) == 2
+
+
+def test_a_lower_trial_that_never_records_its_hash_blocks_only_briefly(tmp_path: Path, fakes) -> None:
+    """Trial 0 was asked and its worker died before recording its config: trial 1 waits settle_s for it
+    (it might be a claimant), then owns its config; it waited for no one."""
+    from edgecompress.search.claim import claim_config
+
+    _, studies = _journal(tmp_path)
+    studies[0].ask()  # RUNNING, no config_hash ever
+    trial = studies[1].ask()
+    trial.set_user_attr("config_hash", "abc")
+    started = time.monotonic()
+    claim = claim_config(studies[1], trial.number, "abc", wait_s=30, poll_s=0.1, settle_s=1.0)
+    assert 1.0 <= time.monotonic() - started < 5
+    assert claim.source is None and claim.waited_for is None and claim.note is None
