@@ -89,8 +89,8 @@ def claim_config(
         for t in trials:
             if t.state == TrialState.RUNNING and CONFIG_HASH not in t.user_attrs:
                 undecided_since.setdefault(t.number, now)
-        live = [t for t in trials if CONFIG_HASH in t.user_attrs
-                or (now - undecided_since[t.number] < settle_s and _age_s(t) < settle_s)]
+        live = [t for t in trials if t.state == TrialState.RUNNING and (CONFIG_HASH in t.user_attrs or (
+            now - undecided_since[t.number] < settle_s and _age_s(t) < settle_s))]
         owner = owner_of(live, number, config_hash)
         if owner >= number:
             return Claim(waited_for=waited_for, note=_took_over(waited_for))

@@ -174,3 +174,15 @@ def test_a_lower_trial_that_never_records_its_hash_blocks_only_briefly(tmp_path:
     claim = claim_config(studies[1], trial.number, "abc", wait_s=30, poll_s=0.1, settle_s=1.0)
     assert 1.0 <= time.monotonic() - started < 5
     assert claim.source is None and claim.waited_for is None and claim.note is None
+
+
+def test_finished_trials_without_a_config_hash_are_ignored(tmp_path: Path, fakes) -> None:
+    """A study with trials that carry no config hash (added by hand, an older edgecompress) still claims."""
+    from edgecompress.search.claim import claim_config
+
+    _, studies = _journal(tmp_path)
+    studies[0].add_trial(optuna.trial.create_trial(values=[0.5, 1.0]))  # COMPLETE, no user attrs
+    trial = studies[1].ask()
+    trial.set_user_attr("config_hash", "abc")
+    claim = claim_config(studies[1], trial.number, "abc", wait_s=5, poll_s=0.1)
+    assert claim.source is None and claim.waited_for is None
