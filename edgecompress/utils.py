@@ -123,8 +123,10 @@ def runs_dir() -> Path:
 
 def artefacts_dir() -> Path:
     """Root of trial artefacts (<root>/<study>/trials/<n>/) and of the caches (<root>/cache/): the artefact
-    store. EDGECOMPRESS_ARTEFACTS (the CLI's --artefacts, a folder every worker can reach) overrides runs_dir()."""
-    return Path(os.environ.get("EDGECOMPRESS_ARTEFACTS") or runs_dir())
+    store. EDGECOMPRESS_ARTEFACTS (the CLI's --artefacts, a folder every worker can reach) overrides runs_dir();
+    when it is an fsspec URL (study.artefact_store), trials write under runs_dir() and upload to the URL."""
+    store = os.environ.get("EDGECOMPRESS_ARTEFACTS")
+    return Path(store) if store and "://" not in store else runs_dir()
 
 
 def cache_dir() -> Path:
@@ -135,7 +137,8 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Locations:
-    """The runs folder and the artefact store as absolute paths, resolved once by the search driver and
+    """The runs folder and the artefact store as absolute paths (the store may be an fsspec URL instead:
+    study.artefact_store), resolved once by the search driver and
     handed to every worker process and Ray trial (whose working folder differs: Ray runs each trial in its
     own), so that all of them use the same base-model cache and write artefacts where export reads them."""
 
@@ -144,7 +147,11 @@ class Locations:
 
     @classmethod
     def resolve(cls, artefacts: str | os.PathLike[str] | None = None) -> Locations:
-        """Absolute locations from the environment (or `artefacts`, the --artefacts option)."""
+        """Absolute locations from the environment (or `artefacts`, the --artefacts option: a folder, or an
+        fsspec URL that is kept as given)."""
+        setting = str(artefacts) if artefacts else os.environ.get("EDGECOMPRESS_ARTEFACTS")
+        if setting and "://" in setting:
+            return cls(runs=str(runs_dir().absolute()), artefacts=setting.rstrip("/"))
         store = Path(artefacts) if artefacts else artefacts_dir()
         return cls(runs=str(runs_dir().absolute()), artefacts=str(store.expanduser().absolute()))
 

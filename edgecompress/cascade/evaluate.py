@@ -32,6 +32,7 @@ from edgecompress.cascade.lean import LeanCascade, deployed_stage, resize_array
 from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.study import artefact_store
 
 
 @dataclass
@@ -82,7 +83,7 @@ def study_candidates(study: Any, include_estimated: bool = False,
     cands: list[Candidate] = []
     labels: np.ndarray | None = None
     for _, row in rows.iterrows():
-        folder = Path(str(row.get("artefact_dir") or ""))
+        folder = artefact_store.local_folder(row) or Path(str(row.get("artefact_dir") or ""))
         if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
             notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")
             continue

@@ -166,13 +166,15 @@ def register(app: typer.Typer) -> None:
         address: str | None = typer.Option(None, "--address", help="existing Ray cluster (HOST:PORT or auto)"),
         set_: list[str] | None = typer.Option(None, "--set", help="override a config key: a.b=value"),
         cpus_per_trial: float = typer.Option(1.0, "--cpus-per-trial", help="ray: CPUs per trial"),
-        gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs per trial"),
+        gpus_per_trial: float = typer.Option(0.0, "--gpus-per-trial", help="ray: GPUs per trial (the evaluator uses "
+                                              "CUDA where torch has it, else CPU with a note)"),
         no_progress: bool = typer.Option(False, "--no-progress", help="no progress (bar or log lines)"),
         as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
         finalize: int = typer.Option(0, "--finalize", help="then finalize the K most promising configs (0: no)"),
         finalize_epochs: int = typer.Option(3, "--finalize-epochs", help="epochs of each finalized config"),
         artefacts: str | None = typer.Option(None, "--artefacts", help="artefact store: a folder every worker "
-                                             "and Ray node reaches (trial models/logits, base-model cache); "
+                                             "and Ray node reaches (trial models/logits, base-model cache), or "
+                                             "an fsspec URL (s3://bucket/dir, file://...) trials upload to; "
                                              "default: the runs folder"),
         grace_period: float | None = typer.Option(None, "--grace-period", help="seconds without a heartbeat "
                                                   "before a running trial of an RDB study counts as dead (120)"),

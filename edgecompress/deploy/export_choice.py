@@ -9,6 +9,7 @@ from typing import Any
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.pareto import Selection, knee_point, select
+from edgecompress.study import artefact_store
 from edgecompress.study import attrs as A
 from edgecompress.study.front import front
 
@@ -60,7 +61,8 @@ def trial_model_path(row: Any, number: int | None) -> Path:
     folder = row.get("artefact_dir") if hasattr(row, "get") else None
     if not isinstance(folder, str) or not folder:
         raise EdgeCompressError(f"trial {number} has no artefact_dir: nothing to export")
-    path = Path(folder) / ARTEFACT_FILES["model"]
+    local = artefact_store.local_folder(row)  # not readable here: fetched from the artefact store's upload
+    path = (local or Path(folder)) / ARTEFACT_FILES["model"]
     if not path.is_file():
         raise EdgeCompressError(f"trial {number}: no saved model at {path} (stopped before fine-tuning, "
                                 "or its artefacts were moved)")

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.study import artefact_store
 from edgecompress.study.intervals import paired_difference
 from edgecompress.utils import as_float
 
@@ -74,7 +75,7 @@ def base_trial(df: pd.DataFrame) -> dict[str, Any] | None:
 
 def val_correctness(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """(per-image correctness, labels) from the validation logits the trial saved, or None without them."""
-    folder = Path(str(row.get("artefact_dir") or ""))
+    folder = artefact_store.local_folder(row) or Path(str(row.get("artefact_dir") or ""))
     logits, labels = folder / ARTEFACT_FILES["val_logits"], folder / ARTEFACT_FILES["val_labels"]
     if not row.get("artefact_dir") or not logits.is_file() or not labels.is_file():
         return None

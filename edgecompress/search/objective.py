@@ -2,8 +2,9 @@
 
 Trial user attrs (the contract the results package reads): every metric of EvalResult.metrics flat by its
 key, "config", "config_hash", "state_detail" (EvalResult.state, or "interrupted"), "fail_reason" (failed
-trials), "violations", "artefact_dir", "cached_from" (trial number, when served from the config cache) and
-"val_accuracy_curve" (per-epoch validation accuracy, when the evaluator reported it).
+trials), "violations", "artefact_dir", "cached_from" (trial number, when served from the config cache), "waited_for"
+and "claim_note" (search.claim: the RUNNING trial with the same config this one waited for, and why it
+trained after all) and "val_accuracy_curve" (per-epoch validation accuracy, when the evaluator reported it).
 Constraints are recorded with `trial.set_constraint` (Optuna 5; <= 0 feasible) for every configured one.
 """
 
@@ -21,8 +22,11 @@ from optuna.trial import FrozenTrial, TrialState
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators import Evaluator
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.search.claim import claim_config
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.space import SearchSpace
+from edgecompress.study import artefact_store
+from edgecompress.study import attrs as A
 from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
 from edgecompress.study.constraints import active_constraints, constraint_values
 from edgecompress.utils import atomic_write_json, atomic_write_text, is_finite_number, plain
@@ -56,6 +60,15 @@ def _obj(obj: Any) -> tuple[str, str]:
 
 def trial_dir(study_dir: Path, number: int) -> Path:
     return Path(study_dir) / "trials" / str(number)
+
+
+CLAIM_WAIT_S = 3600.0 + 60.0  # default finetune.max_seconds + the isolated evaluator's kill grace
+
+
+def artefacts_usable(t: FrozenTrial) -> bool:
+    """Whether this worker can read a trial's artefacts: its folder is readable here, or they were uploaded to
+    a URL artefact store (another worker's own disk is not readable: --artefacts, shared, avoids that)."""
+    return artefact_store.available(t.user_attrs)
 
 
 def find_cached(study: optuna.Study, config_hash: str, exclude: int | None = None) -> FrozenTrial | None:
@@ -130,11 +143,15 @@ def make_objective(
     objectives: Sequence[Any],
     constraints: Any = None,
     cache: bool = True,
+    claim_wait_s: float = CLAIM_WAIT_S,
+    refresh: Callable[[], object] | None = None,
 ) -> Callable[[optuna.Trial], tuple[float, ...]]:
     """Objective for `study.optimize` or an ask/tell loop.
 
     Returns the objective values in `objectives` order. Raises TrialFailed (trial must be FAIL; attrs are
     already set) or optuna.TrialPruned. Artefacts go to `study_dir`/trials/<number>/.
+    With `cache`, a config another trial evaluated (or is evaluating: search.claim, waiting at most
+    `claim_wait_s`, running `refresh` (dead-trial recovery) between looks) is served from that trial.
     """
     study_dir = Path(study_dir)
     bounds = active_constraints(constraints)
@@ -147,10 +164,15 @@ def make_objective(
         trial.set_user_attr("config_hash", config.config_hash())
         trial.set_user_attr("artefact_dir", str(folder))
 
-        source = find_cached(trial.study, config.config_hash(), exclude=trial.number) if cache else None
-        if source is not None and not Path(source.user_attrs.get("artefact_dir", "")).is_dir():
-            source = None  # its artefacts are on a disk this worker cannot see: evaluate here (a shared store
-            # given with --artefacts avoids that)
+        source = None
+        if cache:  # served from a COMPLETE twin, or after waiting for a RUNNING one (search.claim)
+            claim = claim_config(trial.study, trial.number, config.config_hash(), wait_s=claim_wait_s,
+                                 usable=artefacts_usable, refresh=refresh)
+            source = claim.source
+            if claim.waited_for is not None:
+                trial.set_user_attr(A.WAITED_FOR, claim.waited_for)
+            if claim.note:
+                trial.set_user_attr(A.CLAIM_NOTE, claim.note)
         if source is not None:
             return _serve_from_cache(trial, source, config, folder, bounds)
         died = deaths_of(trial.study, config.config_hash(), exclude=trial.number)
@@ -205,6 +227,15 @@ def _record(
         trial.set_user_attr(key, value)
     record = {**result.to_dict(), "trial": trial.number, "values": list(values) if values else None}
     write_trial_files(folder, config, record)
+    store = artefact_store.store_url()
+    if store and values is not None:  # a URL store: upload, and record where (study.artefact_store)
+        try:
+            uri = artefact_store.upload(folder, artefact_store.trial_uri(store, trial.study.study_name, trial.number))
+            trial.set_user_attr(A.ARTEFACT_URI, uri)
+        except EdgeCompressError as e:
+            trial.set_user_attr(A.STATE_DETAIL, "failed")
+            trial.set_user_attr(A.FAIL_REASON, str(e))
+            raise TrialFailed(str(e)) from None
     if result.state == "pruned":
         raise optuna.TrialPruned(result.fail_reason or "pruned")
     if result.state == "failed" or values is None:
@@ -219,12 +250,13 @@ def _serve_from_cache(
 ) -> tuple[float, ...]:
     """Copy the values, attrs and artefacts of an identical, already evaluated config."""
     for key, value in source.user_attrs.items():
-        if key not in ("artefact_dir", "cached_from"):
+        if key not in ("artefact_dir", A.CACHED_FROM, A.WAITED_FOR, A.CLAIM_NOTE, A.ARTEFACT_URI):
             trial.set_user_attr(key, value)
     trial.set_user_attr("artefact_dir", str(folder))
     trial.set_user_attr("cached_from", source.number)
-    src_dir = Path(source.user_attrs.get("artefact_dir", ""))
-    link_artefacts(src_dir, folder, link=same_store(src_dir, folder))
+    src_dir = artefact_store.local_folder(source.user_attrs)  # fetched from a URL store when not readable here
+    if src_dir is not None:
+        link_artefacts(src_dir, folder, link=same_store(src_dir, folder))
     metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
     record = {
         "config": config.to_dict(), "config_hash": config.config_hash(),
@@ -234,6 +266,11 @@ def _serve_from_cache(
         "values": list(source.values),
     }
     write_trial_files(folder, config, record)
+    store = artefact_store.store_url()
+    if store:  # the source's upload serves this trial too; an old source without one is uploaded now
+        uri = source.user_attrs.get(A.ARTEFACT_URI) or artefact_store.upload(
+            folder, artefact_store.trial_uri(store, trial.study.study_name, trial.number))
+        trial.set_user_attr(A.ARTEFACT_URI, uri)
     for name, v in source.constraints.items():
         trial.set_constraint(name, v)
     if not source.constraints:  # constraints configured after the source ran

@@ -28,6 +28,7 @@ from optuna.trial import TrialState
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators import Evaluator
 from edgecompress.evaluators.train import ProgressCallback
+from edgecompress.search.claim import wait_limit
 from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
@@ -307,7 +308,8 @@ def _run_search(
             study.sampler = built
             evaluator = evaluator or build_trial_evaluator(exp)
             objective = make_objective(
-                space, evaluator, study_dir(study_name), exp.objectives, exp.constraints, cache=True
+                space, evaluator, study_dir(study_name), exp.objectives, exp.constraints, cache=True,
+                claim_wait_s=wait_limit(exp.finetune.max_seconds), refresh=lambda: recover_dead_trials(study, store),
             )
             try:
                 run_loop(study, store, objective, total, deadline, lock_path, on_trial=report)
@@ -384,7 +386,9 @@ def _worker_main(
     study, _ = create_or_load_study(exp, study_name, store)
     study.sampler = make_sampler(sampler_name, seed, total, exp.budget.population, space)[0]
     evaluator = evaluator or build_trial_evaluator(exp)
-    objective = make_objective(space, evaluator, study_dir(study_name), exp.objectives, exp.constraints)
+    objective = make_objective(space, evaluator, study_dir(study_name), exp.objectives, exp.constraints,
+                               claim_wait_s=wait_limit(exp.finetune.max_seconds),
+                               refresh=lambda: recover_dead_trials(study, store))
     try:
         run_loop(study, store, objective, total, deadline, runs_dir() / f"{study_name}.lock")
     except KeyboardInterrupt:

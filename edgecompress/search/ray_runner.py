@@ -39,15 +39,15 @@ artefact store to absolute paths (utils.Locations) and each trial applies them b
 evaluator: Ray runs a trial in its own working folder, where the relative `runs` would be a fresh folder (a
 base model trained again per trial). The base model is trained by the driver before any trial starts; trials
 load it from the store's cache. A trial writes its artefacts under <store>/<study>/ray/<trial id>/ and the
-driver moves them to <store>/<study>/trials/<number>/; a complete trial whose artefacts the driver cannot
-see (a node without the shared folder) is recorded FAIL with the reason, never COMPLETE without its model.
+driver moves them to <store>/<study>/trials/<number>/ (with an fsspec URL store, through the store:
+search.ray_artefacts); a complete trial whose artefacts the driver finds nowhere is recorded FAIL with the
+reason, never COMPLETE without its model. GPUs per trial: search.ray_device.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,13 +59,12 @@ from optuna.trial import TrialState
 from edgecompress.errors import ConfigError
 from edgecompress.evaluators import Evaluator
 from edgecompress.evaluators.result import EvalResult
+from edgecompress.search.claim import wait_limit
 from edgecompress.search.objective import (
     BOOKKEEPING_ATTRS,
     TrialFailed,
     active_constraints,
     constraint_values,
-    find_cached,
-    link_artefacts,
     objective_values,
     result_attrs,
     trial_dir,
@@ -84,8 +83,12 @@ from edgecompress.search.optuna_runner import (
     study_dir,
 )
 from edgecompress.search.progress import is_counted, study_stats
+from edgecompress.search.ray_artefacts import collect, link_cached, not_found_reason, published, upload_trial_output
+from edgecompress.search.ray_claims import claim, release, start_board
+from edgecompress.search.ray_device import assigned, trial_device, where
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import attrs as A
 from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
 from edgecompress.utils import Locations
 
@@ -95,7 +98,7 @@ METRIC = "val_accuracy"
 def _trainable_factory(
     exp: ExperimentConfig, space: Any, url: str, study_name: str, folder: Path,
     evaluator: Evaluator | None, evaluator_factory: Callable[[ExperimentConfig], Evaluator] | None,
-    locs: Locations | None = None,
+    locs: Locations | None = None, gpus_per_trial: float = 0.0, board: Any = None,
 ) -> Callable[[dict[str, Any]], None]:
     """The Tune function trainable: evaluate one config (or reuse the study's cached result).
 
@@ -110,19 +113,18 @@ def _trainable_factory(
         if locs is not None:  # the driver's runs folder and artefact store, not this trial's working folder
             locs.apply()
         config = space.from_params(params)
+        trial_exp, device = trial_device(exp, gpus_per_trial, *assigned(ray, gpus_per_trial))  # ray_device
         trial_id = tune.get_context().get_trial_id()
         out = folder / "ray" / str(trial_id)
         out.mkdir(parents=True, exist_ok=True)
-        try:  # the config-hash cache (skipped where the storage is not reachable from this node)
-            study = optuna.load_study(study_name=study_name, storage=make_storage(url, heartbeat=False))
-            source = find_cached(study, config.config_hash())
-        except Exception:  # noqa: BLE001
-            source = None
+        # the config-hash cache, and the claim on a config another running trial trains (search.ray_claims)
+        source, claimed = claim(board, lambda: optuna.load_study(study_name=study_name, storage=make_storage(
+            url, heartbeat=False)), config.config_hash(), str(trial_id), wait_limit(exp.finetune.max_seconds))
         if source is not None:
             tune.report({METRIC: source.user_attrs.get("accuracy", 0.0), **dict(zip(names, source.values)),
-                         "ec_cached_from": source.number})
+                         "ec_cached_from": source.number, "ec_device": device, **claimed})
             return
-        ev = evaluator or (evaluator_factory or build_trial_evaluator)(exp)
+        ev = evaluator or (evaluator_factory or build_trial_evaluator)(trial_exp)
 
         def on_epoch(epoch: int, val_accuracy: float) -> None:
             tune.report({METRIC: float(val_accuracy), "epoch": int(epoch)})
@@ -141,7 +143,8 @@ def _trainable_factory(
                 values = objective_values(exp.objectives, result.metrics, result.state)
             except TrialFailed as e:
                 result.state, result.fail_reason = "failed", str(e)
-        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), **_where(ray)}
+        final: dict[str, Any] = {"ec_result": result.to_dict(), "ec_artefacts": str(out), "ec_device": device,
+                                 **where(ray), **upload_trial_output(out, study_name, str(trial_id)), **claimed}
         if values is not None:
             acc = result.metrics.get("accuracy")
             final = {METRIC: float(acc) if acc is not None else 0.0, **dict(zip(names, values)), **final}
@@ -150,17 +153,6 @@ def _trainable_factory(
             raise TrialFailed(result.fail_reason or "evaluation failed")
 
     return trainable
-
-
-def _where(ray: Any) -> dict[str, Any]:
-    """The Ray node and the resources Ray assigned to this trial (none outside a Ray worker)."""
-    if not ray.is_initialized():  # outside a Ray worker (unit tests): asking would start a local Ray
-        return {"ec_node": None, "ec_resources": None}
-    try:
-        ctx = ray.get_runtime_context()
-        return {"ec_node": ctx.get_node_id(), "ec_resources": dict(ctx.get_assigned_resources())}
-    except Exception:  # noqa: BLE001 - called outside a Ray worker (unit tests)
-        return {"ec_node": None, "ec_resources": None}
 
 
 class _StudyWriter:
@@ -172,6 +164,7 @@ class _StudyWriter:
         self.bounds = active_constraints(exp.constraints)
         self.distributions = space.distributions()
         self.on_trial = on_trial
+        self.board: Any = None  # search.ray_claims: released once a trial is in the study
         self.written: set[str] = set()  # Tune trial ids already in the study
         self.errored: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}  # id -> (config, last result)
 
@@ -201,25 +194,20 @@ class _StudyWriter:
         reported = self.reported_values(result)
         if "ec_cached_from" in result:
             source = self.study.trials[int(result["ec_cached_from"])]
-            attrs.update({k: v for k, v in source.user_attrs.items() if k not in ("artefact_dir", "ray_trial_id")})
+            attrs.update({k: v for k, v in source.user_attrs.items()
+                          if k not in ("artefact_dir", "ray_trial_id", A.WAITED_FOR, A.CLAIM_NOTE)})
             attrs.update(artefact_dir=str(folder), cached_from=source.number)
-            link_artefacts(Path(source.user_attrs.get("artefact_dir", "")), folder)
+            link_cached(source.user_attrs, folder)  # fetched from a URL store if need be
             values, constraints = reported or list(source.values), dict(source.constraints)
             metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
             ev = EvalResult(config=config, state=source.user_attrs.get("state_detail", "complete"),
                             metrics=metrics, violations=source.user_attrs.get("violations", {}))
         elif "ec_result" in result:
             ev = EvalResult.from_dict(result["ec_result"])
-            src = Path(result.get("ec_artefacts", ""))
             attrs.update(ray_node=result.get("ec_node"), ray_resources=result.get("ec_resources"))
-            if src.is_dir():
-                for f in src.iterdir():
-                    shutil.move(str(f), folder / f.name)
-                shutil.rmtree(src, ignore_errors=True)
-            elif ev.state == "complete":  # never a COMPLETE trial without its model and logits
-                ev.state, ev.fail_reason = "failed", (
-                    f"the trial's artefacts ({src}, node {result.get('ec_node')}) are not visible to the driver: "
-                    "give --artefacts a folder every Ray node shares")
+            # from the driver's disk, else from the trial's upload to a URL store (search.ray_artefacts)
+            if not collect(result, folder) and ev.state == "complete":  # never COMPLETE without its model
+                ev.state, ev.fail_reason = "failed", not_found_reason(result)
             if ev.state in ("complete", "infeasible"):
                 if reported is None:
                     ev.state, ev.fail_reason = "failed", "the final report has no objective values"
@@ -236,13 +224,18 @@ class _StudyWriter:
             attrs.update(result_attrs(ev, folder))
         state = TrialState.COMPLETE if values is not None else (
             TrialState.FAIL if ev.state == "failed" else TrialState.PRUNED)
+        attrs.update(result.get("ec_device") or {})  # ray_gpu_ids, trial_device, device_note
+        attrs.update({k: result[f"ec_{k}"] for k in (A.WAITED_FOR, A.CLAIM_NOTE) if f"ec_{k}" in result})
         ev.artefact_dir = str(folder)
         write_trial_files(folder, config, {**ev.to_dict(), "trial": number, "values": values,
                                            "cached_from": attrs.get("cached_from")})
+        state, attrs = published(self.study.study_name, number, folder, result, state, attrs)
+        values, constraints = (values, constraints) if state == TrialState.COMPLETE else (None, None)
         self.study.add_trial(optuna.trial.create_trial(
             state=state, values=values, params=params, distributions=self.distributions,
             user_attrs=attrs, intermediate_values=curve or None, constraints=constraints,
         ))
+        release(self.board, config.config_hash(), str(trial_id), state == TrialState.COMPLETE)
         self.on_trial()
 
     def write_errored(self, grid: Any) -> None:
@@ -363,8 +356,6 @@ def _run_ray_search(
         scheduler = ASHAScheduler(metric=METRIC, mode="max", max_t=_max_epochs(exp, space) + 1, grace_period=1,
                                   reduction_factor=2)
         writer = _StudyWriter(study, exp, space, study_dir(study_name), report)
-        trainable = _trainable_factory(exp, space, url, study_name, study_dir(study_name), evaluator,
-                                       evaluator_factory, locs)
         own_ray = not ray.is_initialized()
         if own_ray:
             init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
@@ -375,6 +366,9 @@ def _run_ray_search(
                 init_kw["num_cpus"] = num_cpus or max(1, int(max_concurrent * cpus_per_trial))
                 init_kw["num_gpus"] = int(max_concurrent * gpus_per_trial + 0.999) if gpus_per_trial else 0
             ray.init(**init_kw)
+        writer.board = start_board()
+        trainable = _trainable_factory(exp, space, url, study_name, study_dir(study_name), evaluator,
+                                       evaluator_factory, locs, gpus_per_trial, writer.board)
         # per-epoch reports carry val_accuracy only; the objectives come with the final report
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
         # a failed evaluation is an errored Tune trial: its reason goes to the study, not a traceback on screen
@@ -432,5 +426,7 @@ def _callback(writer: _StudyWriter) -> Any:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             # written after fit(), with the error from the ResultGrid (write_errored)
             writer.errored[str(trial.trial_id)] = (dict(trial.config), dict(trial.last_result or {}))
+            params = {k: trial.config[k] for k in writer.space.param_names}
+            release(writer.board, writer.space.from_params(params).config_hash(), str(trial.trial_id), False)
 
     return _WriteToStudy()

@@ -1,8 +1,9 @@
 """One independent search worker for the PostgreSQL tests and bench/scale.py: `python pg_worker.py JSON`.
 
 JSON: study, url, trials, log (the evaluator's call log), delay (seconds per trial), artefacts (store),
-and optionally raise ("all": the evaluator raises on every call), prune_high. It runs run_search with the
-search tests' FakeEvaluator (sleep-based cost, real artefact files) in its own working folder.
+and optionally raise ("all": the evaluator raises on every call), prune_high, small_grid (a 4-point space).
+It runs run_search with the search tests' FakeEvaluator (sleep-based cost, real artefact files) in its own
+working folder.
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ def main() -> None:
     a = json.loads(sys.argv[1])
     cls = Raising if a.get("raise") == "all" else fakes.FakeEvaluator
     ev = cls(Path(a["log"]), delay=float(a.get("delay", 0.0)), epochs=1)
-    exp = fakes.small_experiment(budget={"sampler": "random", "enqueue_uncompressed": False},
-                                 space={"prune": {"low": 0.0, "high": float(a.get("prune_high", 0.7))}})
+    space = {"prune": {"low": 0.0, "high": float(a.get("prune_high", 0.7))}}
+    if a.get("small_grid"):  # 4 discrete configs: workers drawing more trials than that must share them
+        space = {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 8]}, "resolution": {"choices": [1.0]}}
+    exp = fakes.small_experiment(budget={"sampler": "random", "enqueue_uncompressed": False}, space=space)
     s = run_search(exp, a["study"], storage=a["url"], trials=int(a["trials"]), evaluator=ev,
                    artefacts=a.get("artefacts"))
     print(json.dumps({"finished": s.stats.finished, "new": s.new_trials}))

@@ -87,6 +87,27 @@ def test_independent_workers_reach_the_total_with_no_config_twice(pg_server, tmp
     assert not any((tmp_path / f"worker{i}" / "runs" / name).exists() for i in range(3))  # nothing local
 
 
+def test_workers_drawing_more_trials_than_configs_train_each_config_once(pg_server, tmp_path: Path) -> None:
+    """3 workers, 10 trials, a 4-config space: configs drawn at once by two workers are claimed by one (the
+    other waits for it, search.claim); every config is trained exactly once, the rest served from the cache."""
+    name, store = f"grid-{uuid.uuid4().hex[:6]}", tmp_path / "store"
+    procs = [spawn(tmp_path / f"worker{i}", study=name, url=pg_server.url, trials=10, delay=1.0,
+                   artefacts=str(store), small_grid=True) for i in range(3)]
+    finish(procs)
+    trials = load_study(name, storage=pg_server.url).trials
+    assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
+    trained = [t for t in trials if "cached_from" not in t.user_attrs]
+    calls = [h for i in range(3) for h in (tmp_path / f"worker{i}" / "calls.log").read_text().split()]
+    assert len(calls) == len(set(calls)) == len(trained)  # every evaluation trained a new config
+    assert {t.user_attrs["config_hash"] for t in trained} == {t.user_attrs["config_hash"] for t in trials}
+    assert len(trained) <= 4
+    for t in trials:
+        assert (Path(t.user_attrs["artefact_dir"]) / ARTEFACT_FILES["model"]).is_file()
+    for t in trials:
+        if "waited_for" in t.user_attrs:  # a waiter served from the trial it waited for
+            assert t.user_attrs["cached_from"] == t.user_attrs["waited_for"]
+
+
 def cli(folder: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-m", "edgecompress.cli", *args], cwd=folder, env=env or _env(),
