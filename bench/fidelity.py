@@ -124,8 +124,10 @@ def main() -> None:
     final = final[final["state"] == "COMPLETE"].copy()
     latency_how = "measured during finalize (search protocol: interleaved reference, drift-corrected)"
     if args.remeasure:
-        summary = remeasure_study(f"{STUDY}-final", overwrite=True, latency_threads=args.latency_threads)
-        quiet = study_to_frame(load_study(summary.study)).set_index("config_hash")
+        db = str(Path(os.environ["EDGECOMPRESS_RUNS"]) / f"{STUDY}.db")  # the final study lives beside the search
+        summary = remeasure_study(f"{STUDY}-final", storage=db, overwrite=True, latency_threads=args.latency_threads)
+        quiet = study_to_frame(load_study(summary.study, db))
+        quiet = quiet[quiet["state"] == "COMPLETE"].set_index("config_hash")  # a killed trial's leftovers: no
         for key in ("latency_ms", "latency_batch_ms", "latency_source"):
             final[key] = [quiet.at[h, key] if h in quiet.index else np.nan for h in final["config_hash"]]
         latency_how = (f"re-measured after finalize with `edgecompress remeasure` ({summary.study}), "
