@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +20,7 @@ from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, accuracy, train_model
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import artefact_store
 from edgecompress.utils import atomic_path, atomic_write_json, cache_dir, seed_everything
 
 FORMAT_VERSION = 1
@@ -56,6 +59,9 @@ def get_base_model(
     with FileLock(str(folder / ".lock")):
         data = data or load_data(exp.dataset, exp.seed)
         weights, metrics_file = folder / "model.pt", folder / "metrics.json"
+        store = artefact_store.store_url()  # a URL store: workers on other machines share the base through it
+        if store and not force and not (weights.is_file() and metrics_file.is_file()):
+            _fetch_base(store, folder)
         if not force and weights.is_file() and metrics_file.is_file():
             model = build_model(exp, data)
             try:
@@ -93,4 +99,35 @@ def get_base_model(
         with atomic_path(weights) as tmp:
             torch.save({"format_version": FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)
         atomic_write_json(metrics_file, metrics)
+        if store:
+            _upload_base(store, folder)
         return BaseModel(model, metrics, exp.base_key(), folder, reused=False)
+
+
+BASE_FILES = ("model.pt", "metrics.json")
+
+
+def base_uri(store: str, folder: Path) -> str:
+    """Where a base-model cache entry lives in a URL artefact store: <store>/cache/<entry name>."""
+    return f"{store.rstrip('/')}/cache/{folder.name}"
+
+
+def _fetch_base(store: str, folder: Path) -> bool:
+    """Copy a base model another machine trained and uploaded into the local cache entry `folder` (weights
+    first, metrics last: a cache entry counts once both are there). False when the store has none."""
+    got = artefact_store.fetch(base_uri(store, folder), cache=folder / ".store")
+    if got is None:
+        return False
+    for name in BASE_FILES:
+        with atomic_path(folder / name) as tmp:
+            shutil.copyfile(got / name, tmp)
+    shutil.rmtree(got, ignore_errors=True)
+    return True
+
+
+def _upload_base(store: str, folder: Path) -> None:
+    """Upload the cache entry's weights and metrics (not its lock or latency calibration) to the store."""
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+        for name in BASE_FILES:
+            shutil.copyfile(folder / name, Path(tmp) / name)
+        artefact_store.upload(Path(tmp), base_uri(store, folder))
