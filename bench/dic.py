@@ -29,6 +29,7 @@ os.environ.setdefault("EDGECOMPRESS_RUNS", str(ROOT / "bench" / "data" / "dic-ru
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from edgecompress.evaluators.dic import BoxAndCrop  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402
 
 RESOLUTIONS = (16, 24, 32)
@@ -88,24 +89,6 @@ def box_figures(ev: Any) -> dict[str, Any]:
                                                                             gt_test).mean()),
         "box_predictor": box.metrics,
     }
-
-
-class _BoxAndCrop(torch.nn.Module):
-    """The DIC pipeline without its classifier: what the box predictor and the crop cost."""
-
-    def __init__(self, net: Any, size: int) -> None:
-        super().__init__()
-        from edgecompress.evaluators.dic import crop_matrix
-
-        self.net, self.size = net, size
-        w, b = crop_matrix(size)
-        self.register_buffer("w", w, persistent=False)
-        self.register_buffer("b", b, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from edgecompress.evaluators.dic import crop
-
-        return crop(x, self.net(x), self.size, (self.w, self.b))
 
 
 def row(res: Any) -> dict[str, Any]:
@@ -198,7 +181,7 @@ def main() -> None:
             res = ev(CompressionConfig(resolution=size / NATIVE, crop=crop))
             entry[crop] = row(res)
             print(size, crop, entry[crop], flush=True)
-        dep = ev._deploy(_BoxAndCrop(ev.box_predictor().net, size).eval(), NATIVE, "fp32", exporter="dynamo")
+        dep = ev._deploy(BoxAndCrop(ev.box_predictor().net, size).eval(), NATIVE, "fp32", exporter="dynamo")
         bc = ev.measure_latency(dep, NATIVE)
         entry["box_and_crop_latency_ms"] = bc["latency_ms"]
         entry["box_and_crop_latency_batch_ms"] = bc["latency_batch_ms"]

@@ -31,22 +31,6 @@ import torch  # noqa: E402
 NATIVE = 48
 
 
-class _BoxAndCrop(torch.nn.Module):
-    def __init__(self, net: Any, size: int) -> None:
-        super().__init__()
-        from edgecompress.evaluators.dic import crop_matrix
-
-        self.net, self.size = net, size
-        w, b = crop_matrix(size)
-        self.register_buffer("w", w, persistent=False)
-        self.register_buffer("b", b, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from edgecompress.evaluators.dic import crop
-
-        return crop(x, self.net(x), self.size, (self.w, self.b))
-
-
 class _Scale(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * 1.0
@@ -61,8 +45,8 @@ def graphs(size: int) -> dict[str, torch.nn.Module]:
     v1 = dic.BoxNet(1, NATIVE, res=24, width=8, arch="conv").eval()
     v2 = dic.BoxNet(1, NATIVE).eval()
     return {"none": dic.ResizePipeline(clf, size), "dic_v1": dic.DICPipeline(v1, clf, NATIVE, size),
-            "dic_v2": dic.DICPipeline(v2, clf, NATIVE, size), "box_crop_v1": _BoxAndCrop(v1, size),
-            "box_crop_v2": _BoxAndCrop(v2, size), "resize": dic.ResizePipeline(_Scale(), size), "empty": _Scale()}
+            "dic_v2": dic.DICPipeline(v2, clf, NATIVE, size), "box_crop_v1": dic.BoxAndCrop(v1, size),
+            "box_crop_v2": dic.BoxAndCrop(v2, size), "resize": dic.ResizePipeline(_Scale(), size), "empty": _Scale()}
 
 
 def export_all(size: int, folder: Path) -> dict[str, Path]:

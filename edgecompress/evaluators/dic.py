@@ -121,6 +121,20 @@ def crop(x: torch.Tensor, boxes: torch.Tensor, size: int, matrix: tuple[torch.Te
     return F.avg_pool2d(out, samples) if samples > 1 else out
 
 
+class BoxAndCrop(nn.Module):
+    """The DIC pipeline without its classifier (box predictor -> crop): what cropping costs, for benchmarks."""
+
+    def __init__(self, box_net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net, self.size = box_net, size
+        w, b = crop_matrix(size)
+        self.register_buffer("w", w, persistent=False)
+        self.register_buffer("b", b, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return crop(x, self.net(x), self.size, (self.w, self.b))
+
+
 class DICPipeline(nn.Module):
     """Raw (normalised) canvas -> box net -> crop at `size` -> classifier: the deployed DIC model."""
 
