@@ -23,22 +23,13 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(edgecompress.__file__).resolve().parents[1]
 
-TINY = {  # tests/conftest.py's TINY_PIPELINE, no fine-tuning epochs (the store is under test, not training)
-    "name": "tiny-store", "seed": 0,
-    "dataset": {"name": "fashion_mnist", "train_subset": 600, "val_subset": 300, "test_subset": 300},
-    "model": {"name": "resnet8", "kwargs": {"widths": [8, 16, 32]}},
-    "base_training": {"epochs": 2, "batch_size": 64, "lr": 0.1},
-    "finetune": {"epochs": 0, "batch_size": 64, "train_subset": 300},
-    "space": {"prune": {"choices": [0.0, 0.5]}, "bits": {"choices": [32, 8]},
-              "resolution": {"choices": [0.5, 1.0]}, "round_to": 2},
-    "budget": {"trials": 4, "sampler": "random", "enqueue": [{"prune": 0.5, "resolution": 0.5}]},
-    "device": {"device": "cpu", "threads": 1, "min_repeats": 5, "max_seconds": 0.3, "batch_size": 8},
-}
 
-
-def test_workers_upload_to_a_url_store_and_export_cascade_read_it(tmp_path: Path, fmnist_dir) -> None:
+def test_workers_upload_to_a_url_store_and_export_cascade_read_it(tmp_path: Path, fmnist_dir, tiny_pipeline) -> None:
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
+    tiny = tiny_pipeline(name="tiny-store", budget={"trials": 4, "sampler": "random",
+                                                    "enqueue": [{"prune": 0.5, "resolution": 0.5}]})
+    tiny["finetune"]["epochs"] = 0  # the store is under test, not training
+    cfg.write_text(yaml.safe_dump(tiny))
     work, store = tmp_path / "work", f"file://{tmp_path / 'objstore'}"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("EDGECOMPRESS_RUNS", "EDGECOMPRESS_ARTEFACTS")}
