@@ -78,7 +78,8 @@ def test_independent_workers_reach_the_total_with_no_config_twice(pg_server, tmp
     finish(procs)
     trials = load_study(name, storage=pg_server.url).trials
     assert len(trials) == 9 and all(t.state == TrialState.COMPLETE for t in trials)  # the total, not more
-    calls = [h for i in range(3) for h in (tmp_path / f"worker{i}" / "calls.log").read_text().split()]
+    logs = [tmp_path / f"worker{i}" / "calls.log" for i in range(3)]  # a worker served only from the cache has none
+    calls = [h for log in logs if log.is_file() for h in log.read_text().split()]
     assert len(calls) == 9 and len(set(calls)) == 9  # every config evaluated once
     assert len({t.system_attrs["ec:pid"] for t in trials}) >= 2
     for t in trials:
@@ -97,7 +98,8 @@ def test_workers_drawing_more_trials_than_configs_train_each_config_once(pg_serv
     trials = load_study(name, storage=pg_server.url).trials
     assert len(trials) == 10 and all(t.state == TrialState.COMPLETE for t in trials)
     trained = [t for t in trials if "cached_from" not in t.user_attrs]
-    calls = [h for i in range(3) for h in (tmp_path / f"worker{i}" / "calls.log").read_text().split()]
+    logs = [tmp_path / f"worker{i}" / "calls.log" for i in range(3)]  # a worker served only from the cache has none
+    calls = [h for log in logs if log.is_file() for h in log.read_text().split()]
     assert len(calls) == len(set(calls)) == len(trained)  # every evaluation trained a new config
     assert {t.user_attrs["config_hash"] for t in trained} == {t.user_attrs["config_hash"] for t in trials}
     assert len(trained) <= 4
