@@ -42,7 +42,8 @@ EXPERIMENT: dict[str, Any] = {
     "finetune": {"epochs": 2, "batch_size": 128, "lr": 0.02, "train_subset": 6000, "max_seconds": 3000},
     "space": {"prune": {"choices": [0.0]}, "bits": {"choices": [32]},
               "resolution": {"choices": [r / NATIVE for r in RESOLUTIONS]}, "crop": {"choices": ["none", "dic"]}},
-    "device": {"device": "cpu", "threads": 2, "batch_size": 64},
+    # one measuring thread, as the demo: robust to a busy second core (bench/results/latency-loaded.json)
+    "device": {"device": "cpu", "threads": 2, "latency_threads": 1, "batch_size": 64},
 }
 
 
@@ -98,11 +99,9 @@ def row(res: Any) -> dict[str, Any]:
     return {"state": res.state, **{k: m.get(k) for k in keys}}
 
 
-def front_comparison(per_res: list[dict[str, Any]], key: str = "latency_ms") -> dict[str, Any]:
-    """The grid's (test accuracy, latency) front with crop none only vs with both: the `dic` points of the
-    joint front and the `none`-only front points each one dominates (no search: the fixed grid's 6 points)."""
-    pts = [(e["resolution_px"], c, e[c]["test_accuracy"], e[c][key]) for e in per_res for c in ("none", "dic")
-           if e[c]["state"] == "complete"]
+def front_comparison(pts: list[tuple], key: str = "latency_ms") -> dict[str, Any]:
+    """Points (label, crop, accuracy, latency): the front with crop none only vs with both, the `dic` points of the
+    joint front and the points of the `none`-only front each one dominates."""
 
     def dominates(a: tuple, b: tuple) -> bool:
         return a[2] >= b[2] and a[3] <= b[3] and (a[2] > b[2] or a[3] < b[3])
@@ -112,12 +111,60 @@ def front_comparison(per_res: list[dict[str, Any]], key: str = "latency_ms") -> 
 
     none_front = front([p for p in pts if p[1] == "none"])
     joint = front(pts)
-    wins = [{"dic_px": p[0], "accuracy": p[2], key: p[3],
-             "dominates_none": [{"px": q[0], "accuracy": q[2], key: q[3]} for q in none_front if dominates(p, q)]}
+    wins = [{"dic": p[0], "accuracy": p[2], key: p[3],
+             "dominates_none": [{"none": q[0], "accuracy": q[2], key: q[3]} for q in none_front if dominates(p, q)]}
             for p in joint if p[1] == "dic"]
-    return {"objective_latency": key, "none_front_px": [p[0] for p in none_front],
-            "joint_front": [f"{p[0]} px {p[1]}" for p in joint], "dic_on_joint_front": wins,
+    return {"objective_latency": key, "none_front": [p[0] for p in none_front],
+            "joint_front": [f"{p[0]} {p[1]}" for p in joint], "dic_on_joint_front": wins,
             "crop_front_dominates_somewhere": any(w["dominates_none"] for w in wins)}
+
+
+def grid_points(per_res: list[dict[str, Any]], key: str) -> list[tuple]:
+    """The fixed grid's points: test accuracy and latency of each resolution with and without crop."""
+    return [(f"{e['resolution_px']} px", c, e[c]["test_accuracy"], e[c][key]) for e in per_res
+            for c in ("none", "dic") if e[c]["state"] == "complete"]
+
+
+def search_experiment(epochs: int, images: int, smoke: bool = False) -> Any:
+    """The search's experiment: the grid's, plus a prune axis, a cheaper proxy fine-tune and a grid sampler."""
+    exp = experiment(epochs, smoke)
+    data = exp.model_dump(mode="json")
+    data["name"] = "bench-dic-search"
+    data["finetune"] = {**data["finetune"], "epochs": epochs, "train_subset": images}
+    data["space"] = {**EXPERIMENT["space"], "prune": {"choices": [0.0, 0.25, 0.5]}}
+    data["budget"] = {**data.get("budget", {}), "sampler": "grid"}
+    return parse_experiment(data, "bench/dic.py --search")
+
+
+def search_fronts(trials: int, epochs: int, images: int, smoke: bool) -> dict[str, Any]:
+    """A grid search over prune x resolution x crop (one study; validation accuracy is its objective): does the
+    front of the `dic` and `none` trials together have `dic` points dominating the `none`-only front?"""
+    from edgecompress.search import run_search
+    from edgecompress.study import load_study, study_to_frame
+
+    exp = search_experiment(epochs, images, smoke)
+    t0 = time.time()
+    run_search(exp, exp.name, trials=trials, sampler="grid")
+    df = study_to_frame(load_study(exp.name, final="proxy"))
+    df = df[df["state"] == "COMPLETE"]
+    rows = [{"trial": int(r["number"]), "prune": r["config"]["prune"],
+             "px": round(r["config"]["resolution"] * NATIVE), "crop": r["config"].get("crop", "none"),
+             "val_accuracy": float(r["accuracy"]), "test_accuracy": float(r["test_accuracy"]),
+             "latency_ms": float(r["latency_ms"]), "latency_batch_ms": float(r["latency_batch_ms"])}
+            for r in df.to_dict("records")]
+
+    def pts(acc: str, key: str) -> list[tuple]:
+        return [(f"prune {r['prune']} {r['px']} px", r["crop"], r[acc], r[key]) for r in rows]
+
+    return {"study": exp.name, "trials_complete": len(rows), "seconds": round(time.time() - t0, 1),
+            "finetune": {"epochs": epochs, "train_subset": images}, "space": exp.space.model_dump(mode="json"),
+            "trials": rows,
+            "fronts_val_accuracy": {"batch_1": front_comparison(pts("val_accuracy", "latency_ms")),
+                                    "serving_batch": front_comparison(pts("val_accuracy", "latency_batch_ms"),
+                                                                      "latency_batch_ms")},
+            "fronts_test_accuracy": {"batch_1": front_comparison(pts("test_accuracy", "latency_ms")),
+                                     "serving_batch": front_comparison(pts("test_accuracy", "latency_batch_ms"),
+                                                                       "latency_batch_ms")}}
 
 
 def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
@@ -138,8 +185,8 @@ def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[d
         "goal": "at 16 px: gain >= 3 pp for latency overhead <= 0.15",
         "goal_met": bool(gain is not None and gain >= 3 and over is not None and over <= 0.15),
         **boxes, "base_model": ev.base.metrics, "per_resolution": per_res,
-        "fronts": {"batch_1": front_comparison(per_res),
-                   "serving_batch": front_comparison(per_res, "latency_batch_ms")},
+        "fronts": {"batch_1": front_comparison(grid_points(per_res, "latency_ms")),
+                   "serving_batch": front_comparison(grid_points(per_res, "latency_batch_ms"), "latency_batch_ms")},
         "device": {"cpu": cpu_name(), "isa": flags, "threads": exp.device.threads, "backend": exp.device.backend},
         "loadavg_1min": {"start": load_start, "end": os.getloadavg()[0]},
         "seconds": round(time.time() - t0, 1),
@@ -151,8 +198,8 @@ def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[d
             "box_and_crop_share: the box net + crop graph alone, timed the same way, over the dic pipeline",
             "box_iou: the box predictor's boxes on the test split vs the ground truth, which nothing but this "
             "benchmark reads; fixed_box: the best single box on 4000 training ground-truth boxes (4 px grid)",
-            "fronts: from the fixed grid's 6 points (no search was run): does a dic point dominate a point of "
-            "the crop-none front",
+            "fronts: from the fixed grid's 6 points (test accuracy): does a dic point dominate a point of the "
+            "crop-none front; search (with --search N): the same question on a grid search's trials",
         ],
     }
     return result
@@ -163,6 +210,10 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2, help="fine-tune epochs (same for none and dic)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "dic.json"))
     ap.add_argument("--smoke", action="store_true", help="tiny subsets, 16 px only: checks the script runs")
+    ap.add_argument("--search", type=int, default=0, metavar="N",
+                    help="also N trials of a grid search over prune {0, .25, .5} x resolution x crop (18 configs)")
+    ap.add_argument("--search-epochs", type=int, default=1, help="the search's proxy fine-tune epochs")
+    ap.add_argument("--search-images", type=int, default=3000, help="the search's proxy fine-tune images per epoch")
     args = ap.parse_args()
     from edgecompress.evaluators.evaluate import CompressionEvaluator
     from edgecompress.spaces.config import CompressionConfig
@@ -195,8 +246,13 @@ def main() -> None:
         per_res.append(entry)
         result = summary(exp, ev, args, boxes, per_res, t0, load_start)  # written after each resolution
         atomic_write_json(Path(args.out), result)
-    print(json.dumps({k: result[k] for k in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution",
-                                              "box_iou", "goal_met")}))
+    if args.search:
+        result["search"] = search_fronts(args.search, args.search_epochs, args.search_images, args.smoke)
+        result["search_front_dominates_somewhere"] = any(
+            f["crop_front_dominates_somewhere"] for f in result["search"]["fronts_val_accuracy"].values())
+        atomic_write_json(Path(args.out), result)
+    print(json.dumps({k: result.get(k) for k in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution",
+                                              "box_iou", "goal_met", "search_front_dominates_somewhere")}))
 
 
 if __name__ == "__main__":

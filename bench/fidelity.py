@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from scipy import stats
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ from edgecompress.search.finalize import choose_configs, finalize_study  # noqa:
 from edgecompress.search.optuna_runner import space_for  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
 from edgecompress.study import front, front_ranks, load_study, study_to_frame  # noqa: E402
-from edgecompress.utils import atomic_write_json  # noqa: E402
+from edgecompress.utils import atomic_write_json, stable_hash  # noqa: E402
 
 STUDY = "bench-fidelity"
 # 4 x 2 x 2 = 16 configs at 22 and 28 px (18 px loses ~5 pp even finalized: no use within 0.5 pp of the base)
@@ -46,6 +47,11 @@ GRID = {"space.prune": {"choices": [0.0, 0.25, 0.5, 0.625]}, "space.bits": {"cho
         "space.resolution": {"choices": [0.786, 1.0]}}
 N_CONFIGS = 16
 ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "asimd")
+
+
+def grid_key(config: dict[str, Any]) -> tuple:
+    """The grid's coordinates of a trial's config (finalize adds its own keys, such as finetune_epochs)."""
+    return (float(config["prune"]), int(config["w_bits"]), int(config["a_bits"]), float(config["resolution"]))
 
 
 def bootstrap(fn: Any, x: np.ndarray, y: np.ndarray, reps: int = 2000, seed: int = 0) -> list[float]:
@@ -96,6 +102,9 @@ def main() -> None:
                     help="with --remeasure: device.latency_threads of the re-measurement (default: the study's)")
     ap.add_argument("--no-train", action="store_true",
                     help="no search or finalize: figures from the configs finalized so far (e.g. after a stopped run)")
+    ap.add_argument("--proxy-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a stronger or cheaper proxy (e.g. finetune.train_subset=16000): its own grid study "
+                         "<study>-p<hash>, compared with the same finalized configs (repeatable)")
     ap.add_argument("--out", default="bench/results/fidelity.json")
     args = ap.parse_args()
     args.runs = args.runs or f"bench/data/fidelity-runs-e{args.epochs}"
@@ -118,7 +127,14 @@ def main() -> None:
         t_search = time.time() - t0
         chosen = finalize_study(STUDY, top=N_CONFIGS - 1, epochs=args.epochs).chosen
         t_final = time.time() - t0 - t_search
-    proxy = study_to_frame(load_study(STUDY, final="proxy"))
+    proxy_overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.proxy_set)}
+    proxy_study = STUDY
+    if proxy_overrides:  # the same grid under another proxy; the finalized configs do not depend on it
+        proxy_study = f"{STUDY}-p{stable_hash(proxy_overrides)[:8]}"
+        run_search(load_experiment(ROOT / args.config, {**GRID, "budget.sampler": "grid",
+                                                       "device.latency_threads": None, **proxy_overrides}),
+                   proxy_study, trials=N_CONFIGS, sampler="grid")
+    proxy = study_to_frame(load_study(proxy_study, final="proxy"))
     final = study_to_frame(load_study(STUDY, final="final"))
     reason = {c.proxy_trial: c.reason for c in chosen}
     final = final[final["state"] == "COMPLETE"].copy()
@@ -134,8 +150,11 @@ def main() -> None:
                        "machine quiet, same protocol"
                        + (f", {args.latency_threads} thread(s)" if args.latency_threads else ""))
     final["proxy_reason"] = [reason.get(int(n)) if n == n else None for n in final["proxy_trial"]]
-    pairs = final.merge(proxy[["number", "accuracy"]], left_on="proxy_trial", right_on="number",
-                        suffixes=("", "_proxy"))
+    # matched on the compression config (prune, bits, resolution), so another proxy study pairs up too
+    proxy["grid_key"] = [grid_key(c) for c in proxy["config"]]
+    final["grid_key"] = [grid_key(c) for c in final["config"]]
+    pairs = final.merge(proxy[["grid_key", "number", "accuracy"]], on="grid_key", suffixes=("", "_proxy"))
+    pairs["proxy_trial"] = pairs["number_proxy"]
     x, y = pairs["accuracy_proxy"].to_numpy(float), pairs["accuracy"].to_numpy(float)
 
     def tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -147,12 +166,15 @@ def main() -> None:
     def gap(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.mean(b - a) * 100)
 
+    proxy_exp = load_experiment(ROOT / args.config, proxy_overrides)
     ranks = front_ranks(proxy)
     near = set(proxy.loc[(ranks >= 0) & (ranks <= 1), "number"].astype(int))
     near_pairs = pairs[pairs["proxy_trial"].astype(int).isin(near)]
     result = {
-        "what": "proxy (BN re-estimation + 1 epoch on 8000 images) vs finalized (all 54k images, "
+        "what": f"proxy (BN re-estimation + {proxy_exp.finetune.epochs} epoch(s) on "
+                f"{proxy_exp.finetune.train_subset} images) vs finalized (all 54k images, "
                 f"{args.epochs} epochs, augmentation, distillation) validation accuracy per config",
+        "proxy_study": proxy_study, "proxy_overrides": proxy_overrides,
         "configs": int(len(pairs)),
         "kendall_tau": tau(x, y), "kendall_tau_ci95": bootstrap(tau, x, y),
         "spearman": rho(x, y), "spearman_ci95": bootstrap(rho, x, y),

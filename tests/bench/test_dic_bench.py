@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_dic_bench_smoke_writes_the_result_keys(fmnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "dic.json"
     env = {**os.environ, "EDGECOMPRESS_RUNS": str(tmp_path / "runs")}
-    subprocess.run([sys.executable, str(ROOT / "bench" / "dic.py"), "--smoke", "--out", str(out)], env=env,
+    subprocess.run([sys.executable, str(ROOT / "bench" / "dic.py"), "--smoke", "--out", str(out), "--search", "4",
+                    "--search-images", "200"], env=env,
                    check=True, cwd=ROOT, timeout=1500)
     doc = json.loads(out.read_text())
     for key in ("gain_pp_lowest_resolution", "latency_overhead_lowest_resolution", "box_iou", "per_resolution",
@@ -26,6 +27,13 @@ def test_dic_bench_smoke_writes_the_result_keys(fmnist_dir: Path, tmp_path: Path
     (row,) = doc["per_resolution"]
     assert row["resolution_px"] == 16 and row["none"]["state"] == row["dic"]["state"] == "complete"
     assert 0.0 <= doc["box_iou"] <= 1.0 and 0 < row["box_and_crop_share"] < 1
+    search = doc["search"]  # a grid search over prune x resolution x crop, both crops' trials in one study
+    assert search["trials_complete"] == len(search["trials"]) == 4
+    assert {t["crop"] for t in search["trials"]} <= {"none", "dic"}
+    for fronts in (search["fronts_val_accuracy"], search["fronts_test_accuracy"]):
+        joint = fronts["batch_1"]["joint_front"]
+        assert joint and all(name.endswith((" none", " dic")) for name in joint)
+    assert isinstance(doc["search_front_dominates_somewhere"], bool)
 
 
 @pytest.mark.slow  # seven dynamo ONNX exports (~20 s), then a few short timing blocks
