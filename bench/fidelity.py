@@ -37,7 +37,7 @@ from edgecompress.deploy.retarget import remeasure_study  # noqa: E402
 from edgecompress.search import run_search  # noqa: E402
 from edgecompress.search.finalize import choose_configs, finalize_study  # noqa: E402
 from edgecompress.search.optuna_runner import space_for  # noqa: E402
-from edgecompress.spaces import load_experiment  # noqa: E402
+from edgecompress.spaces import load_experiment, parse_experiment  # noqa: E402
 from edgecompress.study import front, front_ranks, load_study, study_to_frame  # noqa: E402
 from edgecompress.utils import atomic_write_json, stable_hash  # noqa: E402
 
@@ -98,6 +98,8 @@ def main() -> None:
     ap.add_argument("--runs", default=None, help="runs folder (default bench/data/fidelity-runs-e<epochs>)")
     ap.add_argument("--remeasure", action="store_true",
                     help="re-measure the finalized study's latencies quietly and use those for the speed-ups")
+    ap.add_argument("--remeasured", action="store_true",
+                    help="take the latencies of an earlier --remeasure (<study>-final-remeasured) without re-timing")
     ap.add_argument("--latency-threads", type=int, default=None,
                     help="with --remeasure: device.latency_threads of the re-measurement (default: the study's)")
     ap.add_argument("--no-train", action="store_true",
@@ -139,16 +141,22 @@ def main() -> None:
     reason = {c.proxy_trial: c.reason for c in chosen}
     final = final[final["state"] == "COMPLETE"].copy()
     latency_how = "measured during finalize (search protocol: interleaved reference, drift-corrected)"
-    if args.remeasure:
+    measure_threads = exp.device.measure_threads
+    if args.remeasure or args.remeasured:
         db = str(Path(os.environ["EDGECOMPRESS_RUNS"]) / f"{STUDY}.db")  # the final study lives beside the search
-        summary = remeasure_study(f"{STUDY}-final", storage=db, overwrite=True, latency_threads=args.latency_threads)
-        quiet = study_to_frame(load_study(summary.study, db))
+        if args.remeasure:
+            quiet_name = remeasure_study(f"{STUDY}-final", storage=db, overwrite=True,
+                                         latency_threads=args.latency_threads).study
+        else:
+            quiet_name = f"{STUDY}-final-remeasured"
+        quiet_study = load_study(quiet_name, db)
+        quiet = study_to_frame(quiet_study)
         quiet = quiet[quiet["state"] == "COMPLETE"].set_index("config_hash")  # a killed trial's leftovers: no
         for key in ("latency_ms", "latency_batch_ms", "latency_source"):
             final[key] = [quiet.at[h, key] if h in quiet.index else np.nan for h in final["config_hash"]]
-        latency_how = (f"re-measured after finalize with `edgecompress remeasure` ({summary.study}), "
-                       "machine quiet, same protocol"
-                       + (f", {args.latency_threads} thread(s)" if args.latency_threads else ""))
+        measure_threads = parse_experiment(quiet_study.user_attrs["experiment"]).device.measure_threads
+        latency_how = (f"re-measured after finalize with `edgecompress remeasure` ({quiet_name}), "
+                       f"machine quiet, same protocol, {measure_threads} measuring thread(s)")
     final["proxy_reason"] = [reason.get(int(n)) if n == n else None for n in final["proxy_trial"]]
     # matched on the compression config (prune, bits, resolution), so another proxy study pairs up too
     proxy["grid_key"] = [grid_key(c) for c in proxy["config"]]
@@ -193,7 +201,8 @@ def main() -> None:
         "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
         "seconds": {"search": round(t_search, 1), "finalize": round(t_final, 1)},
         "device": {"cpu": cpu_name(), "isa": sorted(f for f in cpu_flags() if f in ISA),
-                   "cores": os.cpu_count(), "threads": exp.device.threads},
+                   "cores": os.cpu_count(), "threads": exp.device.threads,
+                   "latency_threads": measure_threads},
         "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/fidelity.py", *sys.argv[1:]]),
         "search_trials": int((proxy["state"] == "COMPLETE").sum()),
     }
