@@ -149,7 +149,7 @@ def main() -> None:
         "prediction_error": b1["prediction_error"],
         "prediction_error_batch": bb["prediction_error"],
         # the study measured its models earlier, at another load: scale the prediction by the best single
-        # model's measured-now / study latency ratio (the drift correction of deploy/latency.py's paired protocol)
+        # model's measured-now / study latency ratio (the drift correction of deploy/latency_paired.py's protocol)
         "prediction_error_drift_corrected": drift_corrected_error(b1, "measured_latency_b1_ms", "latency_ms"),
         "prediction_error_batch_drift_corrected": drift_corrected_error(bb, "measured_latency_batch_ms",
                                                                         "latency_batch_ms", cands),

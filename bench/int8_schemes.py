@@ -31,8 +31,8 @@ from edgecompress.deploy.cpu_features import cpu_flags, has_vnni, resolve_int8_s
 from edgecompress.deploy.latency import device_name  # noqa: E402
 from edgecompress.deploy.runtime import deploy  # noqa: E402
 from edgecompress.deploy.runtime_ort import quantized_conv_share  # noqa: E402
-from edgecompress.evaluators.data import make_loader  # noqa: E402
 from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
+from edgecompress.evaluators.splits import make_loader  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 

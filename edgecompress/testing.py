@@ -100,7 +100,7 @@ def busy_neighbour(ready: str, seconds: float, lock: bool = True, threads: int =
     from pathlib import Path
 
     from edgecompress.errors import TrialTimeoutError
-    from edgecompress.evaluators.data import TensorSplit
+    from edgecompress.evaluators.splits import TensorSplit
     from edgecompress.evaluators.train import TrainSettings, train_model
 
     torch.set_num_threads(threads)

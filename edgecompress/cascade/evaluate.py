@@ -213,7 +213,7 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
         precision = precision_for(int(c.config.get("w_bits", 32)))
         calib = None
         if precision == "int8":
-            from edgecompress.evaluators.data import calibration_batches
+            from edgecompress.evaluators.splits import calibration_batches
 
             calib = calibration_batches(data.train, size, exp.seed)
         out.append(deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
@@ -283,7 +283,7 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
     the same deployed stages on the whole test split before it is timed; returns (evaluation, fused
     ModelProto or None)."""
     from edgecompress.deploy.latency import latency_lock
-    from edgecompress.evaluators.data import make_loader
+    from edgecompress.evaluators.splits import make_loader
 
     by_name = {c.spec.name: c for c in cands}
     names = plan.names
@@ -372,7 +372,7 @@ def _served_form(by_name: dict[str, Candidate], names: list[str], plan: CascadeP
     """(fused ModelProto, its check, the serving function). The fused graph is built from each stage's deployed
     ONNX model (fp32 or int8 as measured) and checked against the LeanCascade of the same stages on the whole
     test split; a study on a torch backend has no ONNX stages: LeanCascade serves (fused model None)."""
-    from edgecompress.evaluators.data import make_loader
+    from edgecompress.evaluators.splits import make_loader
 
     native = data.native_size
     with tempfile.TemporaryDirectory(prefix="edgecompress-cascade-") as tmp:

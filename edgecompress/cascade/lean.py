@@ -15,7 +15,7 @@ import torch
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
 from edgecompress.deploy.deployed import Deployed
-from edgecompress.evaluators.data import resize_batch
+from edgecompress.evaluators.splits import resize_batch
 
 ArrayStage = Callable[[np.ndarray], np.ndarray]
 

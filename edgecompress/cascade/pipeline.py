@@ -86,7 +86,7 @@ def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256)
     from edgecompress.cascade.fused import INPUT, LOGITS, fused_session
     from edgecompress.deploy.export_check import raw_items
     from edgecompress.deploy.preprocess import with_preprocessing
-    from edgecompress.evaluators.data import make_loader
+    from edgecompress.evaluators.splits import make_loader
 
     if data.preprocess is None:
         raise ConfigError(f"dataset {data.name} states no preprocessing: --preprocess is not available")

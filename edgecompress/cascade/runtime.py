@@ -21,7 +21,7 @@ import yaml
 from edgecompress.cascade.confidence import confidence
 from edgecompress.cascade.plan import CascadePlan, combine_weight, escalates
 from edgecompress.errors import EdgeCompressError
-from edgecompress.evaluators.data import resize_batch
+from edgecompress.evaluators.splits import resize_batch
 from edgecompress.utils import read_format_yaml, replace_dir
 
 FORMAT_NAME = "edgecompress-cascade"

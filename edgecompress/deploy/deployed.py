@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from edgecompress.deploy.cpu_features import cpu_flags
-from edgecompress.deploy.latency import LatencyStats, PairedStats, device_name, measure_latency, measure_paired
+from edgecompress.deploy.latency import LatencyStats, device_name, measure_latency
+from edgecompress.deploy.latency_paired import PairedStats, measure_paired
 from edgecompress.utils import stable_hash
 
 
@@ -84,7 +85,7 @@ class Deployed:
         )
 
     def measure_paired(self, x: torch.Tensor, ref: Deployed, ref_x: torch.Tensor, **kwargs: Any) -> PairedStats:
-        """Latency of one batch `x` interleaved with `ref` on `ref_x` (deploy/latency.py measure_paired).
+        """Latency of one batch `x` interleaved with `ref` on `ref_x` (deploy/latency_paired.py measure_paired).
 
         `ref` is the reference deployed the same way (same device; kwargs go to measure_paired)."""
         if torch.device(ref.device) != torch.device(self.device):

@@ -50,8 +50,9 @@ from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.deploy.sub8bit import estimate_latency
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
-from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data
+from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.dic import load_dic_pipeline
+from edgecompress.evaluators.splits import calibration_batches
 from edgecompress.results.gains import front_gains
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.study import attrs as A

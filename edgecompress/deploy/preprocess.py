@@ -1,7 +1,7 @@
 """How a dataset's stored images become a model's input, as data: one `Preprocess` per dataset loader.
 
-Each loader in evaluators/data.py defines its `Preprocess` next to its code and uses it (PIL resize dims,
-crop box, mean/std), so what is written here is what the loader does. From the same object:
+Each loader in evaluators/data.py (folders: splits.py) defines its `Preprocess` next to its code and uses it (PIL
+resize dims, crop box, mean/std), so what is written here is what the loader does. From the same object:
     `describe(size)`      the steps in words and as data (an export's config.yaml `input.preprocess`);
     `apply(image, size)`  the steps in plain PIL + numpy, from a file or a uint8 array (what a user would
                           write; the export checks the description with it on the dataset's raw files);

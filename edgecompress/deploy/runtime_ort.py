@@ -149,7 +149,7 @@ def ort_session_options(threads: int, spinning: bool = True) -> Any:
     several sessions called in turn (a cascade): idle threads must not spin on the cores the next needs.
     With spinning, the pool spins during a run but stops when it returns (session.force_spinning_stop):
     otherwise it kept spinning ~20 ms after each run here, on cores that the reference timed next to the
-    model (deploy/latency.py measure_paired) or another worker needs; batch-1 latency alone unchanged
+    model (deploy/latency_paired.py measure_paired) or another worker needs; batch-1 latency alone unchanged
     (ResNet-8, 2 threads: 0.185 vs 0.184 ms)."""
     import onnxruntime as ort
 

@@ -35,8 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from filelock import FileLock
 
-from edgecompress.evaluators.data import DataBundle, Split, make_loader
+from edgecompress.evaluators.data import DataBundle
 from edgecompress.evaluators.models import CifarResNet, classifier_layer, model_stages
+from edgecompress.evaluators.splits import Split, make_loader
 from edgecompress.utils import atomic_path, atomic_write_json, seed_everything
 
 BOX_RES = 12  # the box predictor's input side (px); DIC_VERSION 1: 24 (conv)

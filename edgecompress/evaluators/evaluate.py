@@ -5,7 +5,7 @@ Latency is measured on the compressed architecture before fine-tuning (weights d
 a config that already breaks a latency/size/MACs constraint costs seconds, not a fine-tune. It is measured
 interleaved with the experiment's uncompressed model deployed the same way (the reference), and the value
 the search and every front use is drift-corrected: the per-pair ratio x the reference's calibrated
-median, which every process and study on the machine shares (deploy/latency.py).
+median, which every process and study on the machine shares (deploy/latency_reference.py).
 """
 
 from __future__ import annotations
@@ -22,7 +22,9 @@ import torch
 import torch.nn as nn
 
 from edgecompress.deploy.deployed import Deployed
-from edgecompress.deploy.latency import PROTOCOL_NOTE, PairedStats, calibrated_reference, latency_lock
+from edgecompress.deploy.latency import latency_lock
+from edgecompress.deploy.latency_paired import PROTOCOL_NOTE, PairedStats
+from edgecompress.deploy.latency_reference import calibrated_reference
 from edgecompress.deploy.runtime import deploy
 from edgecompress.deploy.sub8bit import estimate_sub8bit
 from edgecompress.errors import CompressionError, EdgeCompressError, TrainingDivergedError, TrialTimeoutError
@@ -30,7 +32,7 @@ from edgecompress.evaluators.base import BaseModel, base_dir, get_base_model
 from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
 from edgecompress.evaluators.compress import apply_fake_quant, calibrate, compress_model, save_compressed, weights_hash
 from edgecompress.evaluators.cost import count_costs
-from edgecompress.evaluators.data import DataBundle, calibration_batches, load_data, make_loader
+from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.dic import (
     BOX_NET_FILE,
     BoxPredictor,
@@ -41,6 +43,7 @@ from edgecompress.evaluators.dic import (
     save_box_net,
 )
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.evaluators.splits import calibration_batches, make_loader
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
@@ -143,7 +146,7 @@ class CompressionEvaluator:
         return model, size
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32, split: Any = None) -> list[torch.Tensor]:
-        """This experiment's int8 calibration images at `size` (data.calibration_batches) from `split` (default:
+        """This experiment's int8 calibration images at `size` (splits.calibration_batches) from `split` (default:
         the training split; a `crop: dic` classifier alone is calibrated on its crops)."""
         return calibration_batches(self.data.train if split is None else split, size, self.exp.seed, n, batch_size)
 

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from edgecompress.deploy.compute_lock import step_lock
 from edgecompress.errors import TrainingDivergedError, TrialTimeoutError
-from edgecompress.evaluators.data import Split, make_loader
 from edgecompress.evaluators.memformat import (
     MemoryFormatChoice,
     cached_memory_format,
@@ -26,6 +25,7 @@ from edgecompress.evaluators.memformat import (
     in_format,
     worth_probing,
 )
+from edgecompress.evaluators.splits import Split, make_loader
 
 EpochCallback = Callable[[int, float], None]
 

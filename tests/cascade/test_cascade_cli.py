@@ -14,7 +14,8 @@ from edgecompress.cascade import load_cascade
 from edgecompress.cascade.evaluate import study_candidates
 from edgecompress.cli import main
 from edgecompress.errors import EdgeCompressError
-from edgecompress.evaluators.data import load_data, make_loader
+from edgecompress.evaluators.data import load_data
+from edgecompress.evaluators.splits import make_loader
 from edgecompress.spaces import parse_experiment
 
 

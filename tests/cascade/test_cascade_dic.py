@@ -18,8 +18,9 @@ from edgecompress.cascade.fused import check_fused, fused_session
 from edgecompress.cascade.plan import CascadePlan, StagePlan, simulate
 from edgecompress.cascade.runtime import CascadeModel
 from edgecompress.cli import main
-from edgecompress.evaluators.data import load_data, make_loader
+from edgecompress.evaluators.data import load_data
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.evaluators.splits import make_loader
 from edgecompress.study.attrs import study_experiment
 from edgecompress.study.storage import load_study
 

@@ -17,8 +17,9 @@ from edgecompress.cascade.plan import CascadePlan, StagePlan
 from edgecompress.cascade.runtime import CascadeModel
 from edgecompress.deploy.runtime import deploy
 from edgecompress.deploy.runtime_ort import export_onnx
-from edgecompress.evaluators.data import load_data, make_loader, resize_batch
+from edgecompress.evaluators.data import load_data
 from edgecompress.evaluators.models import create_model
+from edgecompress.evaluators.splits import make_loader, resize_batch
 from edgecompress.spaces import parse_experiment
 
 SIZES = (14, 20, 28)

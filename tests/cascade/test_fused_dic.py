@@ -18,8 +18,9 @@ from edgecompress.cascade.plan import CascadePlan, StagePlan
 from edgecompress.cascade.runtime import CascadeModel, resize
 from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.evaluators import dic, scenes
-from edgecompress.evaluators.data import FMNIST_FILES, TensorSplit, read_idx
+from edgecompress.evaluators.data import FMNIST_FILES, read_idx
 from edgecompress.evaluators.models import create_model
+from edgecompress.evaluators.splits import TensorSplit
 
 NATIVE = scenes.CANVAS
 # (crop, classifier size, widths): a DIC stage's plan input is the canvas; it crops to its own size

@@ -24,7 +24,7 @@ def test_lean_equals_cascade_model(combine: str) -> None:
     x = torch.randn(64, 1, 28, 28)
     # thresholds at the median confidence of each stage, so every stage keeps some samples and passes some
     from edgecompress.cascade.confidence import confidence
-    from edgecompress.evaluators.data import resize_batch
+    from edgecompress.evaluators.splits import resize_batch
 
     with torch.no_grad():
         c0 = confidence(stages[0](resize_batch(x, 14)).numpy(), "margin")

@@ -189,8 +189,8 @@ def test_a_forked_child_does_not_share_the_parents_lock(tmp_path: Path) -> None:
 
 # ---- train_model takes part ----------------------------------------------------------------------------
 def _tiny_training(compute: bool) -> list[float]:
-    from edgecompress.evaluators.data import TensorSplit
     from edgecompress.evaluators.models import create_model
+    from edgecompress.evaluators.splits import TensorSplit
     from edgecompress.evaluators.train import TrainSettings, train_model
 
     g = torch.Generator().manual_seed(0)
@@ -226,8 +226,8 @@ def test_training_steps_wait_for_a_measurement(compute: bool, tmp_path: Path) ->
 
 def test_a_step_that_raises_does_not_keep_the_lock() -> None:
     from edgecompress.errors import TrainingDivergedError
-    from edgecompress.evaluators.data import TensorSplit
     from edgecompress.evaluators.models import create_model
+    from edgecompress.evaluators.splits import TensorSplit
     from edgecompress.evaluators.train import TrainSettings, train_model
 
     split = TensorSplit(torch.randint(0, 256, (32, 1, 16, 16), dtype=torch.uint8), torch.randint(0, 10, (32,)),

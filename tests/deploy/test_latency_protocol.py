@@ -19,14 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.deploy.latency import (
-    PairedStats,
-    calibrated_reference,
-    latency_lock,
-    measure_latency,
-    measure_paired,
-    median_interval,
-)
+from edgecompress.deploy.latency import latency_lock, measure_latency
+from edgecompress.deploy.latency_paired import PairedStats, measure_paired, median_interval
+from edgecompress.deploy.latency_reference import calibrated_reference
 from edgecompress.errors import EdgeCompressError
 from edgecompress.testing import process_cpu_seconds, stop_process
 

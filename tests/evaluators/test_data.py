@@ -14,14 +14,13 @@ import torch
 from edgecompress.errors import DataError, UnknownNameError
 from edgecompress.evaluators.data import (
     FMNIST_FILES,
-    calibration_batches,
     fmnist_candidates,
     fmnist_folder,
     list_datasets,
     load_data,
-    make_loader,
     read_idx,
 )
+from edgecompress.evaluators.splits import calibration_batches, make_loader
 from edgecompress.spaces.experiment import DatasetConfig
 
 
