@@ -18,9 +18,10 @@ from edgecompress.deploy.compute_lock import compute_lock
 from edgecompress.errors import EdgeCompressError
 from edgecompress.utils import atomic_write_json, stable_hash
 
-__all__ = ["calibrated_reference"]
+__all__ = ["calibrated_reference", "is_stale"]
 
 REFERENCE_WINDOWS = 5
+STALE_FASTER = 0.25  # the reference beat its calibrated median by more than this on every try: recalibrate
 
 
 def calibrated_reference(
@@ -30,6 +31,7 @@ def calibrated_reference(
     windows: int = REFERENCE_WINDOWS,
     gap_seconds: float = 0.2,
     timeout: float = 600.0,
+    stale: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The reference's calibrated medians for `key`, measured once per machine/runtime and shared.
 
@@ -39,6 +41,9 @@ def calibrated_reference(
     apart, and stores the median of each name over the windows; every other process, worker and study on
     the machine reads that value. Created under a file lock; call it while NOT holding the compute lock
     (the windows take it, and another process may hold the file lock while waiting for it).
+
+    `stale`: an entry the caller found wrong (see `is_stale`): if the file still holds it, it is measured
+    again and replaced; if another process already replaced it, that newer entry is returned.
     """
     if compute_lock().held_exclusive():
         raise EdgeCompressError("calibrated_reference: called while holding the compute lock exclusively "
@@ -55,7 +60,8 @@ def calibrated_reference(
         table = _read_json(path)
         entry = table.get(name)
         if isinstance(entry, dict) and isinstance(entry.get("medians"), dict):
-            return entry
+            if stale is None or _entry_id(entry) != _entry_id(stale):
+                return entry
         rows = []
         for i in range(windows):
             if i:
@@ -68,12 +74,25 @@ def calibrated_reference(
             "key": key,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "pid": os.getpid(),
+            **({"replaces": {"created": stale.get("created"), "medians": stale.get("medians")}} if stale else {}),
         }
         table[name] = entry
         atomic_write_json(path, table)
         return entry
     finally:
         lock.release()
+
+
+def is_stale(calibrated_ms: float, window_ref_ms: float, faster: float = STALE_FASTER) -> bool:
+    """A calibrated median the reference now beats by more than `faster` (a fraction) was taken while something
+    slowed it (long serving-batch calls are preempted by other processes much more than batch-1 calls): a quiet
+    machine does not run its reference that much faster than it did quietly, whereas a disturbance now only
+    slows it, which the paired windows' retry rule handles."""
+    return calibrated_ms > 0 and window_ref_ms < calibrated_ms * (1 - faster)
+
+
+def _entry_id(entry: dict[str, Any]) -> tuple[Any, Any, Any]:
+    return entry.get("created"), entry.get("pid"), str(entry.get("medians"))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import torch
 
 from edgecompress.deploy.latency import latency_lock, measure_latency
 from edgecompress.deploy.latency_paired import PairedStats, measure_paired, median_interval
-from edgecompress.deploy.latency_reference import calibrated_reference
+from edgecompress.deploy.latency_reference import calibrated_reference, is_stale
 from edgecompress.errors import EdgeCompressError
 from edgecompress.testing import process_cpu_seconds, stop_process
 
@@ -123,6 +123,30 @@ def test_calibrated_reference_is_measured_once_and_shared(tmp_path: Path) -> Non
     assert len(calls) == 10
     with latency_lock(), pytest.raises(EdgeCompressError, match="holding the compute lock"):
         calibrated_reference(path, {"other": 1}, window)
+
+
+def test_a_stale_calibration_is_replaced_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def window(i: int) -> dict[str, float]:
+        calls.append(i)
+        return {"latency_ms": 1.0, "latency_batch_ms": 10.0 + len(calls)}
+
+    path, key = tmp_path / "ref.json", {"device_name": "cpu X"}
+    first = calibrated_reference(path, key, window, gap_seconds=0.0, windows=1)
+    second = calibrated_reference(path, key, window, gap_seconds=0.0, windows=1, stale=first)
+    assert len(calls) == 2 and second["medians"]["latency_batch_ms"] == 12.0
+    assert second["replaces"]["medians"] == first["medians"]
+    # another process found the same old entry stale after this one replaced it: it reads the new one
+    again = calibrated_reference(path, key, window, gap_seconds=0.0, windows=1, stale=first)
+    assert len(calls) == 2 and again["medians"] == second["medians"]
+
+
+def test_is_stale_only_when_the_reference_beats_its_calibration() -> None:
+    assert is_stale(10.0, 7.0)  # 30% faster than calibrated: the calibration was slowed
+    assert not is_stale(10.0, 8.0)  # within 25%
+    assert not is_stale(10.0, 30.0)  # slower now: today's load, handled by the window retry rule
+    assert not is_stale(0.0, 1.0)
 
 
 # ---- a busy neighbour worker -------------------------------------------------------------------------
