@@ -38,20 +38,17 @@ from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402
 from edgecompress.results import load_study  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402
-from edgecompress.utils import atomic_write_json  # noqa: E402
+from edgecompress.utils import atomic_write_json, runs_dir  # noqa: E402
 
 HEAVY = {"study": "bench-cascade15-heavy", "config": "bench/fmnist-heavy.yaml", "trials": 20, "finalize": 3,
          "out": "bench/results/cascade-heavy.json"}
 
-
 def loadavg() -> float:
     return round(os.getloadavg()[0], 2)
-
 
 def device() -> str:
     isa = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "sse4_2"})
     return f"cpu: {cpu_name()} ({os.cpu_count()} cores; {' '.join(isa)})"
-
 
 def drift_corrected_error(ev: dict[str, Any], measured_key: str, study_key: str, cands: list | None = None) -> float:
     """|predicted x (single measured now / single in the study) - measured| / measured."""
@@ -65,12 +62,10 @@ def drift_corrected_error(ev: dict[str, Any], measured_key: str, study_key: str,
     measured = ev[measured_key]
     return abs(ev["predicted_latency_ms"] * ratio - measured) / measured
 
-
 def run_plan(st: Any, plan: Any, cands: list, labels: np.ndarray, exp: Any, data: Any, samples: int,
              notes: list[str]) -> dict[str, Any]:
     ev, _ = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
     return ev.to_dict()
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +81,8 @@ def main() -> None:
     ap.add_argument("--risk", type=float, default=0.01, help="also a plan with P(risk > RISK) <= 0.1; 0: skip")
     ap.add_argument("--final", default="auto", choices=["auto", "final", "proxy"],
                     help="finalized models (auto: when <study>-final has complete trials) or the search's")
+    ap.add_argument("--remeasured", action="store_true",
+                    help="plan on <study>-final-remeasured (`edgecompress remeasure` run on a quiet machine)")
     ap.add_argument("--out", default="bench/results/cascade.json")
     args = ap.parse_args()
     if args.heavy:
@@ -103,6 +100,8 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     search = load_study(args.study, final="proxy")
     st = load_study(args.study, final=args.final)
+    if args.remeasured:  # the same trials and artefacts, latencies re-timed quietly, in the same storage
+        st = load_study(f"{st.study_name}-remeasured", storage=str(runs_dir() / f"{args.study}.db"), final="proxy")
     exp = parse_experiment(st.user_attrs["experiment"])
     data = load_data(exp.dataset, exp.seed)
     cands, labels, notes = study_candidates(st, near_front=args.near_front)
@@ -138,7 +137,7 @@ def main() -> None:
     seed = b1["seed_rule"]
     pct = b1["latency_percentiles_ms"]
     n_search = sum(1 for t in search.trials if t.state.name == "COMPLETE")
-    n_final = sum(1 for t in st.trials if t.state.name == "COMPLETE") if st.study_name.endswith("-final") else 0
+    n_final = sum(1 for t in st.trials if t.state.name == "COMPLETE") if "-final" in st.study_name else 0
     out = {
         "latency_reduction_b1": b1["latency_reduction_b1"],
         "latency_reduction_batch": bb["latency_reduction_batch"],
@@ -175,7 +174,7 @@ def main() -> None:
         "escalation_rates_b1_plan": b1["test_escalation_rates"],
         "cascade_b1_plan": {k: v for k, v in b1.items() if k != "front"},
         "cascade_batch_plan": {k: v for k, v in bb.items() if k != "front"},
-        "study": st.study_name, "models": "finalized" if st.study_name.endswith("-final") else "search (proxy)",
+        "study": st.study_name, "models": "finalized" if "-final" in st.study_name else "search (proxy)",
         "search_trials_complete": n_search, "finalized_trials_complete": n_final,
         "candidates": len(cands), "near_front": args.near_front,
         "backend": exp.device.backend, "threads": exp.device.threads, "batch_size": exp.device.batch_size,
@@ -191,7 +190,6 @@ def main() -> None:
     print(f"b1: {out['latency_reduction_b1']:+.1%} latency, {out['accuracy_delta_pp']:+.2f} pp "
           f"[{b1['accuracy_delta_interval_pp'][0]:+.2f}, {b1['accuracy_delta_interval_pp'][1]:+.2f}]; batch: "
           f"{out['latency_reduction_batch']:+.1%}; prediction error {out['prediction_error']:.1%} -> {args.out}")
-
 
 if __name__ == "__main__":
     main()
