@@ -183,6 +183,9 @@ def main() -> None:
                 f"{proxy_exp.finetune.train_subset} images) vs finalized (all 54k images, "
                 f"{args.epochs} epochs, augmentation, distillation) validation accuracy per config",
         "proxy_study": proxy_study, "proxy_overrides": proxy_overrides,
+        # what the proxy costs per trial (finetune_seconds: training only; the machine may have been shared)
+        "proxy_finetune_seconds_median": float(proxy.loc[proxy["state"] == "COMPLETE", "finetune_seconds"].median())
+        if "finetune_seconds" in proxy else None,
         "configs": int(len(pairs)),
         "kendall_tau": tau(x, y), "kendall_tau_ci95": bootstrap(tau, x, y),
         "spearman": rho(x, y), "spearman_ci95": bootstrap(rho, x, y),
