@@ -163,6 +163,23 @@ class _Timer:
         return (time.perf_counter() - t0) * 1e3
 
 
+def check_timing_args(caller: str, *, batch_size: int, threads: int, min_repeats: int, max_seconds: float,
+                      target_cv: float, clock: str, device: str | torch.device) -> torch.device:
+    """The checks every timing function makes of its arguments (ValueError naming the argument and value);
+    returns the torch device, raising EdgeCompressError for CUDA on a machine without it."""
+    for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
+        if not isinstance(val, int) or val < 1:
+            raise ValueError(f"{caller}: {name} must be a positive int, got {val!r}")
+    if max_seconds <= 0 or target_cv <= 0:
+        raise ValueError(f"{caller}: max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv}")
+    if clock not in ("auto", "host"):
+        raise ValueError(f"{caller}: clock must be 'auto' or 'host', got {clock!r}")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EdgeCompressError(f"latency on {dev} requested but CUDA is not available on this machine")
+    return dev
+
+
 def measure_latency(
     fn: Callable[[], Any],
     *,
@@ -191,19 +208,9 @@ def measure_latency(
     `clock="auto"` times CUDA work with CUDA events on the current torch stream; `clock="host"` uses
     the host clock (for runtimes such as ONNX Runtime whose call returns only when its work is done).
     """
-    for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"measure_latency: {name} must be a positive int, got {val!r}")
-    if max_seconds <= 0 or target_cv <= 0:
-        raise ValueError(
-            f"measure_latency: max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv}"
-        )
-    if clock not in ("auto", "host"):
-        raise ValueError(f"measure_latency: clock must be 'auto' or 'host', got {clock!r}")
-    dev = torch.device(device)
+    dev = check_timing_args("measure_latency", batch_size=batch_size, threads=threads, min_repeats=min_repeats,
+                            max_seconds=max_seconds, target_cv=target_cv, clock=clock, device=device)
     cuda = dev.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise EdgeCompressError(f"latency on {dev} requested but CUDA is not available on this machine")
 
     lock_cm = latency_lock(lock_path) if use_lock else contextlib.nullcontext()
     with _torch_threads(threads), lock_cm, torch.inference_mode():

@@ -22,8 +22,15 @@ from typing import Any
 
 import torch
 
-from edgecompress.deploy.latency import _cv, _percentile, _Timer, _torch_threads, device_name, latency_lock
-from edgecompress.errors import EdgeCompressError
+from edgecompress.deploy.latency import (
+    _cv,
+    _percentile,
+    _Timer,
+    _torch_threads,
+    check_timing_args,
+    device_name,
+    latency_lock,
+)
 
 __all__ = ["PairedStats", "measure_paired", "median_interval"]
 
@@ -211,19 +218,11 @@ def measure_paired(
     half-width) and `min_seconds` have passed, else at `max_seconds` (at least 3 pairs). Holds the compute
     lock exclusively unless `use_lock` is False. `clock` as in measure_latency.
     """
-    for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
-        if not isinstance(val, int) or val < 1:
-            raise ValueError(f"measure_paired: {name} must be a positive int, got {val!r}")
-    if max_seconds <= 0 or target_cv <= 0:
-        raise ValueError(f"measure_paired: max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv}")
+    dev = check_timing_args("measure_paired", batch_size=batch_size, threads=threads, min_repeats=min_repeats,
+                            max_seconds=max_seconds, target_cv=target_cv, clock=clock, device=device)
     if not 0 <= min_seconds <= max_seconds:
         raise ValueError(f"measure_paired: min_seconds must be in [0, max_seconds={max_seconds}], got {min_seconds}")
-    if clock not in ("auto", "host"):
-        raise ValueError(f"measure_paired: clock must be 'auto' or 'host', got {clock!r}")
-    dev = torch.device(device)
     cuda = dev.type == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise EdgeCompressError(f"latency on {dev} requested but CUDA is not available on this machine")
 
     lock_cm = latency_lock(lock_path) if use_lock else contextlib.nullcontext()
     with _torch_threads(threads), lock_cm, torch.inference_mode():
