@@ -12,7 +12,9 @@ import typer
 
 from edgecompress.cli.base import console
 
-DEMO_TOP, DEMO_EPOCHS = 3, 2  # finalize: 3 front configs + the uncompressed one, 2 epochs on all 54k images
+# finalize: 2 front configs + the uncompressed one, 2 epochs on all 54k images (a fresh-clone demo with 3 took
+# 15:00 on 2 cores, 5.5 min of it finalize; the README lists the steps)
+DEMO_TOP, DEMO_EPOCHS = 2, 2
 
 
 def _run(app: typer.Typer, args: list[str]) -> None:
