@@ -110,7 +110,7 @@ def main() -> None:
     overheads = {}
     for mode, batch in (("b1", False), ("batch", True)):
         ov = measure_fused_overheads(data.in_chans, data.native_size, first, data.num_classes, "margin",
-                                     exp.device.batch_size if batch else 1, exp.device.threads)
+                                     exp.device.batch_size if batch else 1, exp.device.measure_threads)
         overheads[mode] = ov
         plan = plan_cascade(cands, labels, batch=batch, routing_overhead_ms=ov["routing_overhead_ms"],
                             call_overhead_ms=ov["call_overhead_ms"])
@@ -177,7 +177,8 @@ def main() -> None:
         "study": st.study_name, "models": "finalized" if "-final" in st.study_name else "search (proxy)",
         "search_trials_complete": n_search, "finalized_trials_complete": n_final,
         "candidates": len(cands), "near_front": args.near_front,
-        "backend": exp.device.backend, "threads": exp.device.threads, "batch_size": exp.device.batch_size,
+        "backend": exp.device.backend, "threads": exp.device.threads,
+        "latency_threads": exp.device.measure_threads, "batch_size": exp.device.batch_size,
         "device": device(), "torch_version": torch.__version__,
         "loadavg_1min": {"start": load0, "end": loadavg()},
         "notes": [f"machine shared with other jobs: 1-min loadavg {load0} at start, {loadavg()} at end on "
