@@ -115,14 +115,14 @@ def latency_lock(path: str | os.PathLike[str] | None = None, timeout: float = 60
 
 
 # ---- statistics --------------------------------------------------------------------------------
-def _cv(xs: list[float]) -> float:
+def cv_of(xs: list[float]) -> float:
     if len(xs) < 2:
         return math.inf
     mean = statistics.fmean(xs)
     return statistics.stdev(xs) / mean if mean > 0 else math.inf
 
 
-def _percentile(xs: list[float], q: float) -> float:
+def percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     pos = (len(s) - 1) * q
     lo, hi = math.floor(pos), math.ceil(pos)
@@ -130,7 +130,7 @@ def _percentile(xs: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
+def torch_threads(threads: int) -> Iterator[None]:
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -139,7 +139,7 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-class _Timer:
+class CallTimer:
     """Times `inner` calls of `fn` per sample, on the host clock (CPU) or with CUDA events."""
 
     def __init__(self, fn: Callable[[], Any], cuda: bool) -> None:
@@ -213,10 +213,10 @@ def measure_latency(
     cuda = dev.type == "cuda"
 
     lock_cm = latency_lock(lock_path) if use_lock else contextlib.nullcontext()
-    with _torch_threads(threads), lock_cm, torch.inference_mode():
+    with torch_threads(threads), lock_cm, torch.inference_mode():
         if cuda:
             torch.cuda.synchronize(dev)
-        timer = _Timer(fn, cuda and clock == "auto")
+        timer = CallTimer(fn, cuda and clock == "auto")
         # warm-up: caches, allocator, lazy init, JIT/compile, CPU frequency
         t_end = time.perf_counter() + warmup_seconds
         n = 0
@@ -233,7 +233,7 @@ def measure_latency(
         while True:
             samples.append(timer.sample_ms(inner) / inner)
             elapsed = time.perf_counter() - t0
-            if len(samples) >= min_repeats and _cv(samples[-min_repeats:]) <= target_cv:
+            if len(samples) >= min_repeats and cv_of(samples[-min_repeats:]) <= target_cv:
                 settled = True
                 break
             if elapsed >= max_seconds and len(samples) >= 3:
@@ -243,9 +243,9 @@ def measure_latency(
     window = samples[-min_repeats:] if settled else samples
     return LatencyStats(
         median_ms=statistics.median(window),
-        p90_ms=_percentile(window, 0.9),
+        p90_ms=percentile(window, 0.9),
         mean_ms=statistics.fmean(window),
-        cv=_cv(window),
+        cv=cv_of(window),
         repeats=len(window),
         batch_size=batch_size,
         device=dev.type,

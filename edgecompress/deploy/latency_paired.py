@@ -23,13 +23,13 @@ from typing import Any
 import torch
 
 from edgecompress.deploy.latency import (
-    _cv,
-    _percentile,
-    _Timer,
-    _torch_threads,
+    CallTimer,
     check_timing_args,
+    cv_of,
     device_name,
     latency_lock,
+    percentile,
+    torch_threads,
 )
 
 __all__ = ["PairedStats", "measure_paired", "median_interval"]
@@ -225,10 +225,10 @@ def measure_paired(
     cuda = dev.type == "cuda"
 
     lock_cm = latency_lock(lock_path) if use_lock else contextlib.nullcontext()
-    with _torch_threads(threads), lock_cm, torch.inference_mode():
+    with torch_threads(threads), lock_cm, torch.inference_mode():
         if cuda:
             torch.cuda.synchronize(dev)
-        ta, tb = _Timer(fn, cuda and clock == "auto"), _Timer(ref_fn, cuda and clock == "auto")
+        ta, tb = CallTimer(fn, cuda and clock == "auto"), CallTimer(ref_fn, cuda and clock == "auto")
         # warm-up of both, until each one's median is stable
         wa: list[float] = []
         wb: list[float] = []
@@ -293,8 +293,8 @@ def measure_paired(
     med, lo_a, hi_a = median_interval(sa)
     r, lo_r, hi_r = median_interval(ratios)
     return PairedStats(
-        median_ms=med, ci_low_ms=lo_a, ci_high_ms=hi_a, p90_ms=_percentile(sa, 0.9), mean_ms=statistics.fmean(sa),
-        cv=_cv(sa), ref_median_ms=statistics.median(sb), ratio=r, ratio_ci_low=lo_r, ratio_ci_high=hi_r,
+        median_ms=med, ci_low_ms=lo_a, ci_high_ms=hi_a, p90_ms=percentile(sa, 0.9), mean_ms=statistics.fmean(sa),
+        cv=cv_of(sa), ref_median_ms=statistics.median(sb), ratio=r, ratio_ci_low=lo_r, ratio_ci_high=hi_r,
         repeats=len(sa), batch_size=batch_size, device=dev.type, device_name=device_name(dev), threads=threads,
         backend=backend, runtime_version=runtime_version, torch_version=torch.__version__, inner_loops=inner_a,
         ref_inner_loops=inner_b, settled=settled, seconds=seconds, warmup_seconds=warm_s, warmed_up=warmed,
