@@ -139,20 +139,28 @@ def test_ctrl_c_leaves_study_resumable(fakes, tmp_path: Path) -> None:
 
 
 def test_sigkill_mid_study_then_rerun_reaches_total(fakes, tmp_path: Path, runs: Path) -> None:
+    total = 8
     script = tmp_path / "run.py"
     script.write_text(
         "import importlib.util\n"
         f"spec = importlib.util.spec_from_file_location('search_fakes', {str(fakes.path)!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "from edgecompress.search import run_search\n"
-        f"ev = m.FakeEvaluator({str(tmp_path / 'first.log')!r}, delay=0.8)\n"
-        "run_search(m.small_experiment(budget={'sampler': 'random'}), 'kill', trials=8, evaluator=ev)\n"
+        f"ev = m.FakeEvaluator({str(tmp_path / 'first.log')!r}, delay=2.0)\n"
+        f"run_search(m.small_experiment(budget={{'sampler': 'random'}}), 'kill', trials={total}, evaluator=ev)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ), stderr=subprocess.DEVNULL)
+    err = tmp_path / "stderr.txt"
+    with err.open("w") as fh:
+        proc = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ), stderr=fh)
     try:
-        deadline = time.time() + 180  # progress, not speed: a loaded CI machine may start the subprocess slowly
+        # progress, not speed: a loaded CI machine may start the subprocess slowly; trials of 2 s leave a ~10 s
+        # window in which 3 are complete and one runs (at 0.8 s the poller once missed it, and waited out the deadline)
+        deadline = time.time() + 180
         while time.time() < deadline:
             time.sleep(0.2)
+            if proc.poll() is not None:
+                pytest.fail(f"the search ended (exit {proc.returncode}) before it was killed: "
+                            f"{err.read_text()[-2000:]}")
             try:
                 states = [t.state for t in load_study("kill").get_trials(deepcopy=False)]
             except EdgeCompressError:  # not created yet
@@ -171,9 +179,9 @@ def test_sigkill_mid_study_then_rerun_reaches_total(fakes, tmp_path: Path, runs:
     assert len(killed) == 1
 
     rerun = fakes.FakeEvaluator(tmp_path / "second.log")
-    summary = run_search(fakes.small_experiment(budget={"sampler": "random"}), "kill", trials=8, evaluator=rerun)
+    summary = run_search(fakes.small_experiment(budget={"sampler": "random"}), "kill", trials=total, evaluator=rerun)
     study = load_study("kill")
-    assert summary.stats.finished == 8 == sum(is_counted(t) for t in study.trials)
+    assert summary.stats.finished == total == sum(is_counted(t) for t in study.trials)
     for n, v in done.items():  # no finished trial lost ...
         assert (study.trials[n].values, study.trials[n].datetime_complete) == v
     done_hashes = {study.trials[n].user_attrs["config_hash"] for n in done}
