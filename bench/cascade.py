@@ -35,6 +35,7 @@ from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
 from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
 from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
 from edgecompress.deploy.latency import cpu_name  # noqa: E402
+from edgecompress.deploy.retarget import remeasured_name  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402
 from edgecompress.results import load_study  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402
@@ -101,7 +102,7 @@ def main() -> None:
     search = load_study(args.study, final="proxy")
     st = load_study(args.study, final=args.final)
     if args.remeasured:  # the same trials and artefacts, latencies re-timed quietly, in the same storage
-        st = load_study(f"{st.study_name}-remeasured", storage=str(runs_dir() / f"{args.study}.db"), final="proxy")
+        st = load_study(remeasured_name(st.study_name), storage=str(runs_dir() / f"{args.study}.db"), final="proxy")
     exp = parse_experiment(st.user_attrs["experiment"])
     data = load_data(exp.dataset, exp.seed)
     cands, labels, notes = study_candidates(st, near_front=args.near_front)

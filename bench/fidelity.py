@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
 from edgecompress.deploy.latency import cpu_name  # noqa: E402
-from edgecompress.deploy.retarget import remeasure_study  # noqa: E402
+from edgecompress.deploy.retarget import remeasure_study, remeasured_name  # noqa: E402
 from edgecompress.search import run_search  # noqa: E402
 from edgecompress.search.finalize import choose_configs, finalize_study  # noqa: E402
 from edgecompress.search.optuna_runner import space_for  # noqa: E402
@@ -129,6 +129,9 @@ def main() -> None:
         t_search = time.time() - t0
         chosen = finalize_study(STUDY, top=N_CONFIGS - 1, epochs=args.epochs).chosen
         t_final = time.time() - t0 - t_search
+    bad = [kv for kv in args.proxy_set if "=" not in kv]
+    if bad:
+        ap.error(f"--proxy-set: expected KEY=VALUE, got {bad[0]!r}")
     proxy_overrides = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.proxy_set)}
     proxy_study = STUDY
     if proxy_overrides:  # the same grid under another proxy; the finalized configs do not depend on it
@@ -148,7 +151,7 @@ def main() -> None:
             quiet_name = remeasure_study(f"{STUDY}-final", storage=db, overwrite=True,
                                          latency_threads=args.latency_threads).study
         else:
-            quiet_name = f"{STUDY}-final-remeasured"
+            quiet_name = remeasured_name(f"{STUDY}-final")
         quiet_study = load_study(quiet_name, db)
         quiet = study_to_frame(quiet_study)
         quiet = quiet[quiet["state"] == "COMPLETE"].set_index("config_hash")  # a killed trial's leftovers: no

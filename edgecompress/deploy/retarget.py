@@ -324,6 +324,11 @@ def front_numbers(source: Any, storage: Any = None) -> list[int]:
     return [int(n) for n in front(df)["number"]] if len(df) else []
 
 
+def remeasured_name(study_name: str) -> str:
+    """The default name of a study's quiet re-measurement (remeasure_study's new study)."""
+    return f"{study_name}-remeasured"
+
+
 def remeasure_study(source: Any, *, front_only: bool = False, new_study: str | None = None, storage: Any = None,
                     new_storage: Any = None, data: DataBundle | None = None, overwrite: bool = False,
                     progress: ProgressFn | None = None, latency_threads: int | None = None) -> RetargetSummary:
@@ -338,6 +343,6 @@ def remeasure_study(source: Any, *, front_only: bool = False, new_study: str | N
     device = resolve_device(exp.device.device)
     only = front_numbers(src) if front_only else None
     return retarget_study(source, device=device,
-                          new_study=new_study or f"{src.study_name}-remeasured", storage=storage,
+                          new_study=new_study or remeasured_name(src.study_name), storage=storage,
                           new_storage=new_storage, data=data, overwrite=overwrite, progress=progress, only=only,
                           label="remeasured", latency_threads=latency_threads)
