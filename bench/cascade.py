@@ -20,6 +20,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from edgecompress.cascade.calibrate import FusedPathTimer, refine_plan  # noqa: E402
 from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, study_candidates  # noqa: E402
 from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
 from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
@@ -79,6 +81,11 @@ def main() -> None:
     ap.add_argument("--heavy", action="store_true", help="the compute-heavier setting (bench/fmnist-heavy.yaml)")
     ap.add_argument("--samples", type=int, default=2000, help="test images timed one by one")
     ap.add_argument("--near-front", type=int, default=1)
+    ap.add_argument("--tolerance-pp", type=float, default=0.2,
+                    help="plan target: validation accuracy at most this far below the best single model's")
+    ap.add_argument("--no-refine", action="store_true",
+                    help="price stages at their stand-alone latencies (no in-cascade timing, cascade/calibrate.py)")
+    ap.add_argument("--combine", default="last", choices=["last", "sum", "seed_alpha"])
     ap.add_argument("--risk", type=float, default=0.01, help="also a plan with P(risk > RISK) <= 0.1; 0: skip")
     ap.add_argument("--final", default="auto", choices=["auto", "final", "proxy"],
                     help="finalized models (auto: when <study>-final has complete trials) or the search's")
@@ -109,12 +116,23 @@ def main() -> None:
     first = min(c.spec.input_size for c in cands)
     results: dict[str, Any] = {}
     overheads = {}
+    target = max(c.val_accuracy for c in cands) - args.tolerance_pp / 100
+    refinement: dict[str, Any] = {}
     for mode, batch in (("b1", False), ("batch", True)):
         ov = measure_fused_overheads(data.in_chans, data.native_size, first, data.num_classes, "margin",
                                      exp.device.batch_size if batch else 1, exp.device.measure_threads)
         overheads[mode] = ov
-        plan = plan_cascade(cands, labels, batch=batch, routing_overhead_ms=ov["routing_overhead_ms"],
-                            call_overhead_ms=ov["call_overhead_ms"])
+        def plan_fn(cs: list, batch: bool = batch, ov: dict = ov) -> Any:
+            return plan_cascade(cs, labels, batch=batch, routing_overhead_ms=ov["routing_overhead_ms"],
+                                call_overhead_ms=ov["call_overhead_ms"], min_accuracy=target, combine=args.combine,
+                                single_from=cands)
+
+        if batch or args.no_refine:
+            plan = plan_fn(cands)
+        else:  # stages re-priced at their cost inside the fused graph, timed on validation images
+            with tempfile.TemporaryDirectory(prefix="bench-cascade-") as tmp:
+                plan, ref = refine_plan(plan_fn, cands, FusedPathTimer(cands, exp, data, Path(tmp)))
+            refinement = ref.to_dict()
         results[mode] = run_plan(st, plan, cands, labels, exp, data, args.samples, list(notes))
     b1, bb = results["b1"], results["batch"]
     risk: dict[str, Any] = {}
@@ -167,6 +185,7 @@ def main() -> None:
         "seed_rule": seed,
         "risk_controlled": risk,
         "fused_overheads": overheads,
+        "refinement_b1": refinement, "tolerance_pp": args.tolerance_pp, "combine": args.combine,
         "goals": {"latency_reduction_b1>=0.4": b1["latency_reduction_b1"] >= 0.4,
                   "latency_reduction_batch>=0.4": bb["latency_reduction_batch"] >= 0.4,
                   "accuracy_delta_pp>=-0.2": b1["accuracy_delta_pp"] >= -0.2,

@@ -142,10 +142,12 @@ def measure_routing_overhead_ms(num_classes: int, kind: str = "margin", batch_si
 def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: float | None = None,
                  max_latency: float | None = None, kind: str = "margin", combine: str = "last",
                  max_stages: int = 4, batch: bool = False, calibrate: bool = False,
-                 routing_overhead_ms: float | None = None, call_overhead_ms: float = 0.0) -> CascadePlan:
+                 routing_overhead_ms: float | None = None, call_overhead_ms: float = 0.0,
+                 single_from: list[Candidate] | None = None) -> CascadePlan:
     """Default target: validation accuracy within 0.2 pp of the most accurate candidate; default routing
     overhead: measured on this machine (measure_routing_overhead_ms()); the pipeline passes the fused graph's
-    measured overheads (fused.measure_fused_overheads) instead."""
+    measured overheads (fused.measure_fused_overheads) instead. `single_from`: the candidates (stand-alone
+    latencies) the single-model alternative is judged on, when `cands` carry in-cascade costs (calibrate.py)."""
     if min_accuracy is None and max_latency is None:
         min_accuracy = max(c.val_accuracy for c in cands) - 0.002
     if routing_overhead_ms is None:
@@ -155,10 +157,11 @@ def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: fl
     plan = build_cascade([c.spec for c in cands], labels, min_accuracy=min_accuracy, max_latency=max_latency,
                          kind=kind, combine=combine, max_stages=max_stages, batch=batch, calibrate=calibrate,
                          routing_overhead_ms=routing_overhead_ms, call_overhead_ms=call_overhead_ms)
-    single = _best_single(cands, min_accuracy, max_latency, batch)
-    if single is not None and len(plan.stages) > 1:
+    single = _best_single(cands if single_from is None else single_from, min_accuracy, max_latency, batch)
+    if single is not None and (len(plan.stages) > 1 or single_from is not None):
         lat = _latency(single, batch)
-        cascade_better = (plan.predicted_latency_ms or 0.0) < lat if min_accuracy is not None else (
+        cascade_better = len(plan.stages) > 1 and (
+            (plan.predicted_latency_ms or 0.0) < lat if min_accuracy is not None else
             (plan.predicted_accuracy or 0.0) > single.val_accuracy)
         if not cascade_better:  # one model alone is at least as good: no cascade
             return CascadePlan(stages=[StagePlan(single.spec.name, single.spec.input_size, single.spec.latency_ms,
@@ -266,6 +269,7 @@ class CascadeEvaluation:
     accuracy_delta_interval_pp: list[float] = field(default_factory=list)  # paired 95% interval
     risk: dict[str, Any] = field(default_factory=dict)
     fused_overheads: dict[str, float] = field(default_factory=dict)  # what the planner charged (measured)
+    refinement: dict[str, Any] = field(default_factory=dict)  # in-cascade stage costs (calibrate.refine_plan)
     stage_crops: list[str] = field(default_factory=list)  # per stage: "none" or "dic" (input: the raw canvas)
     stage_classifier_sizes: list[int] = field(default_factory=list)  # per stage: the classifier's input side
     candidates: list[dict[str, Any]] = field(default_factory=list)  # what the builder chose from (val only)

@@ -7,6 +7,7 @@ the same way: `edgecompress.cascade_from_study("demo", "runs/cascade", min_accur
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.cascade.builder import check_target
+from edgecompress.cascade.calibrate import FusedPathTimer, refine_plan
 from edgecompress.cascade.confidence import check_kind
 from edgecompress.cascade.evaluate import (
     Candidate,
@@ -124,13 +126,16 @@ def cascade_from_study(
     near_front: int = 1,
     formats: tuple[str, ...] = FORMATS,
     preprocess: bool = False,
+    refine: bool = True,
 ) -> CascadeBuild:
     """Choose stages and thresholds on validation logits from the study's front and near-front trials, measure the
     cascade end to end on the test split (as ONE fused ONNX graph, checked against the reference routing), and
     save it to `out` (cascade.onnx and/or TorchScript stages + cascade.yaml, evaluation.json, front.json).
     `max_latency` is in ms. With `risk`, the validation logits are split: the selection part chooses the stages,
     the calibration part (`calib_fraction`) sets thresholds with P(risk > `risk`) <= `delta` (cascade/risk.py).
-    `deployable` (default): candidates from the front of measured-latency trials; False also admits estimated ones."""
+    `deployable` (default): candidates from the front of measured-latency trials; False also admits estimated ones.
+    `refine` (batch 1, ONNX stages): the plan's stages re-priced at their cost inside the fused graph, timed on
+    validation images, and planned again (cascade/calibrate.py)."""
     from edgecompress.cascade.fused import measure_fused_overheads
     from edgecompress.evaluators.data import load_data
 
@@ -148,9 +153,17 @@ def cascade_from_study(
         sel_idx, cal_idx = split_indices(len(labels), calib_fraction, exp.seed)
     plan_cands = cands if sel_idx is None else sliced_candidates(cands, labels, sel_idx)
     plan_labels = labels if sel_idx is None else labels[sel_idx]
-    plan = plan_cascade(plan_cands, plan_labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
-                        combine=combine, max_stages=max_stages, batch=batch,
-                        routing_overhead_ms=ov["routing_overhead_ms"], call_overhead_ms=ov["call_overhead_ms"])
+    def plan_fn(cs: list[Candidate]) -> CascadePlan:
+        return plan_cascade(cs, plan_labels, min_accuracy=min_accuracy, max_latency=max_latency, kind=kind,
+                            combine=combine, max_stages=max_stages, batch=batch, single_from=plan_cands,
+                            routing_overhead_ms=ov["routing_overhead_ms"], call_overhead_ms=ov["call_overhead_ms"])
+
+    refinement = None
+    if refine and not batch and exp.device.backend == "onnxruntime":
+        with tempfile.TemporaryDirectory(prefix="edgecompress-refine-") as tmp:
+            plan, refinement = refine_plan(plan_fn, plan_cands, FusedPathTimer(cands, exp, data, Path(tmp)))
+    else:
+        plan = plan_fn(plan_cands)
     control = None
     if risk is not None and len(plan.stages) > 1:
         by = {c.spec.name: c.spec.val_logits for c in cands}
@@ -163,6 +176,8 @@ def cascade_from_study(
         notes.append(f"one model alone ({plan.names[0]}) meets the target: no cascade beats it")
     ev, fused_model = evaluate_cascade(st, plan, cands, labels, exp, data, samples=samples, notes=notes)
     ev.fused_overheads = ov
+    if refinement is not None:
+        ev.refinement = refinement.to_dict()
     if control is not None:
         ev.risk = control.to_dict()
     out_dir = Path(out)

@@ -40,6 +40,8 @@ def register(app: typer.Typer) -> None:
         near_front: int = typer.Option(1, help="also take trials of the next N non-dominated fronts"),
         preprocess: bool = typer.Option(False, "--preprocess", help="also cascade_uint8.onnx: stored uint8 "
                                         "images in, the loader's preprocessing in the graph"),
+        refine: bool = typer.Option(True, "--refine/--no-refine", help="batch 1: re-price the stages at their "
+                                    "cost inside the fused graph (timed on validation images) and plan again"),
     ) -> None:
         """Choose stages and thresholds on validation logits, then measure the cascade on the test split."""
         from edgecompress.cascade.pipeline import cascade_from_study, check_options, parse_formats
@@ -56,7 +58,7 @@ def register(app: typer.Typer) -> None:
                                        batch=batch, samples=samples, final="proxy" if proxy else "auto",
                                        risk=risk, delta=delta, calib_fraction=calib_fraction,
                                        near_front=near_front, formats=formats, preprocess=preprocess,
-                                       deployable=deployable)
+                                       deployable=deployable, refine=refine)
         plan, ev = built.plan, built.evaluation
 
         fid = "finalized" if built.study_name.endswith("-final") else "search (proxy)"
@@ -82,6 +84,11 @@ def register(app: typer.Typer) -> None:
                       f"predicted {ev.predicted_latency_ms:.4f} ms (error {ev.prediction_error:.1%})")
         console.print(f"measured latency batch {ev.batch_size}: {ev.measured_latency_batch_ms:.3f} ms vs "
                       f"{b['measured_latency_batch_ms']:.3f} ms single ({_change(ev.latency_reduction_batch)})")
+        for r in ev.refinement.get("rounds", []):
+            pc = r["path_costs"]
+            console.print("in-cascade cost per exit path (validation, ms): " + ", ".join(
+                f"stage {k + 1} {m:.4f} ({n} calls)" for k, (m, n) in enumerate(zip(pc["mean_ms"], pc["calls"])))
+                + f"; re-priced {', '.join(r['repriced']) or 'nothing'}")
         if ev.fused:
             c = ev.fused_check
             console.print(f"served as one ONNX graph; checked on {c['samples']} test images against the reference "

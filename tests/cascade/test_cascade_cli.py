@@ -158,6 +158,9 @@ def test_cascade_cli_risk_and_fused_onnx(tiny_study: dict, tmp_path: Path, capsy
     r = ev["risk"]
     assert r["n_select"] + r["n_calib"] == 300 and r["n_calib"] == 150 and r["calib_risk"] <= 0.2
     assert "guarantee:" in printed and "150 calibration samples" in printed
+    # batch 1: the stages were re-priced at their cost inside the fused graph, timed on validation images
+    rounds = ev["refinement"]["rounds"]
+    assert rounds and sum(rounds[0]["path_costs"]["calls"]) == 300 and "in-cascade cost per exit path" in printed
     assert ev["plan"]["constraint"] == {"risk": 0.2, "delta": 0.2}
     assert ev["plan"]["thresholds"] == [r["thresholds"][0]] and ev["plan"]["lows"] == [0.0]
     sess = ort.InferenceSession(str(out / "cascade.onnx"), providers=["CPUExecutionProvider"])
