@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.cascade.evaluate import Candidate
+from edgecompress.cascade.candidate_plan import Candidate
 from edgecompress.cascade.plan import CascadePlan
 
 __all__ = ["FusedPathTimer", "PathCosts", "Refinement", "path_costs", "refine_plan", "repriced"]
@@ -131,7 +131,7 @@ class FusedPathTimer:
 
     def _path(self, name: str) -> str | None:
         if name not in self._paths:
-            from edgecompress.cascade.evaluate import stage_modules
+            from edgecompress.cascade.candidate_plan import stage_modules
 
             d = stage_modules(self.by_name, [name], self.exp, self.data, spinning=False, workdir=self.workdir)[0]
             self._paths[name] = str(d.path) if str(d.path or "").endswith(".onnx") else None

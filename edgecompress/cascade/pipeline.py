@@ -17,15 +17,9 @@ import numpy as np
 
 from edgecompress.cascade.builder import check_target
 from edgecompress.cascade.calibrate import FusedPathTimer, refine_plan
+from edgecompress.cascade.candidate_plan import Candidate, plan_cascade, stage_modules, study_candidates
 from edgecompress.cascade.confidence import check_kind
-from edgecompress.cascade.evaluate import (
-    Candidate,
-    CascadeEvaluation,
-    evaluate_cascade,
-    plan_cascade,
-    stage_modules,
-    study_candidates,
-)
+from edgecompress.cascade.evaluate import CascadeEvaluation, evaluate_cascade
 from edgecompress.cascade.plan import SEED_ALPHA, CascadePlan, combine_weight
 from edgecompress.cascade.risk import check_risk, plan_with_risk, split_indices
 from edgecompress.cascade.runtime import CascadeModel, save_cascade
