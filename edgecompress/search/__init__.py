@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from edgecompress.search.objective import TrialFailed, constraint_values, make_objective
-from edgecompress.search.optuna_runner import SearchSummary, create_or_load_study, run_search, space_for
+from edgecompress.search.optuna_runner import SearchSummary, run_search
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.samplers import SAMPLERS, make_sampler, resolve_sampler_name
+from edgecompress.search.study_setup import create_or_load_study, space_for
 
 
 def run_ray_search(*args, **kwargs):  # noqa: ANN002, ANN003 - lazy: importing ray costs seconds

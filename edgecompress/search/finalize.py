@@ -22,7 +22,8 @@ import numpy as np
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.evaluate import Evaluator
 from edgecompress.evaluators.result import ARTEFACT_FILES
-from edgecompress.search.optuna_runner import ProgressFn, SearchSummary, create_or_load_study, run_search, space_for
+from edgecompress.search.optuna_runner import ProgressFn, SearchSummary, run_search
+from edgecompress.search.study_setup import create_or_load_study, space_for
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
 from edgecompress.study import attrs as A

@@ -88,7 +88,7 @@ def test_url_store_keeps_trial_folders_local_and_uploads_them(tmp_path: Path, st
 def test_ray_driver_takes_artefacts_from_the_store_when_it_cannot_see_them(tmp_path: Path, store: str, runs: Path,
                                                                           monkeypatch, fakes) -> None:
     from edgecompress.search.ray_artefacts import upload_trial_output
-    from edgecompress.search.ray_runner import _StudyWriter
+    from edgecompress.search.ray_writer import StudyWriter
 
     monkeypatch.setenv("EDGECOMPRESS_ARTEFACTS", store)
     exp = fakes.small_experiment()
@@ -99,7 +99,7 @@ def test_ray_driver_takes_artefacts_from_the_store_when_it_cannot_see_them(tmp_p
     upload = upload_trial_output(node_out, "rs", "t1")
     shutil.rmtree(tmp_path / "node-b")
     study = optuna.create_study(study_name="rs", directions=["maximize", "minimize"])
-    writer = _StudyWriter(study, exp, space, runs / "rs", lambda: None)
+    writer = StudyWriter(study, exp, space, runs / "rs", lambda: None)
     metrics = fakes.fake_metrics(config)
     writer.write(POINT, {"accuracy": metrics["accuracy"], "latency_ms": metrics["latency_ms"],
                          "ec_result": EvalResult(config=config, metrics=metrics).to_dict(),

@@ -64,12 +64,12 @@ def test_ray_trial_uses_the_drivers_locations_from_its_own_working_folder(fakes,
 def test_ray_driver_fails_a_complete_trial_whose_artefacts_it_cannot_see(fakes, tmp_path: Path) -> None:
     from edgecompress.evaluators.result import EvalResult
     from edgecompress.search.optuna_runner import space_for
-    from edgecompress.search.ray_runner import _StudyWriter
+    from edgecompress.search.ray_writer import StudyWriter
 
     exp = fakes.small_experiment()
     space = space_for(exp)
     study = optuna.create_study(directions=["maximize", "minimize"])
-    writer = _StudyWriter(study, exp, space, tmp_path / "study", lambda: None)
+    writer = StudyWriter(study, exp, space, tmp_path / "study", lambda: None)
     params = {"prune": 0.25, "depth": 1.0, "w_bits": 8, "resolution": 1.0}
     config = space.from_params(params)
     metrics = fakes.fake_metrics(config)
