@@ -1,9 +1,10 @@
 """In-cascade stage costs: the fused graph timed per exit path on validation inputs, fed back to the planner.
 
-A stage timed alone runs with its weights warm in cache; inside a cascade the later stages' weights evict the
-first stage's, and a rarely run stage starts cold. Measured on bench/cascade.py --heavy (batch 1, 1 thread):
-calls leaving at stage 0 took 17% longer than stage 0 alone, calls reaching the last stage 13% longer than the
-sum of the stages alone, so a plan priced with stand-alone latencies predicted 12% too little. `refine_plan`
+A stage costs more inside the fused graph than timed alone. Measured on bench/cascade.py --heavy (batch 1,
+1 thread): calls leaving at stage 0 took 17% longer than stage 0 alone, calls reaching the last stage 13% longer
+than the sum of the stages alone (likely causes, not separated: caches shared with the other stages, routing on
+real stage sizes), so a plan priced with stand-alone latencies predicted 12% too little. Rather than model the
+causes, `refine_plan`
 plans, times the plan's fused graph on validation inputs (batch 1: each call's exit stage is known), re-prices
 the plan's stages at their in-cascade cost and plans again, until the stages no longer change.
 """
