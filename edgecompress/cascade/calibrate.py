@@ -4,9 +4,8 @@ A stage costs more inside the fused graph than timed alone. Measured on bench/ca
 1 thread): calls leaving at stage 0 took 17% longer than stage 0 alone, calls reaching the last stage 13% longer
 than the sum of the stages alone (likely causes, not separated: caches shared with the other stages, routing on
 real stage sizes), so a plan priced with stand-alone latencies predicted 12% too little. Rather than model the
-causes, `refine_plan`
-plans, times the plan's fused graph on validation inputs (batch 1: each call's exit stage is known), re-prices
-the plan's stages at their in-cascade cost and plans again, until the stages no longer change.
+causes, `refine_plan` plans, times the plan's fused graph on validation inputs (batch 1: each call's exit stage
+is known), re-prices the plan's stages at their in-cascade cost and plans again, until the stages repeat.
 """
 
 from __future__ import annotations
