@@ -167,6 +167,7 @@ def test_a_calibration_taken_under_load_is_measured_again(shared: CompressionEva
     good = path.read_text()
     try:
         (name, entry), = json.loads(good).items()
+        entry.pop("replaces", None)  # the session's own calibration may itself have replaced a disturbed one
         true = dict(entry["medians"])
         for factor, expect in ((8.0, True), (0.5, False)):
             entry["medians"] = {k: v * factor for k, v in true.items()}  # as if calibrated under load
