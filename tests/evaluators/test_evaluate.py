@@ -146,7 +146,12 @@ def test_latency_is_drift_corrected_against_the_reference(shared: CompressionEva
     assert len(entry["windows"]) == 5 and entry["key"]["backend"] == "onnxruntime"
     assert entry["medians"]["latency_ms"] == m["latency_ref_study_ms"]
     small = evaluator(shared, constraints__max_latency_ms=1e-6)(CompressionConfig(prune=0.5, resolution=0.5))
-    assert small.metrics["latency_ref_study_ms"] == m["latency_ref_study_ms"]  # calibrated once, shared
+    if small.metrics["latency_recalibrated"]:  # a disturbed calibration replaced once, and the file says so
+        now = next(iter(json.loads((base_dir(ev.exp) / REFERENCE_FILE).read_text()).values()))
+        assert now["replaces"]["medians"]["latency_ms"] == m["latency_ref_study_ms"]
+        assert small.metrics["latency_ref_study_ms"] == now["medians"]["latency_ms"]
+    else:
+        assert small.metrics["latency_ref_study_ms"] == m["latency_ref_study_ms"]  # calibrated once, shared
     assert small.metrics["latency_ratio"] < 0.9 * m["latency_ratio"]
     off = evaluator(shared, constraints__max_latency_ms=1e-6, device__exclusive_measurement=False)
     assert off(CompressionConfig(prune=0.5)).metrics["latency_exclusive"] is False
@@ -192,6 +197,8 @@ def test_sub8bit_estimate_scales_the_drift_corrected_keys(shared: CompressionEva
     m4 = ev(CompressionConfig(w_bits=4, a_bits=4)).metrics
     assert m4["latency_source"] == "estimated" and m4["precision"].startswith("int8")
     m8 = ev(CompressionConfig(w_bits=8, a_bits=8)).metrics
+    if m8["latency_recalibrated"]:  # the session's calibration was disturbed and replaced in between: again
+        m4 = ev(CompressionConfig(w_bits=4, a_bits=4)).metrics
     for p in ("latency", "latency_batch"):  # trial/ratio keys scaled by 4x4 / 8x8 (test_runtime), reference not
         assert m4[f"{p}_ms"] == pytest.approx(m4[f"{p}_ratio"] * m4[f"{p}_ref_study_ms"])
         assert m4[f"{p}_ref_study_ms"] == m8[f"{p}_ref_study_ms"]
