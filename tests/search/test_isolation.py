@@ -104,9 +104,13 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
     """SIGINT to the process group (as a terminal's Ctrl-C): the search returns interrupted at once, the
     running trial is re-queued, and no worker process is left behind."""
     import os
+    import sqlite3
     import subprocess
     import sys
     import time
+    from contextlib import closing
+
+    from edgecompress.utils import runs_dir
 
     script = tmp_path / "run.py"
     cfg = dict(TINY, finetune={"epochs": 50, "batch_size": 16, "train_subset": 600})
@@ -116,21 +120,28 @@ def test_ctrl_c_stops_the_worker_and_leaves_the_study_resumable(tmp_path: Path) 
         "if __name__ == '__main__':\n"
         f"    s = run_search(parse_experiment({cfg!r}), 'ctrlc', trials=3)\n"
         "    print('interrupted', s.interrupted, flush=True)\n")
-    proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    err = tmp_path / "stderr.txt"
+    db = runs_dir() / "ctrlc.db"
+    with err.open("w") as err_file:
+        proc = subprocess.Popen([sys.executable, str(script)], start_new_session=True, text=True,
+                                stdout=subprocess.PIPE, stderr=err_file,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 300
         while time.time() < deadline:  # wait until a trial runs in the worker
             time.sleep(0.5)
+            if proc.poll() is not None:
+                pytest.fail(f"the search exited ({proc.returncode}) before a trial ran: {err.read_text()[-2000:]}")
+            # read-only: opening the study through Optuna would create its tables while the search does
             try:
-                states = [t.state for t in load_study("ctrlc").get_trials(deepcopy=False)]
-            except Exception:  # noqa: BLE001 - not created yet
+                with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+                    states = [r[0] for r in con.execute("SELECT state FROM trials")]
+            except sqlite3.Error:  # not created yet
                 continue
-            if TrialState.RUNNING in states:
+            if "RUNNING" in states:
                 break
         else:
-            pytest.fail("the study did not start a trial in 300 s")
+            pytest.fail(f"the study did not start a trial in 300 s: {err.read_text()[-2000:]}")
         time.sleep(3)
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
