@@ -151,10 +151,14 @@ def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
 
 
 def _schema_race(e: BaseException) -> bool:
-    """Another process created Optuna's tables while this one did (a retry then finds them)."""
+    """Another process created Optuna's tables while this one did (a retry then finds them): "already exists"
+    (PostgreSQL; SQLite raises it as an OperationalError), or both inserted the schema version row (SQLite:
+    "UNIQUE constraint failed: alembic_version.version_num", seen when `pareto` opened a study being created)."""
     from sqlalchemy import exc
 
-    return isinstance(e, (exc.IntegrityError, exc.ProgrammingError)) and "already exists" in str(e)
+    text = str(e)
+    return (isinstance(e, (exc.IntegrityError, exc.ProgrammingError, exc.OperationalError))
+            and ("already exists" in text or "alembic_version" in text))
 
 
 def _prepare_sqlite(path: Path) -> None:

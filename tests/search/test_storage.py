@@ -70,3 +70,37 @@ def test_a_finished_search_study_loads_in_a_new_process(runs: Path) -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
     assert not (runs / "done.db-wal").exists()  # the writer closed: what a later `pareto` process finds
     assert len(load_study("done").trials) == 2
+
+
+@pytest.mark.parametrize("message", [
+    "(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num",
+    "(sqlite3.OperationalError) table studies already exists",
+])
+def test_storage_opened_while_another_process_creates_it_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     message: str) -> None:
+    """Seen on CI: a second process opened the SQLite study while `search` created it; both wrote the schema and
+    the loser raised. make_storage tries again (the tables are there by then) instead of failing the search."""
+    import sqlalchemy.exc
+
+    import edgecompress.study.storage as st
+
+    real = st.RetryingRDBStorage
+    calls = []
+
+    def racing(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == 1:
+            kind = sqlalchemy.exc.IntegrityError if "Integrity" in message else sqlalchemy.exc.OperationalError
+            raise kind("INSERT ...", {}, Exception(message))
+        return real(*a, **k)
+
+    monkeypatch.setattr(st, "RetryingRDBStorage", racing)
+    monkeypatch.setattr(st.time, "sleep", lambda s: None)
+    storage = make_storage(f"sqlite:///{tmp_path / 'race.db'}")
+    assert len(calls) == 2 and storage.get_all_studies() == []
+    # any other error is still one line, at once
+    calls.clear()
+    monkeypatch.setattr(st, "RetryingRDBStorage", lambda *a, **k: (_ for _ in ()).throw(
+        sqlalchemy.exc.OperationalError("SELECT", {}, Exception("disk I/O error"))))
+    with pytest.raises(ConfigError, match="cannot open .*disk I/O error"):
+        make_storage(f"sqlite:///{tmp_path / 'other.db'}")
