@@ -216,7 +216,7 @@ def test_exclusion_keeps_latency_of_a_real_model_while_a_neighbour_trains(tmp_pa
     # 15%: a stopped neighbour on the same core still costs its cache footprint (1.103 seen on a fresh-clone CI
     # run, while its CPU share was ~0); without the exclusion it is 2-3x
     assert abs(excl - 1) <= 0.15, report
-    assert without - 1 > 0.30, f"no inflation without the exclusion: the test cannot fail: {report}"
+    assert without - 1 > 0.10, f"no inflation without the exclusion: the test cannot fail: {report}"
 
 
 def test_paired_takes_at_least_min_seconds(tmp_path: Path) -> None:
