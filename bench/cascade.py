@@ -32,7 +32,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecompress.cascade.calibrate import FusedPathTimer, refine_plan  # noqa: E402
-from edgecompress.cascade.evaluate import evaluate_cascade, plan_cascade, stage_modules, study_candidates  # noqa: E402
+from edgecompress.cascade.evaluate import (  # noqa: E402
+    evaluate_cascade,
+    per_call_ms,
+    plan_cascade,
+    stage_modules,
+    study_candidates,
+)
 from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
 from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
 from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
@@ -69,7 +75,7 @@ def drift_corrected_error(ev: dict[str, Any], measured_key: str, study_key: str,
 
 def fastest_single(cands: list, tol_pp: float, exp: Any, data: Any, samples: int) -> dict[str, Any]:
     """The fastest single finalized model within `tol_pp` validation accuracy of the most accurate one, timed now
-    with the loop evaluate_cascade uses (batch 1 one image at a time, then serving batches): the single model a
+    with evaluate_cascade's loop (per_call_ms) (batch 1 one image at a time, then serving batches): the single model a
     user would ship without a cascade at that tolerance."""
     from edgecompress.cascade.lean import deployed_stage, resize_array
     from edgecompress.evaluators.result import ARTEFACT_FILES
@@ -82,19 +88,15 @@ def fastest_single(cands: list, tol_pp: float, exp: Any, data: Any, samples: int
     test = np.load(f.artefact_dir / ARTEFACT_FILES["test_logits"])
     labels = np.load(f.artefact_dir / ARTEFACT_FILES["test_labels"])
 
-    def per_call(inputs: list) -> float:
-        for x in inputs[:30]:
-            run(resize_array(x, size))
-        t0 = time.perf_counter()
-        for x in inputs:
-            run(resize_array(x, size))
-        return (time.perf_counter() - t0) / len(inputs) * 1e3
+    def single_fn(a: np.ndarray) -> np.ndarray:
+        return run(resize_array(a, size))
 
     bs = exp.device.batch_size
     xs = [x.numpy() for x, _ in make_loader(data.test, data.native_size, 1, limit=samples)]
     xb = [x.numpy() for x, _ in make_loader(data.test, data.native_size, bs, limit=max(samples, 4 * bs))]
     with latency_lock():
-        b1, bb = per_call(xs), per_call([x for x in xb if len(x) == bs])
+        b1 = per_call_ms(single_fn, xs)[0]
+        bb = per_call_ms(single_fn, [x for x in xb if len(x) == bs], warmup=3)[0]
     return {"trial": f.number, "precision": f.precision, "val_accuracy": f.val_accuracy,
             "test_accuracy": float((test.argmax(1) == labels).mean()), "measured_latency_b1_ms": b1,
             "measured_latency_batch_ms": bb, "tolerance_pp": tol_pp}

@@ -41,7 +41,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 
 
-def _per_call_ms(fn: Any, inputs: list[Any], warmup: int = 30) -> tuple[float, float, float]:
+def per_call_ms(fn: Any, inputs: list[Any], warmup: int = 30) -> tuple[float, float, float]:
     """(mean, p90, p99) ms per call over `inputs`, after `warmup` calls."""
     for x in inputs[:warmup]:
         fn(x)
@@ -133,10 +133,10 @@ def evaluate_cascade(study: Any, plan: CascadePlan, cands: list[Candidate], val_
         return single_stage(resize_array(a, best.spec.input_size))
 
     with latency_lock():
-        c_b1, c_p90, c_p99 = _per_call_ms(serve, xs)
-        s_b1, s_p90, s_p99 = _per_call_ms(single_fn, xs)
-        c_bb, c_bp90, c_bp99 = _per_call_ms(serve, xb, warmup=3)
-        s_bb, s_bp90, s_bp99 = _per_call_ms(single_fn, xb, warmup=3)
+        c_b1, c_p90, c_p99 = per_call_ms(serve, xs)
+        s_b1, s_p90, s_p99 = per_call_ms(single_fn, xs)
+        c_bb, c_bp90, c_bp99 = per_call_ms(serve, xb, warmup=3)
+        s_bb, s_bp90, s_bp99 = per_call_ms(single_fn, xb, warmup=3)
     percentiles = {"cascade_b1_p90": c_p90, "cascade_b1_p99": c_p99, "single_b1_p90": s_p90,
                    "single_b1_p99": s_p99, "cascade_batch_p90": c_bp90, "cascade_batch_p99": c_bp99,
                    "single_batch_p90": s_bp90, "single_batch_p99": s_bp99}
