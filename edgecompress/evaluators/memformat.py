@@ -30,6 +30,11 @@ MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
 PROBE_STEPS = 10  # timed steps per format (after 1 warm-up step)
 PROBE_TIMEOUT_S = 60.0
 SPEEDUP_NEEDED = 0.8  # channels-last must take <= 0.8x the contiguous step time to be chosen
+# glibc's allocator as it settles in a worker that has trained before (dynamic mmap threshold at its 32 MiB
+# cap, trim at twice that): in a fresh process a small model's contiguous step pays page faults on every
+# step (returned and re-faulted buffers), which made a 75%-pruned ResNet-8 probe at 0.61-0.80x while the
+# worker then ran channels-last at 1.13-1.2x the contiguous step time.
+WARM_ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
 
 _MEMORY: dict[str, MemoryFormatChoice] = {}
 
@@ -149,7 +154,8 @@ def probe_memory_format(model: nn.Module, in_shape: tuple[int, ...], threads: in
         torch.save(model, mpath)
         cmd = [sys.executable, "-m", "edgecompress.evaluators.memformat", str(mpath),
                ",".join(map(str, in_shape)), str(threads), device]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        env = {**WARM_ALLOCATOR_ENV, **os.environ}  # a user's own allocator settings win
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
         deadline = t0 + timeout
         hung = False
         assert proc.stdout is not None
