@@ -28,8 +28,10 @@ from edgecompress.evaluators.memformat import (
 CHECK = Path(__file__).with_name("memformat_check.py")
 
 
+# AVX2 is where the crash (1 thread) and the hang (2 threads) happen, so it runs in `make test`; the native
+# ISA checks the same choice on this CPU's own kernels in `make test-slow` (~40 s each)
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("isa", ["native", "AVX2"])
+@pytest.mark.parametrize("isa", [pytest.param("native", marks=pytest.mark.slow), "AVX2"])
 def test_pruned_resnet8_trains_in_the_chosen_format(isa: str, threads: int, tmp_path: Path) -> None:
     env = dict(os.environ, EDGECOMPRESS_RUNS=str(tmp_path))
     env.pop("ONEDNN_MAX_CPU_ISA", None)
