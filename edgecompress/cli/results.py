@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Pareto front of a study as a table sorted by latency, with speed-up, size and accuracy change against
         the study's uncompressed trial (estimated latencies marked ~ (est.))."""
-        from edgecompress.results import load_study, parse_latency_ms, select, study_to_frame
+        from edgecompress.results import calibration_notes, load_study, parse_latency_ms, select, study_to_frame
         from edgecompress.results.pareto import pareto_front
         from edgecompress.utils import atomic_path
 
@@ -184,7 +184,8 @@ def register(app: typer.Typer) -> None:
                 "study": st.study_name, "fidelity": "final" if is_finalized(st) else "proxy",
                 "what": "complete trials" if all_ else "Pareto front", "deployable": deployable,
                 "counts": counts(df), "base_trial": None if base is None else int(base["number"]),
-                "rows": rows, "notes": fidelity_lines(st, storage) + ([sel.reason] if sel is not None else []),
+                "rows": rows, "notes": fidelity_lines(st, storage) + ([sel.reason] if sel is not None else [])
+                + calibration_notes(df, study),
                 "csv": None if csv is None else str(csv)}))
             return
         for line in fidelity_lines(st, storage):
@@ -206,6 +207,8 @@ def register(app: typer.Typer) -> None:
                 console.print("acc vs base: " + "; ".join(sorted(map(str, intervals))))
             if sel is not None:
                 console.print(f"[red]{sel.reason}[/]")
+            for note in calibration_notes(df, study):
+                console.print(f"[yellow]note:[/] {note}")
         if csv is not None:
             console.print(f"wrote {len(df)} trials to {csv}")
 

@@ -7,6 +7,7 @@ The study frame, THE front and hypervolume live in edgecompress.study and are re
 
 from __future__ import annotations
 
+from edgecompress.results.calibration import CalibrationMix, calibration_mixes, calibration_notes
 from edgecompress.results.gains import GAIN_COLUMNS, base_trial, front_gains, gains
 from edgecompress.results.pareto import (
     Selection,
@@ -31,6 +32,9 @@ from edgecompress.study import (
 )
 
 __all__ = [
+    "CalibrationMix",
+    "calibration_mixes",
+    "calibration_notes",
     "GAIN_COLUMNS",
     "base_trial",
     "front_gains",

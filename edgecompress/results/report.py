@@ -19,6 +19,7 @@ import optuna
 import pandas as pd
 
 from edgecompress.errors import ConfigError
+from edgecompress.results.calibration import calibration_notes
 from edgecompress.results.gains import GAIN_COLUMNS, front_gains
 from edgecompress.results.pareto import hypervolume_history
 from edgecompress.results.plots import format_value
@@ -193,6 +194,7 @@ def _get_report_info(
     if base is None:
         notes.append("no complete uncompressed trial: no gains against the base (the search enqueues it first "
                      "unless budget.enqueue_uncompressed is false)")
+    notes += calibration_notes(df)  # latencies resting on several reference calibrations
     front_rows = tables["all"]["rows"]
     table_cols = tables["all"]["columns"]
 

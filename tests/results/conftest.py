@@ -177,3 +177,17 @@ def handmade(tmp_path, monkeypatch):
     hm.study = hm.make_study(tmp_path)
     hm.runs = tmp_path
     return hm
+
+
+@pytest.fixture
+def mixed_calibrations(tmp_path, monkeypatch):
+    """The hand-made study (in tmp_path/mixed) with measured trials 2 and 4 timed against a later, 9.6%-slower
+    reference calibration and estimated trial 5 against a third (an estimate is not measured: not counted)."""
+    hm = load_handmade()
+    runs = tmp_path / "mixed"
+    runs.mkdir()
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(runs))
+    later = ("2026-11-28T11:00:00", 0.195)
+    hm.study = hm.make_study(runs, {2: later, 4: later, 5: ("2026-11-28T12:00:00", 0.3)})
+    hm.runs = runs
+    return hm
