@@ -158,6 +158,9 @@ def make_objective(
 
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
         config = space.suggest(trial)
+        clamps = space.prune_clamps(trial.params)
+        if clamps:  # a ratio that would have emptied a layer: the trial evaluates the largest one that does not
+            trial.set_user_attr(A.PRUNE_CLAMPED, clamps)
         folder = trial_dir(study_dir, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
         trial.set_user_attr("config", config.to_dict())
@@ -250,7 +253,7 @@ def _serve_from_cache(
 ) -> tuple[float, ...]:
     """Copy the values, attrs and artefacts of an identical, already evaluated config."""
     for key, value in source.user_attrs.items():
-        if key not in ("artefact_dir", A.CACHED_FROM, A.WAITED_FOR, A.CLAIM_NOTE, A.ARTEFACT_URI):
+        if key not in ("artefact_dir", A.CACHED_FROM, A.WAITED_FOR, A.CLAIM_NOTE, A.ARTEFACT_URI, A.PRUNE_CLAMPED):
             trial.set_user_attr(key, value)
     trial.set_user_attr("artefact_dir", str(folder))
     trial.set_user_attr("cached_from", source.number)

@@ -60,13 +60,16 @@ class StudyWriter:
         folder.mkdir(parents=True, exist_ok=True)
         attrs: dict[str, Any] = {"config": config.to_dict(), "config_hash": config.config_hash(),
                                  "artefact_dir": str(folder), "ray_trial_id": str(trial_id)}
+        clamps = self.space.prune_clamps(params)
+        if clamps:
+            attrs[A.PRUNE_CLAMPED] = clamps
         values, constraints = None, None
         curve = {}
         reported = self.reported_values(result)
         if "ec_cached_from" in result:
             source = self.study.trials[int(result["ec_cached_from"])]
             attrs.update({k: v for k, v in source.user_attrs.items()
-                          if k not in ("artefact_dir", "ray_trial_id", A.WAITED_FOR, A.CLAIM_NOTE)})
+                          if k not in ("artefact_dir", "ray_trial_id", A.WAITED_FOR, A.CLAIM_NOTE, A.PRUNE_CLAMPED)})
             attrs.update(artefact_dir=str(folder), cached_from=source.number)
             link_cached(source.user_attrs, folder)  # fetched from a URL store if need be
             values, constraints = reported or list(source.values), dict(source.constraints)

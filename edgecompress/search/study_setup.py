@@ -19,13 +19,18 @@ from edgecompress.utils import artefacts_dir, stable_hash
 
 
 def space_for(exp: ExperimentConfig) -> SearchSpace:
-    """SearchSpace of an experiment: the stage structure comes from building the model (no weights)."""
-    from edgecompress.evaluators.compress import stage_blocks
+    """SearchSpace of an experiment: the stage structure and the pruning ratios that keep a channel in every
+    layer come from building the model (no weights)."""
+    from edgecompress.evaluators.compress import prune_limits, stage_blocks
     from edgecompress.evaluators.models import create_model
 
     model = create_model(exp.model.name, num_classes=10, in_chans=3, **exp.model.kwargs)
     blocks = stage_blocks(model)  # droppable structure (mobilenet_v2: 11, not its 19 modules)
-    return SearchSpace.from_config(exp.space, len(blocks), blocks)
+    space = SearchSpace.from_config(exp.space, len(blocks), blocks)
+    limits = prune_limits(model, exp.space.round_to)
+    if len(limits) == len(blocks):
+        space.set_prune_limits([lim.ratio for lim in limits])
+    return space
 
 
 def study_dir(study_name: str) -> Path:

@@ -9,6 +9,9 @@ Parameter names (stable; they are the Optuna param names stored in studies):
     crop                             none | dic, dynamic image cropping (only when searched; categorical)
 A depth fraction is canonicalised to blocks per stage (1.0 when nothing is removed), so two fractions that
 give the same network give the same config (and config hash).
+With `prune_limits` set (study_setup.space_for does, from the model), a ratio that would empty a layer is
+clamped to the largest value of the space its stage allows: the sampler sees the clamped config's result
+(a plateau it can learn from) instead of a failed trial it learns nothing from.
 """
 
 from __future__ import annotations
@@ -134,7 +137,44 @@ class SearchSpace:
             self.dims.append(_Dim("finetune_epochs", cfg.finetune_epochs, True, "space.finetune_epochs"))
         if cfg.crop is not None:
             self.dims.append(_Dim("crop", cfg.crop, False, "space.crop"))
+        self.prune_limits: list[float] | None = None  # per stage; see set_prune_limits
         self._validate()
+
+    def set_prune_limits(self, limits: list[float]) -> None:
+        """Per-stage largest pruning ratios that keep a channel in every layer (evaluators.compress.prune_limits);
+        `from_params` clamps to them. ConfigError when even the space's lowest ratio empties a layer."""
+        if len(limits) != self.n_stages:
+            raise ConfigError(f"space: {len(limits)} prune limits for a model with {self.n_stages} stages")
+        for d in self.dims:
+            if d.name.startswith("prune"):
+                stages = [int(d.name[len("prune_s"):])] if d.name != "prune" else range(self.n_stages)
+                low = min(d.values()) if d.discrete else float(d.spec.low)
+                if any(low > limits[i] + 1e-12 for i in stages):
+                    raise ConfigError(f"{d.key}: even its lowest ratio {low} would empty a layer of this model "
+                                      f"(largest ratio per stage: {[round(x, 4) for x in limits]})")
+        self.prune_limits = [float(x) for x in limits]
+
+    def _clamp_prune(self, name: str, ratio: float) -> float:
+        """`ratio` of dimension `name`, at most its stage limit: the largest value of the space under it."""
+        if self.prune_limits is None:
+            return ratio
+        limit = (min(self.prune_limits) if name == "prune" else self.prune_limits[int(name[len("prune_s"):])])
+        if ratio <= limit + 1e-12:
+            return ratio
+        d = self._dim(name)
+        if d.discrete:
+            return max(v for v in d.values() if v <= limit + 1e-12)  # set_prune_limits: the lowest fits
+        return limit
+
+    def prune_clamps(self, params: dict[str, Any]) -> dict[str, list[float]]:
+        """{param: [asked, used]} for each pruning ratio in `params` that `from_params` clamps."""
+        out = {}
+        for d in self.dims:
+            if d.name.startswith("prune") and d.name in params:
+                used = self._clamp_prune(d.name, float(params[d.name]))
+                if used != float(params[d.name]):
+                    out[d.name] = [float(params[d.name]), used]
+        return out
 
     @classmethod
     def from_config(
@@ -176,9 +216,10 @@ class SearchSpace:
         if missing:
             raise ConfigError(f"search params: missing {missing} (have {sorted(params)})")
         if self.cfg.per_stage_prune:
-            prune: float | tuple[float, ...] = tuple(float(params[f"prune_s{i}"]) for i in range(self.n_stages))
+            prune: float | tuple[float, ...] = tuple(self._clamp_prune(f"prune_s{i}", float(params[f"prune_s{i}"]))
+                                                     for i in range(self.n_stages))
         else:
-            prune = float(params["prune"])
+            prune = self._clamp_prune("prune", float(params["prune"]))
         a_bits = int(params["a_bits"]) if "a_bits" in self.param_names else int(params["w_bits"])
         data = {
             "prune": prune,

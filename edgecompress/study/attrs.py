@@ -35,6 +35,7 @@ ARTEFACT_DIR = "artefact_dir"
 CACHED_FROM = "cached_from"
 WAITED_FOR = "waited_for"  # search.claim: the RUNNING trial with the same config this trial waited for
 CLAIM_NOTE = "claim_note"  # search.claim: why a trial that waited trained after all
+PRUNE_CLAMPED = "prune_clamped"  # {param: [asked, used]}: a ratio that would empty a layer, clamped (spaces.space)
 ARTEFACT_URI = "artefact_uri"  # where the trial's artefacts were uploaded (an fsspec artefact store)
 VAL_CURVE = "val_accuracy_curve"
 LATENCY_SOURCE = "latency_source"  # measured | estimated
@@ -51,7 +52,7 @@ FINALIZED_FROM = "finalized_from"  # study attr of a finalized study: the search
 
 #: trial attrs that are bookkeeping, not metrics
 BOOKKEEPING_ATTRS = frozenset({CONFIG, CONFIG_HASH, STATE_DETAIL, FAIL_REASON, VIOLATIONS, ARTEFACT_DIR,
-                               CACHED_FROM, VAL_CURVE, WAITED_FOR, CLAIM_NOTE, ARTEFACT_URI})
+                               CACHED_FROM, VAL_CURVE, WAITED_FOR, CLAIM_NOTE, ARTEFACT_URI, PRUNE_CLAMPED})
 #: state_detail values that count towards a search's --trials
 COUNTED_DETAILS = ("complete", "infeasible", "failed", "pruned")
 DEFAULT_FIDELITY = "proxy"

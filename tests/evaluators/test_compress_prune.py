@@ -137,3 +137,26 @@ def test_compress_model_rejects_wrong_stage_count() -> None:
     base, x = tiny_model("resnet8")
     with pytest.raises(ConfigError, match="2 ratios"):
         compress_model(base, CompressionConfig(prune=(0.1, 0.2)), x)
+
+
+@pytest.mark.parametrize("round_to", [None, 8])
+@pytest.mark.parametrize("name", ["resnet8", "resnet20", "mobilenet_v2"])
+def test_prune_limits_are_the_largest_ratios_the_pruner_accepts(name: str, round_to: int | None) -> None:
+    """At each stage's limit the pruner keeps every layer; a little above it, it refuses naming that layer."""
+    from edgecompress.evaluators.compress import prune_limits
+
+    model, x = tiny_model(name)
+    limits = prune_limits(model, round_to)
+    assert len(limits) == len(model_stages(model))
+    for s, lim in enumerate(limits):
+        assert 0.0 < lim.ratio < 1.0 and lim.layer
+        at = [0.0] * len(limits)
+        at[s] = lim.ratio
+        pruned = copy.deepcopy(model)
+        prune_model(pruned, x, at, round_to=round_to)
+        assert all(c >= 1 for c in conv_channels(pruned).values())
+        over = [0.0] * len(limits)
+        over[s] = min(lim.ratio + 0.02, 0.999)
+        with pytest.raises(CompressionError, match=f"remove all {lim.channels} output channels of layer "
+                                                   f"'{lim.layer}'"):
+            prune_model(copy.deepcopy(model), x, over, round_to=round_to)

@@ -5,7 +5,13 @@ from __future__ import annotations
 from edgecompress.evaluators.compress.apply import compress_model
 from edgecompress.evaluators.compress.depth import apply_depth, is_droppable, keep_blocks, stage_blocks
 from edgecompress.evaluators.compress.io import load_compressed, save_compressed, weights_hash
-from edgecompress.evaluators.compress.prune import PruneReport, count_macs_params, prune_model
+from edgecompress.evaluators.compress.prune import (
+    PruneLimit,
+    PruneReport,
+    count_macs_params,
+    prune_limits,
+    prune_model,
+)
 from edgecompress.evaluators.compress.quantize import (
     FakeQuantConv2d,
     FakeQuantLinear,
@@ -18,6 +24,7 @@ from edgecompress.evaluators.compress.quantize import (
 __all__ = [
     "FakeQuantConv2d",
     "FakeQuantLinear",
+    "PruneLimit",
     "PruneReport",
     "apply_depth",
     "apply_fake_quant",
@@ -27,6 +34,7 @@ __all__ = [
     "is_droppable",
     "keep_blocks",
     "load_compressed",
+    "prune_limits",
     "prune_model",
     "quantize_activation",
     "quantize_weight",

@@ -8,8 +8,9 @@ depthwise convs) are pruned together by the dependency graph, and the classifier
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -98,6 +99,36 @@ def _kept_channels(n: int, ratio: float, round_to: int | None) -> int:
     if round_to:
         kept -= kept % round_to
     return kept
+
+
+class PruneLimit(NamedTuple):
+    """The largest ratio a stage can be pruned at without emptying a layer, and the layer that sets it."""
+
+    ratio: float
+    layer: str
+    channels: int
+
+
+def prune_limits(model: nn.Module, round_to: int | None = None) -> list[PruneLimit]:
+    """Per stage (stem with stage 0), the largest ratio keeping max(1, round_to) channels in every layer:
+    Torch-Pruning keeps int(n * (1 - r)) rounded down to round_to, so a layer of n channels allows
+    r <= 1 - k / n (the ratio is nudged down so that float rounding still keeps the k channels)."""
+    k = max(1, round_to or 1)
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for layers in _stage_layer_groups(model):
+        best = PruneLimit(1.0, "", 0)
+        for m in layers:
+            n = _out_channels(m)
+            if n <= 1:
+                continue
+            r = 0.0 if n < k else 1.0 - k / n
+            while r > 0 and _kept_channels(n, r, round_to) < k:
+                r = math.nextafter(r, 0.0)
+            if r < best.ratio:
+                best = PruneLimit(r, names.get(id(m), type(m).__name__), n)
+        out.append(best)
+    return out
 
 
 def _check_plan(
