@@ -95,6 +95,10 @@ def describe_trial(t: FrozenTrial | None, names: list[str]) -> str:
     if t.state == TrialState.COMPLETE:
         values = ", ".join(f"{n} {v:.4g}" for n, v in zip(names, t.values or [], strict=False))
         state = "infeasible" if detail == "infeasible" else "complete"
+        clamped = t.user_attrs.get(A.PRUNE_CLAMPED) or {}
+        if clamped:  # spaces.space: a ratio that would have emptied a layer
+            values += (", " if values else "") + ", ".join(
+                f"{k} {a:g} -> {u:g} (would empty a layer)" for k, (a, u) in clamped.items())
         return f"trial {t.number} {state}" + (f" ({values})" if values else "")
     if t.state == TrialState.FAIL:
         reason = str(t.user_attrs.get(A.FAIL_REASON) or detail or "").splitlines()

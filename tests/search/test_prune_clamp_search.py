@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from edgecompress.search import run_search
+from edgecompress.search.progress import describe_trial
 from edgecompress.spaces.experiment import parse_experiment
 from edgecompress.study import attrs as A
 from edgecompress.study import load_study
@@ -27,3 +28,4 @@ def test_a_ratio_that_would_empty_a_layer_is_searched_as_the_largest_that_does_n
     second = max(trials, key=lambda t: t.number)
     assert second.user_attrs[A.CACHED_FROM] == min(t.number for t in trials)
     assert clamped.values == plain.values
+    assert describe_trial(clamped, ["accuracy", "latency_ms"]).endswith("prune 0.875 -> 0.5 (would empty a layer))")
