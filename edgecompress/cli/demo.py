@@ -12,9 +12,10 @@ import typer
 
 from edgecompress.cli.base import console
 
-# finalize: 2 front configs + the uncompressed one, 2 epochs on all 54k images (a fresh-clone demo with 3 took
-# 15:00 on 2 cores, 5.5 min of it finalize; the README lists the steps)
-DEMO_TOP, DEMO_EPOCHS = 2, 2
+# finalize: 2 front configs + the uncompressed one, 1 epoch on all 54k images. With 2 epochs a fresh-clone demo
+# took 14:05 on 2 cores one day and 20:09 on another (finalize 4.5 -> 5.9 min, base 4.6 -> 5.6 min, install
+# 1.5 -> 4.5 min); the README lists the steps
+DEMO_TOP, DEMO_EPOCHS = 2, 1
 
 
 def _run(app: typer.Typer, args: list[str]) -> None:
