@@ -52,7 +52,8 @@ def fidelity_lines(study: Any, storage: str | None) -> list[str]:
     epochs = (exp.get("finetune") or {}).get("epochs")
     done = {t.user_attrs.get(A.PROXY_TRIAL) for t in study.get_trials(deepcopy=False)}
     left = [int(n) for n in front(study_to_frame(search), feasible_only=True)["number"] if int(n) not in done]
-    lines = [f"finalized results: study {study.study_name} ({epochs} epochs on every training image); "
+    unit = "epoch" if epochs == 1 else "epochs"
+    lines = [f"finalized results: study {study.study_name} ({epochs} {unit} on every training image); "
              f"--proxy shows the search's ({search.study_name})"]
     if left:
         lines.append(f"search-front trials not finalized (proxy fidelity, not shown): {', '.join(map(str, left))}")
