@@ -253,7 +253,7 @@ def _serve_from_cache(
 ) -> tuple[float, ...]:
     """Copy the values, attrs and artefacts of an identical, already evaluated config."""
     for key, value in source.user_attrs.items():
-        if key not in ("artefact_dir", A.CACHED_FROM, A.WAITED_FOR, A.CLAIM_NOTE, A.ARTEFACT_URI, A.PRUNE_CLAMPED):
+        if key not in A.OWN_WHEN_SERVED | {A.CACHED_FROM, A.ARTEFACT_URI}:
             trial.set_user_attr(key, value)
     trial.set_user_attr("artefact_dir", str(folder))
     trial.set_user_attr("cached_from", source.number)

@@ -69,7 +69,7 @@ class StudyWriter:
         if "ec_cached_from" in result:
             source = self.study.trials[int(result["ec_cached_from"])]
             attrs.update({k: v for k, v in source.user_attrs.items()
-                          if k not in ("artefact_dir", "ray_trial_id", A.WAITED_FOR, A.CLAIM_NOTE, A.PRUNE_CLAMPED)})
+                          if k not in A.OWN_WHEN_SERVED | {"ray_trial_id"}})
             attrs.update(artefact_dir=str(folder), cached_from=source.number)
             link_cached(source.user_attrs, folder)  # fetched from a URL store if need be
             values, constraints = reported or list(source.values), dict(source.constraints)

@@ -53,6 +53,9 @@ FINALIZED_FROM = "finalized_from"  # study attr of a finalized study: the search
 #: trial attrs that are bookkeeping, not metrics
 BOOKKEEPING_ATTRS = frozenset({CONFIG, CONFIG_HASH, STATE_DETAIL, FAIL_REASON, VIOLATIONS, ARTEFACT_DIR,
                                CACHED_FROM, VAL_CURVE, WAITED_FOR, CLAIM_NOTE, ARTEFACT_URI, PRUNE_CLAMPED})
+#: trial attrs that stay the trial's own when it is served from an identical config (search.objective and
+#: search.ray_writer copy the rest from the source trial)
+OWN_WHEN_SERVED = frozenset({ARTEFACT_DIR, WAITED_FOR, CLAIM_NOTE, PRUNE_CLAMPED})
 #: state_detail values that count towards a search's --trials
 COUNTED_DETAILS = ("complete", "infeasible", "failed", "pruned")
 DEFAULT_FIDELITY = "proxy"
