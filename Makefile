@@ -10,45 +10,43 @@ export OMP_NUM_THREADS ?= 2
 
 install: $(STAMP)
 
+# python3 -m venv needs Debian's python3-venv (ensurepip), which a bare Debian Python lacks
 $(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(ENSURE) "python3 -m venv" python3-venv "make install" $(PY) -c 'import ensurepip, venv'
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Fashion-MNIST: Debian package where apt is usable, else torchvision's download into ~/.cache/edgecompress.
+# Every tool or service a test needs goes through tools/ensure.sh: found, else the Debian package where apt is
+# usable, else (CI=true) one line naming it and a failed make, or (locally) a note that its tests will skip.
+ENSURE := $(SHELL) tools/ensure.sh
+export PG_LIB ?= /usr/lib/postgresql
+
+# Fashion-MNIST: Debian package where apt is usable, else torchvision's download into the data root
+# ($$EDGECOMPRESS_DATA or ~/.local/share/edgecompress: read only for the loaders; caches live elsewhere).
+HAVE_FMNIST = $(BIN)/python -c 'from edgecompress.evaluators.data import fmnist_folder as f; exit(f() is None)'
 data: install
-	@if [ -f $(FMNIST_DEB) ]; then echo "Fashion-MNIST: $(dir $(FMNIST_DEB))"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
-	     (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1; then \
-	     echo "Fashion-MNIST installed from the Debian package"; \
-	else $(BIN)/edgecompress download fashion_mnist; fi
+	@CI= $(ENSURE) Fashion-MNIST dataset-fashion-mnist "the tests on real data" $(HAVE_FMNIST) >/dev/null; \
+	if $(HAVE_FMNIST); then echo "Fashion-MNIST: found"; \
+	elif $(BIN)/edgecompress download fashion_mnist; then :; \
+	elif [ "$(CI)" = true ]; then echo "CI=true: Fashion-MNIST is missing (no Debian package, download failed)" >&2; \
+	  exit 1; \
+	else echo "Fashion-MNIST is missing: the tests on real data will skip"; fi
 
-# Headless Chromium for the report-rendering tests (Debian package; tests skip with a reason without it).
+# Headless Chromium for the report-rendering tests.
 browser:
-	@if command -v chromium >/dev/null 2>&1; then echo "chromium: $$(command -v chromium)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	     (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
-	     && echo "chromium installed" || echo "chromium not installable here: report-rendering tests will skip"; \
-	else echo "no chromium: report-rendering tests will skip"; fi
+	@$(ENSURE) Chromium chromium "the report-rendering tests" sh -c 'command -v chromium'
 
-# qemu-user (Debian) for the test that runs ONNX Runtime's int8 kernels on an emulated AVX2 CPU without VNNI.
+# qemu-user for the test that runs ONNX Runtime's int8 kernels on an emulated AVX2 CPU without VNNI.
 qemu:
-	@if command -v qemu-x86_64 >/dev/null 2>&1; then echo "qemu-user: $$(command -v qemu-x86_64)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	     (apt-get update -qq && apt-get install -y -qq qemu-user) >/dev/null 2>&1 \
-	     && echo "qemu-user installed" || echo "qemu-user not installable here: the emulated-AVX2 test will skip"; \
-	else echo "no qemu-user: the emulated-AVX2 test will skip"; fi
+	@$(ENSURE) qemu-user qemu-user "the emulated-AVX2 test" sh -c 'command -v qemu-x86_64'
 
-# PostgreSQL (Debian) for the shared-study tests (tests skip with a reason without it); `make postgres` starts
-# a loopback server in runs/postgres for users and prints its --storage URL.
+# PostgreSQL for the shared-study tests; `make postgres` starts a loopback server in runs/postgres for users and
+# prints its --storage URL.
 services:
-	@if command -v pg_ctl >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
-	     echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tail -1)"; \
-	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	     (apt-get update -qq && apt-get install -y -qq postgresql) >/dev/null 2>&1 \
-	     && echo "postgresql installed" || echo "postgresql not installable here: the PostgreSQL tests will skip"; \
-	else echo "no postgresql: the PostgreSQL tests will skip"; fi
+	@$(ENSURE) PostgreSQL postgresql "the PostgreSQL tests" \
+	  sh -c 'command -v pg_ctl || ls $(PG_LIB)/*/bin/pg_ctl'
 
 postgres: install services
 	$(BIN)/python -m edgecompress.pgserver start --dir runs/postgres --port 5433

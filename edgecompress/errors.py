@@ -30,6 +30,10 @@ class TrainingDivergedError(EdgeCompressError):
     """The loss became NaN or infinite during training."""
 
 
+class ModelError(EdgeCompressError):
+    """A model reference cannot be built, or builds something the search cannot use (the message names it)."""
+
+
 class CompressionError(EdgeCompressError):
     """A compression operator cannot be applied to a model (the message names the layer)."""
 

@@ -29,11 +29,13 @@ DATABASE = "edgecompress"
 
 
 def find_pg_bin() -> Path | None:
-    """The folder holding initdb/pg_ctl/postgres (PATH, else Debian's /usr/lib/postgresql/<ver>/bin)."""
+    """The folder holding initdb/pg_ctl/postgres (PATH, else Debian's $PG_LIB/<ver>/bin, PG_LIB defaulting to
+    /usr/lib/postgresql as in the Makefile)."""
     found = shutil.which("pg_ctl")
     if found and shutil.which("initdb"):
         return Path(found).parent
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2].split(".")[0]),
+    lib = os.environ.get("PG_LIB") or "/usr/lib/postgresql"
+    for d in sorted(glob.glob(f"{lib}/*/bin"), key=lambda p: int(p.split("/")[-2].split(".")[0]),
                     reverse=True):
         if (Path(d) / "pg_ctl").is_file() and (Path(d) / "initdb").is_file():
             return Path(d)

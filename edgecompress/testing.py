@@ -29,6 +29,47 @@ def tiny_model(name: str) -> tuple[nn.Module, torch.Tensor]:
     return model.eval(), x
 
 
+# ---- a user's own network, as the bring-your-own-model tests and examples name it (edgecompress.testing:OddNet) --
+class _Unit(nn.Sequential):
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU())
+
+
+class _Skip(nn.Module):
+    """x + f(x): a residual block with an identity shortcut (depth may drop it)."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.f = nn.Sequential(_Unit(ch, ch), nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.f(x))
+
+
+class OddNet(nn.Module):
+    """No conventional names (`trunk`, `split_a`/`split_b`, `tail`, `out`), a concatenation branch, two
+    residual blocks and a linear head: what a user's own network looks like to edgecompress."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.trunk = nn.Sequential(_Unit(in_chans, w), _Skip(w))
+        self.split_a = _Unit(w, w, stride=2)
+        self.split_b = nn.Sequential(nn.Conv2d(w, w, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(), _Unit(w, w, 2))
+        self.tail = nn.Sequential(_Skip(2 * w), _Unit(2 * w, 4 * w, stride=2))
+        self.out = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.trunk(x)
+        x = torch.cat([self.split_a(x), self.split_b(x)], dim=1)
+        x = self.tail(x)
+        return self.out(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def odd_net(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> OddNet:
+    return OddNet(num_classes, in_chans, width)
+
+
 class FaultyEvaluator:
     """The real evaluator, except that configs matching `crash_on` die of SIGSEGV and configs matching
     `hang_on` sleep forever: the native failures a trial worker must survive (used in tests, in a child)."""

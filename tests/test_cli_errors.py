@@ -114,6 +114,97 @@ def test_search_on_a_truncated_idx_file_is_one_line_and_runs_no_trial(
     assert_no_study(runs, "s")
 
 
+# ---- image folders a classifier cannot be trained on -------------------------------------------------
+def _folders(root: Path, classes: dict[str, dict[str, int]]) -> Path:
+    """root/<split>/<class>/ with the given number of real PNG images per class and split."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in classes.items():
+        for c, n in per_class.items():
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (36, 36, 3)).astype(np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+FOLDER_YAML = """
+name: folder
+dataset: {{name: imagefolder, root: {root}}}
+model: {{name: resnet8, kwargs: {{widths: [8, 16, 16]}}}}
+base_training: {{epochs: 1, batch_size: 8}}
+finetune: {{epochs: 1, batch_size: 8}}
+space: {{prune: {{choices: [0.0]}}, bits: {{choices: [32]}}, resolution: {{choices: [1.0]}}}}
+budget: {{trials: 1, sampler: random}}
+device: {{device: cpu, threads: 1, min_repeats: 3, max_seconds: 0.2, batch_size: 4}}
+"""
+
+
+def _bad_folder(tmp_path: Path, case: str) -> tuple[Path, str]:
+    """An image folder broken as `case` says, and the start of the error that must name it."""
+    two = {"a": 3, "b": 3}
+    layout = {"train": dict(two), "val": dict(two)}
+    if case == "one-class-train":
+        layout["train"] = {"a": 3}
+    elif case == "one-class-val":
+        layout["val"] = {"a": 3}
+    elif case == "empty-class":
+        layout["val"] = {"a": 3, "b": 0}
+    root = _folders(tmp_path / "imgs", layout)
+    if case == "unreadable-class":
+        for f in (root / "train" / "b").iterdir():
+            f.write_bytes(b"not an image")
+    expect = {"one-class-train": f"{root / 'train'}: 1 class folder ('a'); a classifier needs at least 2",
+              "one-class-val": f"{root / 'val'}: 1 class folder ('a'); a classifier needs at least 2",
+              "empty-class": f"{root / 'val' / 'b'}: class folder with no images",
+              "unreadable-class": f"{root / 'train' / 'b'}: class folder with none of its 3 images can be read"}
+    return root, expect[case]
+
+
+@pytest.mark.parametrize("case", ["one-class-train", "empty-class"])
+@pytest.mark.parametrize("command", ["train-base", "search"])
+def test_an_image_folder_no_classifier_can_learn_is_refused_before_training(
+        tmp_path: Path, case: str, command: str) -> None:
+    """One class in train/ (a "classifier" that reaches 100%), or a class folder without an image: one line
+    naming the folder, exit 2, no base model trained and no study created."""
+    root, expect = _bad_folder(tmp_path, case)
+    cfg = tmp_path / "folder.yaml"
+    cfg.write_text(FOLDER_YAML.format(root=root))
+    runs = tmp_path / "runs"
+    args = [command, str(cfg)] + (["--study", "s"] if command == "search" else [])
+    res = run_cli(args, runs)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert one_error_line(res.stderr).startswith(f"error: {expect}")
+    assert not list(runs.rglob("model.pt")) and not list(runs.rglob("base-*"))  # no base model trained
+    assert_no_study(runs, "s")
+
+
+@pytest.mark.parametrize("case", ["one-class-val", "unreadable-class"])
+def test_the_other_unlearnable_folders_are_refused_by_the_loader(tmp_path: Path, case: str) -> None:
+    """The same check (what train-base and search call first), for one class in val/ and a class whose every
+    image is unreadable."""
+    from edgecompress.errors import DataError
+    from edgecompress.evaluators.data import load_data
+    from edgecompress.spaces.experiment import DatasetConfig
+
+    root, expect = _bad_folder(tmp_path, case)
+    with pytest.raises(DataError) as e:
+        load_data(DatasetConfig(name="imagefolder", root=str(root)), 0)
+    assert str(e.value).startswith(expect)
+
+
+def test_a_class_with_some_unreadable_images_still_loads(tmp_path: Path) -> None:
+    """Only a class with no readable image is refused: one bad file among good ones is named when it is loaded."""
+    from edgecompress.evaluators.data import load_data
+    from edgecompress.spaces.experiment import DatasetConfig
+
+    root = _folders(tmp_path / "imgs", {"train": {"a": 3, "b": 3}, "val": {"a": 2, "b": 2}})
+    (root / "train" / "b" / "0.png").write_bytes(b"broken")
+    bundle = load_data(DatasetConfig(name="imagefolder", root=str(root)), 0)
+    assert bundle.classes == ["a", "b"] and len(bundle.train) + len(bundle.val) == 6
+
+
 # ---- storage files that are not a database ---------------------------------------------------------
 def test_results_commands_on_a_file_that_is_not_a_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                            capsys: pytest.CaptureFixture, config: Path) -> None:

@@ -199,7 +199,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command()
     def download(name: str = typer.Argument(..., help="fashion_mnist or cifar10"),
-                 dest: Path | None = typer.Option(None, help="folder (default ~/.cache/edgecompress)")) -> None:
+                 dest: Path | None = typer.Option(None, help="folder (default: the data root, see README)")) -> None:
         """Download a public dataset with torchvision (needs the network)."""
         from edgecompress.evaluators.data import download as do_download
 

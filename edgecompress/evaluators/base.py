@@ -18,6 +18,7 @@ from filelock import FileLock
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
+from edgecompress.evaluators.structure import attach_structure
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, accuracy, train_model
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import artefact_store
@@ -36,12 +37,17 @@ class BaseModel:
 
 
 def base_dir(exp: ExperimentConfig) -> Path:
-    return cache_dir() / f"base-{exp.model.name}-{exp.dataset.name}-{exp.base_key()}"
+    label = exp.model.name.replace(":", "-").replace("/", "-")
+    return cache_dir() / f"base-{label}-{exp.dataset.name}-{exp.base_key()}"
 
 
 def build_model(exp: ExperimentConfig, data: DataBundle) -> nn.Module:
-    return create_model(exp.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
-                        pretrained=exp.model.pretrained, **exp.model.kwargs)
+    """The experiment's model for `data`, with its structure discovered at the data's channels and size."""
+    model = create_model(exp.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
+                         pretrained=exp.model.pretrained, input_size=data.native_size, **exp.model.kwargs)
+    attach_structure(model, data.in_chans, data.native_size, stages=exp.model.stages,
+                     ignored_layers=exp.model.ignored_layers)
+    return model
 
 
 def get_base_model(
@@ -54,10 +60,10 @@ def get_base_model(
 ) -> BaseModel:
     """Return the cached base model for `exp`, training it first if no cache entry exists; while it trains,
     `on_step(done, total)` and `on_progress(TrainProgress)` follow it (train.train_model)."""
+    data = data or load_data(exp.dataset, exp.seed)  # a data error stops before any cache entry exists
     folder = base_dir(exp)
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / ".lock")):
-        data = data or load_data(exp.dataset, exp.seed)
         weights, metrics_file = folder / "model.pt", folder / "metrics.json"
         store = artefact_store.store_url()  # a URL store: workers on other machines share the base through it
         if store and not force and not (weights.is_file() and metrics_file.is_file()):

@@ -64,19 +64,49 @@ class DataBundle:
 # ---- registry ----------------------------------------------------------------------------------
 _DATASETS: Registry[Callable[[Path | None], RawData]] = Registry("dataset")
 DEFAULT_SIZES: dict[str, int] = {}
+CHANNELS: dict[str, int] = {}
 
 
-def register_dataset(name: str, native_size: int) -> Callable[[Callable[[Path | None], RawData]], Callable]:
+def register_dataset(name: str, native_size: int, in_chans: int = 3
+                     ) -> Callable[[Callable[[Path | None], RawData]], Callable]:
     DEFAULT_SIZES[name] = native_size
+    CHANNELS[name] = in_chans
     return _DATASETS.register(name)
+
+
+def data_shape(cfg: Any) -> tuple[int, int]:
+    """(channels, native side) of dataset `cfg` without loading it (an image folder reads a few headers): what
+    a model's structure is discovered at, the same in the search's process and in every trial's."""
+    _DATASETS.get(cfg.name)  # unknown name: the error listing the valid ones
+    if cfg.resolution:
+        return CHANNELS[cfg.name], int(cfg.resolution)
+    if cfg.name == "imagefolder" and cfg.root:
+        root = Path(cfg.root).expanduser()
+        if not root.is_dir():
+            raise DataError(f"dataset.root {root}: " + ("not a folder" if root.exists() else "folder not found"))
+        files, _, _ = scan_class_folders(root / "train")
+        return CHANNELS[cfg.name], folder_native_size(files)
+    return CHANNELS[cfg.name], DEFAULT_SIZES[cfg.name]
 
 
 def list_datasets() -> list[str]:
     return _DATASETS.names()
 
 
+def data_root() -> Path:
+    """Where datasets are found (read only; `edgecompress download` is the one writer): $EDGECOMPRESS_DATA, else
+    $XDG_DATA_HOME/edgecompress (~/.local/share/edgecompress)."""
+    if os.environ.get("EDGECOMPRESS_DATA"):
+        return Path(os.environ["EDGECOMPRESS_DATA"])
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "edgecompress"
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("EDGECOMPRESS_CACHE", Path.home() / ".cache" / "edgecompress"))
+    """The writable cache of things derived from datasets (rendered scenes): $EDGECOMPRESS_CACHE, else
+    $XDG_CACHE_HOME/edgecompress (~/.cache/edgecompress). Deleting it only costs re-rendering."""
+    if os.environ.get("EDGECOMPRESS_CACHE"):
+        return Path(os.environ["EDGECOMPRESS_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "edgecompress"
 
 
 def load_data(cfg: Any, seed: int = 0) -> DataBundle:
@@ -121,15 +151,13 @@ FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal
 
 
 def fmnist_candidates(root: Path | None) -> list[Path]:
-    """Folders the Fashion-MNIST loader looks in, in order: under `root` when given, else $EDGECOMPRESS_DATA,
-    Debian's dataset-fashion-mnist, then `make data`'s download fallback (cache_root())."""
+    """Folders the Fashion-MNIST loader looks in, in order: under `root` when given, else the data root
+    (data_root(): its fashion-mnist/ folder, then `edgecompress download`'s layout) and Debian's
+    dataset-fashion-mnist. Never the writable cache."""
     if root is not None:
         return [root, root / "FashionMNIST" / "raw"]
-    cands = []
-    if os.environ.get("EDGECOMPRESS_DATA"):
-        cands.append(Path(os.environ["EDGECOMPRESS_DATA"]) / "fashion-mnist")
-    cands += [Path("/usr/share/datasets/fashion-mnist"), cache_root() / "FashionMNIST" / "raw"]
-    return cands
+    data = data_root()
+    return [data / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"), data / "FashionMNIST" / "raw"]
 
 
 def fmnist_folder(root: Path | None = None) -> Path | None:
@@ -168,7 +196,7 @@ FMNIST_PREPROCESS = Preprocess(
     mean=(0.2860,), std=(0.3530,))
 
 
-@register_dataset("fashion_mnist", native_size=28)
+@register_dataset("fashion_mnist", native_size=28, in_chans=1)
 def _fashion_mnist(root: Path | None) -> RawData:
     folder = fmnist_folder(root)
     if folder is None:
@@ -193,7 +221,7 @@ def _fashion_mnist(root: Path | None) -> RawData:
 
 
 # ---- Fashion-MNIST scenes (evaluators/scenes.py) -------------------------------------------------
-@register_dataset("fashion_mnist_scenes", native_size=48)
+@register_dataset("fashion_mnist_scenes", native_size=48, in_chans=1)
 def _fashion_mnist_scenes(root: Path | None) -> RawData:
     """Garments at random scale and position on textured 48 px canvases, rendered once from Fashion-MNIST
     (found as the fashion_mnist loader finds it, `root` being its folder) and cached under cache_root()."""
@@ -219,7 +247,7 @@ def _fashion_mnist_scenes(root: Path | None) -> RawData:
 
 # ---- CIFAR-10 (python pickles) -----------------------------------------------------------------
 def _cifar_folder(root: Path | None) -> Path:
-    cands = [root, root / "cifar-10-batches-py"] if root else [cache_root() / "cifar-10-batches-py"]
+    cands = [root, root / "cifar-10-batches-py"] if root else [data_root() / "cifar-10-batches-py"]
     for c in cands:
         if c is not None and (c / "data_batch_1").is_file():
             return c
@@ -280,14 +308,32 @@ def scan_class_folders(folder: Path) -> tuple[list[Path], list[int], list[str]]:
     classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not classes:
         raise DataError(f"{folder}: no class sub-folders (expected {folder}/<class>/<image>.JPEG)")
+    if len(classes) < 2:
+        raise DataError(f"{folder}: {len(classes)} class folder ({classes[0]!r}); a classifier needs at least 2 "
+                        f"(expected {folder}/<class>/<image>.JPEG)")
     files, labels = [], []
     for i, c in enumerate(classes):
         imgs = sorted(p for p in (folder / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not any(_readable(p) for p in imgs):  # stops at the first readable image: one header per class
+            what = f"none of its {len(imgs)} images can be read" if imgs else \
+                f"no images ({', '.join(IMAGE_EXTENSIONS)})"
+            raise DataError(f"{folder / c}: class folder with {what}")
         files += imgs
         labels += [i] * len(imgs)
-    if not files:
-        raise DataError(f"{folder}: class folders contain no images ({', '.join(IMAGE_EXTENSIONS)})")
     return files, labels, classes
+
+
+def _readable(path: Path) -> bool:
+    """Whether PIL can identify and decode `path` (unreadable files elsewhere in a class are warned about
+    when loaded, as FolderSplit does)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+        return True
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return False
 
 
 def folder_native_size(files: list[Path], preprocess: Preprocess = FOLDER_PREPROCESS, sample: int = 64) -> int:
@@ -323,10 +369,10 @@ def _imagefolder(root: Path | None) -> RawData:
 
 
 def download(name: str, dest: Path | None = None) -> Path:
-    """Fetch a public dataset with torchvision into the cache (needs the network)."""
+    """Fetch a public dataset with torchvision into the data root (needs the network)."""
     import torchvision
 
-    dest = dest or cache_root()
+    dest = dest or data_root()
     dest.mkdir(parents=True, exist_ok=True)
     if name == "fashion_mnist":
         torchvision.datasets.FashionMNIST(str(dest), download=True)

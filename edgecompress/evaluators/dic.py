@@ -35,9 +35,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from filelock import FileLock
 
+from edgecompress.errors import CompressionError
 from edgecompress.evaluators.data import DataBundle
-from edgecompress.evaluators.models import CifarResNet, classifier_layer, model_stages
 from edgecompress.evaluators.splits import Split, make_loader
+from edgecompress.evaluators.structure import ensure_structure
 from edgecompress.utils import atomic_path, atomic_write_json, seed_everything
 
 BOX_RES = 12  # the box predictor's input side (px); DIC_VERSION 1: 24 (conv)
@@ -165,11 +166,33 @@ class ResizePipeline(nn.Module):
 
 
 # ---- CAM labels -------------------------------------------------------------------------------------
+def _cam_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The feature map CAM boxes come from (the model structure's last map before global pooling) and the
+    classifier; a model without such a map is refused (the crop axis does not apply to it)."""
+    struct = ensure_structure(model)
+    if struct.cam_layer is None:
+        raise CompressionError(f"dynamic image cropping: {struct.axes()['crop']}")
+    return model.get_submodule(struct.cam_layer), model.get_submodule(struct.classifier)
+
+
 def cam_method(model: nn.Module) -> str:
-    """"cam" when a linear classifier follows global pooling of the last stage (zoo ResNets), else "gradcam"."""
-    if isinstance(model, CifarResNet) or (hasattr(model, "fc") and hasattr(model, "layer4")):
-        return "cam"
-    return "gradcam"
+    """"cam" when the classifier is one linear layer on the globally pooled map (its weights score each channel),
+    else "gradcam" (an MLP head, a conv classifier)."""
+    feature, head = _cam_parts(model)
+    channels = _map_channels(model, feature)
+    return "cam" if isinstance(head, nn.Linear) and head.in_features == channels else "gradcam"
+
+
+def _map_channels(model: nn.Module, feature: nn.Module) -> int:
+    struct = ensure_structure(model)
+    seen: list[int] = []
+    hook = feature.register_forward_hook(lambda m, i, o: seen.append(int(o.shape[1])))
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, struct.in_chans, struct.input_size, struct.input_size))
+    finally:
+        hook.remove()
+    return seen[-1]
 
 
 def class_activation_maps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor,
@@ -178,12 +201,13 @@ def class_activation_maps(model: nn.Module, x: torch.Tensor, labels: torch.Tenso
     the class score's gradient averaged over the map)."""
     method = cam_method(model) if method == "auto" else method
     feats: list[torch.Tensor] = []
-    hook = model_stages(model)[-1].register_forward_hook(lambda m, i, o: feats.append(o))
+    feature, head = _cam_parts(model)
+    hook = feature.register_forward_hook(lambda m, i, o: feats.append(o))
     try:
         if method == "cam":
             with torch.no_grad():
                 model(x)
-            w = classifier_layer(model).weight[labels]  # N x C
+            w = head.weight[labels]  # N x C
             return torch.einsum("nc,nchw->nhw", w, feats[0])
         with torch.enable_grad():
             out = model(x.requires_grad_(True))

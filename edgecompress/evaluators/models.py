@@ -29,16 +29,26 @@ def list_models() -> list[str]:
 
 
 def create_model(
-    name: str,
+    name: str | Callable[..., nn.Module],
     num_classes: int = 10,
     in_chans: int = 3,
     pretrained: str | Path | None = None,
+    input_size: int | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a registered model; `pretrained` is a local state-dict file or "torchvision"."""
-    factory = _MODELS.get(name)
+    """Build a model by reference: a zoo name, `torchvision:NAME`, `timm:NAME`, `package.module:factory` or an
+    importable callable (evaluators/model_ref.py); `pretrained` is a local state-dict file (or, for the zoo's
+    torchvision models, "torchvision"); a non-zoo model's output is checked on `input_size` px images."""
+    from edgecompress.spaces.reference import kind_of, reference_of
+
+    ref = reference_of(name)
+    if kind_of(ref) != "zoo":
+        from edgecompress.evaluators.model_ref import build
+
+        return build(ref, num_classes, in_chans, kwargs, pretrained, input_size)
+    factory = _MODELS.get(ref)
     model = factory(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
-    model.zoo_name = name  # type: ignore[attr-defined]
+    model.zoo_name = ref  # type: ignore[attr-defined]
     if pretrained is not None and str(pretrained) != "torchvision":
         load_local_weights(model, Path(pretrained))
     return model

@@ -20,17 +20,27 @@ from edgecompress.utils import artefacts_dir, stable_hash
 
 def space_for(exp: ExperimentConfig) -> SearchSpace:
     """SearchSpace of an experiment: the stage structure and the pruning ratios that keep a channel in every
-    layer come from building the model (no weights)."""
-    from edgecompress.evaluators.compress import prune_limits, stage_blocks
-    from edgecompress.evaluators.models import create_model
+    layer come from building the model (no weights) at the dataset's channels and size."""
+    return _space_and_structure(exp)[0]
 
-    model = create_model(exp.model.name, num_classes=10, in_chans=3, **exp.model.kwargs)
+
+def _space_and_structure(exp: ExperimentConfig) -> tuple[SearchSpace, Any]:
+    from edgecompress.evaluators.compress import prune_limits, stage_blocks
+    from edgecompress.evaluators.data import data_shape
+    from edgecompress.evaluators.models import create_model
+    from edgecompress.evaluators.structure import attach_structure, check_axes
+
+    in_chans, size = data_shape(exp.dataset)
+    model = create_model(exp.model.name, num_classes=10, in_chans=in_chans, input_size=size, **exp.model.kwargs)
+    struct = attach_structure(model, in_chans, size, stages=exp.model.stages,
+                              ignored_layers=exp.model.ignored_layers)
+    check_axes(struct, exp.space, size)
     blocks = stage_blocks(model)  # droppable structure (mobilenet_v2: 11, not its 19 modules)
     space = SearchSpace.from_config(exp.space, len(blocks), blocks)
     limits = prune_limits(model, exp.space.round_to)
     if len(limits) == len(blocks):
         space.set_prune_limits([lim.ratio for lim in limits])
-    return space
+    return space, struct
 
 
 def study_dir(study_name: str) -> Path:

@@ -29,9 +29,25 @@ class DatasetConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The model by reference: a zoo name, `torchvision:NAME`, `timm:NAME` or `package.module:factory` (in Python
+    also an importable callable, stored as its reference)."""
+
     name: str = "resnet8"
     pretrained: str | None = Field(None, description="local weights file, or 'torchvision'")
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    stages: list[str] | None = Field(None, description="dotted module names, one per stage (default: from the graph)")
+    ignored_layers: list[str] | None = Field(None, description="dotted names of layers never pruned")
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _reference(cls, v: Any) -> Any:
+        from edgecompress.spaces.reference import reference_of
+
+        return reference_of(v) if callable(v) or isinstance(v, str) else v
+
+    def hashed(self) -> dict[str, Any]:
+        """What names the model in hashes: fields added after a study was made count only when set."""
+        return self.model_dump(exclude={f for f in ("stages", "ignored_layers") if getattr(self, f) is None})
 
 
 class TrainRecipe(_Strict):
@@ -219,7 +235,7 @@ class ExperimentConfig(_Strict):
         """Hash naming the cached base model: dataset, model, recipe and seed."""
         ds = self.dataset.model_dump(include={"name", "val_fraction", "train_subset", "resolution"})
         return stable_hash(
-            {"dataset": ds, "model": self.model.model_dump(), "recipe": self.base_training.model_dump(),
+            {"dataset": ds, "model": self.model.hashed(), "recipe": self.base_training.model_dump(),
              "seed": self.seed}
         )
 

@@ -221,7 +221,7 @@ def test_load_errors_name_the_path(images, stages, tmp_path: Path) -> None:
     assert (other / "keep.txt").read_text() == "mine"
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.needs("cuda")
 def test_runs_on_the_inputs_device(images, stages) -> None:
     x, _ = images
     plan = _plan(stages, x, 3, "margin", "sum")

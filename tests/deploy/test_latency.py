@@ -162,7 +162,7 @@ def test_cpu_name_is_named() -> None:
     assert cpu_name().strip()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.needs("cuda")
 def test_cuda_events_path(tmp_path: Path) -> None:
     a = torch.randn(1024, 1024, device="cuda")
     stats = measure_latency(lambda: a @ a, batch_size=1, device="cuda", min_repeats=10, max_seconds=1.0,

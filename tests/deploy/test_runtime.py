@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import platform
 import shutil
 import subprocess
 import sys
@@ -123,8 +122,7 @@ def test_reduced_range_scheme_builds_and_agrees(fmnist_model, tmp_path: Path) ->
 QEMU = shutil.which("qemu-x86_64")
 
 
-@pytest.mark.skipif(QEMU is None or platform.machine() != "x86_64",
-                    reason="needs qemu-user (`make test` installs Debian's qemu-user) on x86_64 to emulate AVX2")
+@pytest.mark.needs("qemu")  # qemu-user on x86_64 emulates an AVX2 CPU
 def test_ort_int8_agrees_on_an_avx2_cpu_without_vnni(fmnist_model, tmp_path: Path) -> None:
     """ONNX Runtime picks kernels from CPUID, so an emulated Haswell (AVX2, no VNNI, no AVX-512) runs the
     AVX2 int8 kernels on any x86 machine. The scheme chosen for such a CPU must keep agreement >= 0.97."""
@@ -284,7 +282,7 @@ def test_torch_compile_runs(fmnist_model) -> None:
     assert dep.provider == "torch inductor cpu" and dep.build_seconds > 0
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.needs("cuda")
 def test_cuda_fp16_torch(fmnist_model) -> None:
     model, _, x_te = fmnist_model
     dep = deploy(model, x_te[:1], backend="torch", precision="fp16", device="cuda")
@@ -295,7 +293,7 @@ def test_cuda_fp16_torch(fmnist_model) -> None:
         assert _agreement(out.cpu(), model(x_te[:64])) >= 0.95
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.needs("cuda")
 def test_cuda_onnxruntime_provider(fmnist_model) -> None:
     ort = pytest.importorskip("onnxruntime")
     if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -163,7 +163,7 @@ def test_quantising_twice_is_refused() -> None:
         apply_fake_quant(model, 4, 4)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.needs("cuda")
 def test_fake_quant_on_cuda_matches_cpu() -> None:
     model, x = tiny_model("resnet8")
     q = apply_fake_quant(model, 4, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import shutil
 import struct
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def test_fmnist_folder_is_where_the_loader_reads(tmp_path: Path, monkeypatch: py
     make_fmnist(tmp_path / "data" / "fashion-mnist")
     monkeypatch.setenv("EDGECOMPRESS_DATA", str(tmp_path / "data"))
     assert fmnist_folder() == tmp_path / "data" / "fashion-mnist"
-    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))
-    assert fmnist_candidates(None)[-1] == tmp_path / "cache" / "FashionMNIST" / "raw"
+    assert fmnist_candidates(None)[-1] == tmp_path / "data" / "FashionMNIST" / "raw"  # `download`'s layout
+    monkeypatch.setenv("EDGECOMPRESS_CACHE", str(tmp_path / "cache"))  # the writable cache is never searched
+    assert not any(str(c).startswith(str(tmp_path / "cache")) for c in fmnist_candidates(None))
 
 
 # ---- CIFAR-10 ----------------------------------------------------------------------------------
@@ -210,6 +212,7 @@ def test_imagefolder_corrupt_image_names_file(tmp_path: Path) -> None:
 def test_imagefolder_mismatched_classes(tmp_path: Path) -> None:
     make_folders(tmp_path)
     (tmp_path / "val" / "n99999999").mkdir()
+    shutil.copy(next((tmp_path / "val" / "n01440764").iterdir()), tmp_path / "val" / "n99999999" / "x.JPEG")
     with pytest.raises(DataError, match="class folders differ"):
         load_data(DatasetConfig(name="imagefolder", root=str(tmp_path)), 0)
 

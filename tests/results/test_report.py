@@ -126,7 +126,7 @@ def _headless(tmp_path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
 
-needs_chromium = pytest.mark.skipif(_chromium() is None, reason="no headless Chromium (Debian: chromium)")
+needs_chromium = pytest.mark.needs("chromium")
 
 
 @needs_chromium

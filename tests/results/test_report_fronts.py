@@ -27,7 +27,7 @@ window.addEventListener("load", () => {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (Debian: chromium)")
+@pytest.mark.needs("chromium")
 def test_report_in_chromium_shows_both_fronts_and_the_base(handmade, tmp_path) -> None:
     out = build_report(handmade.study, tmp_path / "report.html", deployable=True)
     page = tmp_path / "probe.html"

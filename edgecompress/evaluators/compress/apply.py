@@ -8,9 +8,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecompress.evaluators.compress.depth import DEPTH_ATTR, apply_depth, stage_blocks
+from edgecompress.evaluators.compress.depth import DEPTH_ATTR, DROPPED_ATTR, apply_depth, stage_blocks
 from edgecompress.evaluators.compress.prune import count_macs_params, prune_model
-from edgecompress.evaluators.models import model_stages
+from edgecompress.evaluators.structure import ensure_structure
 from edgecompress.spaces.config import CompressionConfig
 
 
@@ -26,6 +26,7 @@ def compress_model(
     asked and achieved pruning ratios, blocks per stage before and kept (with kept original indices).
     The evaluator fine-tunes and quantises afterwards.
     """
+    ensure_structure(base, example_inputs)
     model = copy.deepcopy(base)
     macs_before, params_before = count_macs_params(model, example_inputs)
     blocks_before = stage_blocks(model)
@@ -34,7 +35,7 @@ def compress_model(
         apply_depth(model, blocks_kept)
     macs_depth, params_depth = count_macs_params(model, example_inputs)
 
-    ratios = config.stage_prune(len(model_stages(model)))
+    ratios = config.stage_prune(len(ensure_structure(model).stages))
     prune = prune_model(
         model,
         example_inputs,
@@ -56,6 +57,7 @@ def compress_model(
         "blocks_before": blocks_before,
         "blocks_kept": blocks_kept,
         "kept_block_indices": getattr(model, DEPTH_ATTR, None),
+        "dropped_blocks": getattr(model, DROPPED_ATTR, None),
         "round_to": config.round_to,
         "importance": config.importance,
     }

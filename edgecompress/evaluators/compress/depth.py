@@ -1,9 +1,11 @@
 """Depth compression: drop identity-shaped residual blocks from each stage without breaking shapes.
 
-Structure of a stage (from `model_stages`): its first block is always kept (it may downsample or change
+A zoo model's stage (its registered nn.Sequential): the first block is always kept (it may downsample or change
 channels); every later block whose output has its input's shape and that adds a residual (ResNet blocks
 with no `downsample`, MobileNetV2 inverted residuals with `use_res_connect`) is *droppable*; any other
-block is kept. The "blocks" of a stage are counted as 1 (the fixed part) + its droppable blocks, so keeping
+block is kept. Any other model: the droppable blocks are the modules its structure found adding their input to
+their output (evaluators/structure.py), in runs of consecutive siblings; a dropped block becomes nn.Identity.
+The "blocks" of a stage are counted as 1 (the fixed part) + its droppable blocks, so keeping
 k blocks keeps k-1 droppable ones.
 
 Which droppable blocks are kept (positional criterion, no data needed): droppable blocks form runs
@@ -21,10 +23,38 @@ from typing import Any
 import torch.nn as nn
 
 from edgecompress.errors import CompressionError
-from edgecompress.evaluators.models import model_stages
+from edgecompress.evaluators.structure import ensure_structure
 
-#: attribute set on a depth-reduced model: kept block indices per stage, in the ORIGINAL numbering
+#: attribute set on a depth-reduced model: kept block indices per stage, in the ORIGINAL numbering (zoo), or the
+#: names of the dropped blocks (any other model)
 DEPTH_ATTR = "ec_depth_kept"
+DROPPED_ATTR = "ec_depth_dropped"
+
+
+def model_stages(model: nn.Module) -> list[nn.Module]:
+    """A zoo model's stage modules, in order (the nn.Sequential whose blocks depth counts by position)."""
+    stages = ensure_structure(model).stages
+    return [model.get_submodule(st.module) for st in stages if st.module]
+
+
+def _is_zoo(model: nn.Module) -> bool:
+    return any(st.module for st in ensure_structure(model).stages)
+
+
+def _generic_runs(model: nn.Module) -> list[list[list[str]]]:
+    """Per stage, the runs of droppable blocks still present (a dropped one is an nn.Identity)."""
+    out = []
+    for st in ensure_structure(model).stages:
+        runs = [[b for b in run if not isinstance(_get(model, b), nn.Identity)] for run in st.runs]
+        out.append([r for r in runs if r])
+    return out
+
+
+def _get(model: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def is_droppable(block: nn.Module) -> bool:
@@ -53,10 +83,39 @@ def _droppable_runs(stage: nn.Sequential) -> list[list[int]]:
 
 def stage_blocks(model: nn.Module) -> list[int]:
     """Blocks per stage as depth counts them: 1 (first + fixed blocks) + the droppable blocks."""
+    if not _is_zoo(model):
+        return [1 + sum(len(r) for r in runs) for runs in _generic_runs(model)]
     return [1 + sum(len(r) for r in _droppable_runs(stage)) for stage in model_stages(model)]
 
 
-def _stage_name(model: nn.Module, stage: nn.Module, index: int) -> str:
+def _drop_generic(model: nn.Module, blocks_per_stage: list[int]) -> nn.Module:
+    """Any model: replace droppable blocks by nn.Identity, from the end of each stage's longest run."""
+    dropped: list[str] = list(getattr(model, DROPPED_ATTR, None) or [])
+    for runs, want in zip(_generic_runs(model), blocks_per_stage, strict=True):
+        runs = [list(r) for r in runs]
+        for _ in range(sum(len(r) for r in runs) - (want - 1)):
+            longest = max(range(len(runs)), key=lambda j: (len(runs[j]), j))
+            dropped.append(runs[longest].pop())
+    for name in dropped:
+        if not isinstance(_get(model, name), nn.Identity):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    setattr(model, DROPPED_ATTR, dropped)
+    return model
+
+
+def drop_blocks(model: nn.Module, names: list[str]) -> nn.Module:
+    """Replace the named blocks by nn.Identity (replaying a saved depth reduction of a non-zoo model)."""
+    for name in names:
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    setattr(model, DROPPED_ATTR, list(names))
+    return model
+
+
+def _stage_name(model: nn.Module, stage: nn.Module | None, index: int) -> str:
+    if stage is None:
+        return f"stage {index} ({ensure_structure(model).stages[index].name})"
     for name, module in model.named_modules():
         if module is stage:
             return f"stage {index} ({name})"
@@ -109,8 +168,8 @@ def apply_depth(model: nn.Module, blocks_per_stage: list[int]) -> nn.Module:
     Returns the same model (deepcopy first to keep the original). Asking for 0 blocks or more than a stage
     has raises CompressionError naming the stage.
     """
-    stages = model_stages(model)
     available = stage_blocks(model)
+    stages = model_stages(model) if _is_zoo(model) else [None] * len(available)
     if len(blocks_per_stage) != len(stages):
         raise CompressionError(
             f"depth: {len(blocks_per_stage)} block counts given for a model with {len(stages)} stages "
@@ -123,10 +182,12 @@ def apply_depth(model: nn.Module, blocks_per_stage: list[int]) -> nn.Module:
                 f"depth: {_stage_name(model, stage, s)} has {have} droppable-structure blocks, "
                 f"cannot keep {want!r} (must be 1..{have})"
             )
-        kept.append(kept_indices(stage, int(want)))
-    return keep_blocks(model, kept)
+        if stage is not None:
+            kept.append(kept_indices(stage, int(want)))
+    return keep_blocks(model, kept) if kept else _drop_generic(model, [int(b) for b in blocks_per_stage])
 
 
 def depth_report(model: nn.Module) -> dict[str, Any]:
     """Blocks per stage (as counted by `stage_blocks`) and the kept original indices, if reduced."""
-    return {"blocks_per_stage": stage_blocks(model), "kept_indices": getattr(model, DEPTH_ATTR, None)}
+    return {"blocks_per_stage": stage_blocks(model), "kept_indices": getattr(model, DEPTH_ATTR, None),
+            "dropped_blocks": getattr(model, DROPPED_ATTR, None)}

@@ -1,8 +1,9 @@
 """Width compression: structured channel pruning through Torch-Pruning 1.6's dependency graph.
 
-Each stage of `model_stages` gets its own ratio (the stem conv, outside the stages, follows stage 0);
-every prunable layer in a stage is pruned locally by that ratio, coupled channels (residual additions,
-depthwise convs) are pruned together by the dependency graph, and the classifier is never pruned.
+Each stage of the model's structure (evaluators/structure.py: channel groups by feature-map side, or a zoo
+model's registered stages) gets its own ratio; every layer of a group is pruned at its stage's ratio, coupled
+channels (residual additions, depthwise convs, concatenations) are pruned together by the dependency graph, and
+the layers kept out (the classifier, channel shuffles, grouped convs) are never pruned.
 `round_to` rounds kept channel counts DOWN to a multiple, so the achieved ratio is measured and reported.
 """
 
@@ -18,9 +19,12 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from edgecompress.errors import CompressionError
-from edgecompress.evaluators.models import classifier_layer, model_stages
+from edgecompress.evaluators.structure import ensure_structure, model_label
 
 Importance = Literal["magnitude", "taylor"]
+#: attribute of a pruned model: Torch-Pruning's pruning history [[layer, out-channels?, indices], ...], replayed
+#: by compress/io.py to rebuild a non-zoo model
+HISTORY_ATTR = "ec_pruning_history"
 
 
 @dataclass
@@ -50,28 +54,29 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
     return int(macs), int(params)
 
 
-def stem_layers(model: nn.Module) -> list[nn.Module]:
-    """Prunable layers before the first stage that are not inside any stage (the stem conv)."""
-    inside = {id(m) for stage in model_stages(model) for m in stage.modules()}
-    inside |= {id(m) for m in classifier_layer(model).modules()}
-    return [m for m in model.modules() if isinstance(m, nn.Conv2d) and id(m) not in inside]
-
-
-def _prunable(module: nn.Module) -> list[nn.Module]:
-    return [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+def _layers(model: nn.Module, names: list[str]) -> list[nn.Module]:
+    """The named layers that still exist (depth may have dropped some blocks)."""
+    out = []
+    for n in names:
+        try:
+            out.append(model.get_submodule(n))
+        except AttributeError:
+            continue
+    return out
 
 
 def _out_channels(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
 
 
-def _stage_layer_groups(model: nn.Module) -> list[list[nn.Module]]:
-    """Prunable layers per stage; the stem conv(s) join stage 0."""
-    stages = model_stages(model)
-    classifier = {id(m) for m in classifier_layer(model).modules()}
-    groups = [[m for m in _prunable(stage) if id(m) not in classifier] for stage in stages]
-    groups[0] = stem_layers(model) + groups[0]
-    return groups
+def _stage_layer_groups(model: nn.Module, example_inputs: torch.Tensor | None = None) -> list[list[nn.Module]]:
+    """Prunable layers per stage (every out-channel layer of the stage's channel groups)."""
+    return [_layers(model, st.layers) for st in ensure_structure(model, example_inputs).stages]
+
+
+def _kept_out(model: nn.Module, example_inputs: torch.Tensor | None = None) -> list[nn.Module]:
+    struct = ensure_structure(model, example_inputs)
+    return _layers(model, [struct.classifier, *struct.kept_out])
 
 
 def _importance(kind: str) -> tp.importance.Importance:
@@ -109,14 +114,15 @@ class PruneLimit(NamedTuple):
     channels: int
 
 
-def prune_limits(model: nn.Module, round_to: int | None = None) -> list[PruneLimit]:
+def prune_limits(model: nn.Module, round_to: int | None = None,
+                 example_inputs: torch.Tensor | None = None) -> list[PruneLimit]:
     """Per stage (stem with stage 0), the largest ratio keeping max(1, round_to) channels in every layer:
     Torch-Pruning keeps int(n * (1 - r)) rounded down to round_to, so a layer of n channels allows
     r <= 1 - k / n (the ratio is nudged down so that float rounding still keeps the k channels)."""
     k = max(1, round_to or 1)
     names = {id(m): n for n, m in model.named_modules()}
     out = []
-    for layers in _stage_layer_groups(model):
+    for layers in _stage_layer_groups(model, example_inputs):
         best = PruneLimit(1.0, "", 0)
         for m in layers:
             n = _out_channels(m)
@@ -160,7 +166,7 @@ def prune_model(
 
     Raises CompressionError naming the layer when a ratio would empty a layer or Torch-Pruning fails.
     """
-    stages = model_stages(model)
+    stages = ensure_structure(model, example_inputs).stages
     if isinstance(ratios, (int, float)):
         per_stage = [float(ratios)] * len(stages)
     else:
@@ -176,7 +182,7 @@ def prune_model(
         raise CompressionError("prune: importance 'taylor' needs taylor_batch=(x, y)")
     imp = _importance(importance)
 
-    layer_groups = _stage_layer_groups(model)
+    layer_groups = _stage_layer_groups(model, example_inputs)
     before_ch = [[_out_channels(m) for m in g] for g in layer_groups]
     macs_before, params_before = count_macs_params(model, example_inputs)
     names = {id(m): n for n, m in model.named_modules()}
@@ -196,7 +202,7 @@ def prune_model(
                 importance=imp,
                 pruning_ratio=0.0,
                 pruning_ratio_dict=ratio_dict,
-                ignored_layers=[classifier_layer(model)],
+                ignored_layers=_kept_out(model, example_inputs),
                 round_to=round_to,
             )
             if importance == "taylor":
@@ -205,7 +211,7 @@ def prune_model(
             groups = list(pruner.step(interactive=True))
         except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot trace / handle this model
             raise CompressionError(
-                f"Torch-Pruning cannot prune model {getattr(model, 'zoo_name', type(model).__name__)}: "
+                f"Torch-Pruning cannot prune model {model_label(model)}: "
                 f"{type(e).__name__}: {e}"
             ) from None
         try:
@@ -216,6 +222,9 @@ def prune_model(
         finally:
             model.zero_grad(set_to_none=True)
             model.train(was_training)
+        # what was removed, as Torch-Pruning records it: a non-zoo model is saved as its reference + this history
+        history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+        setattr(model, HISTORY_ATTR, list(getattr(model, HISTORY_ATTR, None) or []) + history)
 
     after_ch = [[_out_channels(m) for m in g] for g in layer_groups]
     macs_after, params_after = count_macs_params(model, example_inputs)
