@@ -17,6 +17,7 @@ from edgecompress.cli import cascade as _cascade
 from edgecompress.cli import demo as _demo
 from edgecompress.cli import evaluate as _evaluate
 from edgecompress.cli import finalize as _finalize
+from edgecompress.cli import inspect as _inspect
 from edgecompress.cli import results as _results
 from edgecompress.cli import search as _search
 from edgecompress.errors import EdgeCompressError
@@ -29,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (_base, _evaluate, _search, _finalize, _results, _cascade, _demo):
+for _module in (_base, _inspect, _evaluate, _search, _finalize, _results, _cascade, _demo):
     _module.register(app)
 
 

@@ -24,6 +24,17 @@ def space_for(exp: ExperimentConfig) -> SearchSpace:
     return _space_and_structure(exp)[0]
 
 
+_STRUCTURES: dict[str, dict[str, Any]] = {}  # experiment hash -> discovered structure (this process)
+
+
+def model_structure(exp: ExperimentConfig) -> dict[str, Any]:
+    """The experiment's model structure (JSON), discovered once per process and stored with the study."""
+    key = experiment_hash(exp)
+    if key not in _STRUCTURES:
+        _space_and_structure(exp)
+    return _STRUCTURES[key]
+
+
 def _space_and_structure(exp: ExperimentConfig) -> tuple[SearchSpace, Any]:
     from edgecompress.evaluators.compress import prune_limits, stage_blocks
     from edgecompress.evaluators.data import data_shape
@@ -40,6 +51,7 @@ def _space_and_structure(exp: ExperimentConfig) -> tuple[SearchSpace, Any]:
     limits = prune_limits(model, exp.space.round_to)
     if len(limits) == len(blocks):
         space.set_prune_limits([lim.ratio for lim in limits])
+    _STRUCTURES[experiment_hash(exp)] = struct.to_dict()
     return space, struct
 
 
@@ -107,6 +119,7 @@ def create_or_load_study(
         study.set_user_attr(A.EXPERIMENT_HASH, experiment_hash(exp))
         study.set_user_attr(A.EXPERIMENT, exp.to_dict())
         study.set_user_attr(A.CONSTRAINTS_ATTR, exp.constraints.model_dump())
+        study.set_user_attr(A.MODEL_STRUCTURE, model_structure(exp))
     return study, fresh
 
 

@@ -20,6 +20,7 @@ from edgecompress.study.storage import FINAL_SUFFIX  # noqa: F401 - finalize wri
 # ---- study user attributes
 EXPERIMENT = "experiment"  # the ExperimentConfig dict the study was created with
 EXPERIMENT_HASH = "experiment_hash"  # search.study_setup.experiment_hash: workers with another one are refused
+MODEL_STRUCTURE = "model_structure"  # the model's structure as discovered once for the study (structure.py)
 CONSTRAINTS_ATTR = "constraints"  # the configured constraint bounds
 SAMPLER = "sampler"
 BACKEND = "backend"
