@@ -7,7 +7,8 @@ blocks depth may drop). Torch-Pruning's dependency graph gives the channel group
 the smallest side among its out-channel layers' outputs, so the stem joins stage 0, a downsampling block joins
 the stage it produces and squeeze-excitation convs join the block they gate. Layers Torch-Pruning would prune
 wrongly are kept out with the reason: the classifier, channel shuffles (a transpose between channel reshapes,
-which Torch-Pruning treats as element-wise), grouped convs (it prunes channels, not whole groups).
+which Torch-Pruning treats as element-wise). Grouped convs are pruned evenly within each group (the group count
+stays): tests/evaluators/test_byo_models.py checks that on RegNetX, as every pruning, against masking.
 """
 
 from __future__ import annotations
@@ -340,12 +341,7 @@ def discover(model: nn.Module, in_chans: int, input_size: int, stages: list[str]
     for n in sorted(shuffled):
         kept.setdefault(n, "its channels go through a channel shuffle (Torch-Pruning treats it as element-wise "
                            "and would prune wrong channels)")
-    grouped = {n for n, m in layers.items()
-               if isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)}
-    for n in sorted(grouped):
-        kept.setdefault(n, f"grouped conv (groups={layers[n].groups}): Torch-Pruning prunes channels, not whole "
-                           f"groups")
-    reasons = dict(kept)  # the causes; groups touching them are kept out with them (no cascade)
+    reasons = dict(kept)  # the causes; the groups they are in are kept out with them (no cascade)
 
     try:
         with torch.enable_grad():
@@ -358,7 +354,7 @@ def discover(model: nn.Module, in_chans: int, input_size: int, stages: list[str]
                                f"{shuffle}: {type(e).__name__} in {_tp_frame(e)}") from None
     groups: list[tuple[list[str], int | None]] = []
     for outs, ins in all_groups:
-        culprit = next((n for n in outs if n in reasons), None) or next((n for n in ins if n in grouped), None)
+        culprit = next((n for n in outs if n in reasons), None)
         if culprit is not None:
             why = reasons[culprit]
             for n in outs:

@@ -16,9 +16,9 @@ from edgecompress.study import load_study, study_to_frame
 
 USER = {
     "name": "byo", "seed": 0,
-    "dataset": {"name": "fashion_mnist", "train_subset": 800, "val_subset": 300, "test_subset": 300},
+    "dataset": {"name": "fashion_mnist", "train_subset": 2000, "val_subset": 300, "test_subset": 300},
     "model": {"name": "edgecompress.testing:odd_net", "kwargs": {"width": 8}},
-    "base_training": {"epochs": 2, "batch_size": 64, "lr": 0.1},
+    "base_training": {"epochs": 3, "batch_size": 64, "lr": 0.1},
     "finetune": {"epochs": 1, "batch_size": 64, "train_subset": 300},
     "space": {"prune": {"choices": [0.0, 0.5]}, "depth": {"choices": [0.5, 1.0]}, "bits": {"choices": [32]},
               "resolution": {"choices": [1.0]}, "round_to": 2},
@@ -51,13 +51,20 @@ def test_user_module_by_import_path_through_the_cli(fmnist_dir: Path, tmp_path: 
           "--preprocess", "-o", str(out)])
     doc = yaml.safe_load((out / "config.yaml").read_text())
     assert all(c["passed"] for c in doc["checks"]), doc["checks"]
-    # raw stored images (uint8 N x H x W x C) straight into the exported graph: the study's test accuracy
+    # raw stored images (uint8 N x H x W x C) straight into the exported graph answer as the model does on the
+    # loader's input, and score the trial's recorded test accuracy
     sess = ort.InferenceSession(str(out / "model_preprocess.onnx"), providers=["CPUExecutionProvider"])
+    plain = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     raw = read_idx(fmnist_dir / FMNIST_FILES["test_images"], 3)[:300, :, :, None]
     labels = read_idx(fmnist_dir / FMNIST_FILES["test_labels"], 1)[:300]
-    name = sess.get_inputs()[0].name
+    name, pname = sess.get_inputs()[0].name, plain.get_inputs()[0].name
     preds = np.concatenate([sess.run(None, {name: raw[i: i + 50]})[0].argmax(1) for i in range(0, 300, 50)])
-    assert float((preds == labels).mean()) > 0.3  # far above chance (0.1): the preprocessing is in the graph
+    loader = ((raw[..., 0].astype(np.float32) / 255 - 0.2860) / 0.3530)[:, None]
+    want = np.concatenate([plain.run(None, {pname: loader[i: i + 50]})[0].argmax(1) for i in range(0, 300, 50)])
+    assert (preds == want).mean() >= 0.99
+    accuracy = float((preds == labels).mean())
+    assert accuracy > 0.3, accuracy  # far above chance (0.1)
+    assert abs(accuracy - float(pruned.iloc[0]["test_accuracy"])) < 0.02, (accuracy, pruned.iloc[0]["test_accuracy"])
 
     main(["cascade", "byo", "--storage", storage, "-o", str(tmp_path / "cascade"), "--samples", "20"])
     assert (tmp_path / "cascade" / "evaluation.json").is_file()

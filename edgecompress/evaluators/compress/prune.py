@@ -3,7 +3,7 @@
 Each stage of the model's structure (evaluators/structure.py: channel groups by feature-map side, or a zoo
 model's registered stages) gets its own ratio; every layer of a group is pruned at its stage's ratio, coupled
 channels (residual additions, depthwise convs, concatenations) are pruned together by the dependency graph, and
-the layers kept out (the classifier, channel shuffles, grouped convs) are never pruned.
+the layers kept out (the classifier, channel shuffles) are never pruned.
 `round_to` rounds kept channel counts DOWN to a multiple, so the achieved ratio is measured and reported.
 """
 
@@ -208,13 +208,15 @@ def prune_model(
             if importance == "taylor":
                 assert taylor_batch is not None
                 _taylor_gradients(model, taylor_batch)
-            groups = list(pruner.step(interactive=True))
+            groups = pruner.step(interactive=True)
         except Exception as e:  # noqa: BLE001 - Torch-Pruning cannot trace / handle this model
             raise CompressionError(
                 f"Torch-Pruning cannot prune model {model_label(model)}: "
                 f"{type(e).__name__}: {e}"
             ) from None
         try:
+            # each group is computed after the previous one is pruned: a concatenation's channel offsets move as
+            # its inputs shrink (a list of all groups made up front prunes DenseNet's wrong channels)
             for group in groups:
                 group.prune()
         except Exception as e:  # noqa: BLE001
