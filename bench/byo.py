@@ -105,11 +105,37 @@ def bench_arch(ref: str, x: torch.Tensor, rounds: int) -> dict:
     return entry
 
 
+def readme_table(doc: dict) -> str:
+    """The README's bring-your-own-model table, rendered from byo.json (tests/bench/test_byo_readme.py checks
+    that the README holds exactly this)."""
+    isa = ", ".join(i for i in doc["isa"] if i.startswith(("avx512f", "avx512_vnni", "amx")))
+    head = (f"Measured by `bench/byo.py` on {doc['cpu']} ({isa}), ONNX Runtime batch 1 on 1 thread, "
+            f"1 x 32 x 32 input, untrained weights, median of {doc['rounds']} interleaved rounds "
+            f"(commit {doc['git_commit'][:7]}):")
+    rows = [head, "",
+            "| model | stages (px) | kept out | MACs prune 0 -> 0.5 | fp32 ms prune 0 / 0.5 | int8 ms prune 0 / 0.5 |",
+            "|---|---|---|---|---|---|"]
+    for ref, a in doc["archs"].items():
+        if "refused" in a:
+            rows.append(f"| `{ref}` | refused: {a['refused']} | | | | |")
+            continue
+        lat = a["latency_b1_ms"]
+        rows.append(f"| `{ref}` | {' / '.join(str(s['px']) for s in a['stages'])} | {a['kept_out_count']} "
+                    f"({a['classifier']}) | {a['macs_prune0'] / 1e6:.2f} M -> {a['macs_prune0.5'] / 1e6:.2f} M | "
+                    f"{lat['prune0_fp32']:.3f} / {lat['prune0.5_fp32']:.3f} | "
+                    f"{lat['prune0_int8']:.3f} / {lat['prune0.5_int8']:.3f} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--archs", default=",".join(ARCHS))
+    ap.add_argument("--readme", action="store_true", help="print the README table from byo.json and exit")
     args = ap.parse_args()
+    if args.readme:
+        print(readme_table(json.loads(OUT.read_text())))
+        return
     torch.set_num_threads(1)
     x = images()
     load_start = os.getloadavg()
