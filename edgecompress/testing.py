@@ -70,6 +70,29 @@ def odd_net(num_classes: int = 10, in_chans: int = 1, width: int = 16) -> OddNet
     return OddNet(num_classes, in_chans, width)
 
 
+class PlainNet(nn.Module):
+    """Conv stack, global pooling, linear head: no residual block, so depth has nothing to drop."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 1, flatten: bool = False, side: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(_Unit(in_chans, 8), _Unit(8, 16, 2))
+        self.flatten = flatten
+        self.head = nn.Linear(16 * ((side + 1) // 2) ** 2 if flatten else 16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.head(x.flatten(1) if self.flatten else x.mean((2, 3)))
+
+
+def plain_net(num_classes: int = 10, in_chans: int = 1) -> PlainNet:
+    return PlainNet(num_classes, in_chans)
+
+
+def flat_net(num_classes: int = 10, in_chans: int = 1, side: int = 28) -> PlainNet:
+    """Flattens its last feature map into the classifier (VGG-style without adaptive pooling): fixed input size."""
+    return PlainNet(num_classes, in_chans, flatten=True, side=side)
+
+
 class FaultyEvaluator:
     """The real evaluator, except that configs matching `crash_on` die of SIGSEGV and configs matching
     `hang_on` sleep forever: the native failures a trial worker must survive (used in tests, in a child)."""

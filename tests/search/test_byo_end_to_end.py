@@ -38,7 +38,9 @@ def test_user_module_by_import_path_through_the_cli(fmnist_dir: Path, tmp_path: 
     assert "edgecompress.testing:odd_net" in printed and "out" in printed and "depth      applies" in printed
 
     main(["search", str(cfg), "--study", "byo", "--storage", storage, "--no-progress"])
-    df = study_to_frame(load_study("byo", storage))
+    study = load_study("byo", storage)
+    assert study.user_attrs["model_structure"]["classifier"] == "out"  # found once, stored with the study
+    df = study_to_frame(study)
     done = df[df["state"] == "COMPLETE"]
     assert len(done) >= 2, df[["state"]]
     pruned = done[done["achieved_prune"] > 0.3]
