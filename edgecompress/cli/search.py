@@ -32,8 +32,13 @@ def front_gains_by_trial(summary: Any) -> dict[int, dict[str, Any]]:
 
     if not summary.front:
         return {}
+    from edgecompress.study.attrs import FINAL_SUFFIX
+
+    # exactly the summary's study: a search summary's trials, or (after finalize) the finalized study's; "proxy" on
+    # a `-final` name would open its search study, whose trial numbers mean other configs
+    fidelity = "auto" if summary.study_name.endswith(FINAL_SUFFIX) else "proxy"
     try:
-        df = study_to_frame(load_study(summary.study_name, summary.storage, final="proxy"))
+        df = study_to_frame(load_study(summary.study_name, summary.storage, final=fidelity))
     except EdgeCompressError:  # a storage the summary names but this process cannot reopen: no gains column
         return {}
     numbers = [int(r["number"]) for r in summary.front]

@@ -73,6 +73,19 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
         if n is not None:  # same config, re-trained: other weights
             assert t.user_attrs[A.CONFIG_HASH] == by_number[n].user_attrs[A.CONFIG_HASH]
             assert t.user_attrs[A.WEIGHTS_HASH] != by_number[n].user_attrs[A.WEIGHTS_HASH]
+    # the table printed after finalize: gains of finalized rows against the finalized uncompressed model, from the
+    # finalized study only (it used to read the search study's trials with the same numbers)
+    from edgecompress.cli.search import front_gains_by_trial
+
+    gains = front_gains_by_trial(summary.search)
+    assert gains, "the finalized front has rows with gains"
+    base_number = next(iter(gains.values()))["base_trial"]
+    base = final.trials[base_number]
+    assert base.user_attrs[A.PROXY_TRIAL] is None or base.params == src.trials[base.user_attrs[A.PROXY_TRIAL]].params
+    for n, g in gains.items():
+        t = final.trials[n]
+        want_acc = (t.user_attrs["accuracy"] - base.user_attrs["accuracy"]) * 100
+        assert abs(g["accuracy_change_pp"] - want_acc) < 1e-6, (n, g)
     # every command reads the finalized study by default; the search study with final="proxy"
     assert load_study("tiny").study_name == "tiny-final"
     assert load_study(proxy["storage"]).study_name == "tiny-final"  # a file with both counts as one study
