@@ -63,7 +63,7 @@ test-slow: data browser qemu services
 
 # ruff, then the layer contracts (pyproject.toml [tool.importlinter]): a lower layer importing a higher one fails
 lint: install
-	$(BIN)/ruff check edgecompress tests bench
+	$(BIN)/ruff check edgecompress tests bench examples
 	$(BIN)/lint-imports --no-cache
 
 bench: data
