@@ -265,6 +265,14 @@ def discover(model: nn.Module, in_chans: int, input_size: int, stages: list[str]
         source="zoo" if zoo else ("override" if stages else "graph"))
 
 
+def find_module(model: nn.Module, name: str) -> nn.Module | None:
+    """The module at dotted `name`, or None when it no longer exists (depth dropped its block)."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
+
+
 def model_label(model: nn.Module) -> str:
     """How errors name a model: its zoo name or reference, else its class."""
     return getattr(model, "zoo_name", None) or getattr(model, "model_ref", None) or type(model).__name__

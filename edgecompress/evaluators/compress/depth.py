@@ -23,7 +23,7 @@ from typing import Any
 import torch.nn as nn
 
 from edgecompress.errors import CompressionError
-from edgecompress.evaluators.structure import ensure_structure
+from edgecompress.evaluators.structure import ensure_structure, find_module
 
 #: attribute set on a depth-reduced model: kept block indices per stage, in the ORIGINAL numbering (zoo), or the
 #: names of the dropped blocks (any other model)
@@ -45,16 +45,11 @@ def _generic_runs(model: nn.Module) -> list[list[list[str]]]:
     """Per stage, the runs of droppable blocks still present (a dropped one is an nn.Identity)."""
     out = []
     for st in ensure_structure(model).stages:
-        runs = [[b for b in run if not isinstance(_get(model, b), nn.Identity)] for run in st.runs]
+        runs = [[b for b in run if not isinstance(find_module(model, b), nn.Identity)] for run in st.runs]
         out.append([r for r in runs if r])
     return out
 
 
-def _get(model: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        return None
 
 
 def is_droppable(block: nn.Module) -> bool:
@@ -97,7 +92,7 @@ def _drop_generic(model: nn.Module, blocks_per_stage: list[int]) -> nn.Module:
             longest = max(range(len(runs)), key=lambda j: (len(runs[j]), j))
             dropped.append(runs[longest].pop())
     for name in dropped:
-        if not isinstance(_get(model, name), nn.Identity):
+        if not isinstance(find_module(model, name), nn.Identity):
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
     setattr(model, DROPPED_ATTR, dropped)

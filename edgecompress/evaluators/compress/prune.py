@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from edgecompress.errors import CompressionError
-from edgecompress.evaluators.structure import ensure_structure, model_label
+from edgecompress.evaluators.structure import ensure_structure, find_module, model_label
 
 Importance = Literal["magnitude", "taylor"]
 #: attribute of a pruned model: Torch-Pruning's pruning history [[layer, out-channels?, indices], ...], replayed
@@ -56,13 +56,7 @@ def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[i
 
 def _layers(model: nn.Module, names: list[str]) -> list[nn.Module]:
     """The named layers that still exist (depth may have dropped some blocks)."""
-    out = []
-    for n in names:
-        try:
-            out.append(model.get_submodule(n))
-        except AttributeError:
-            continue
-    return out
+    return [m for m in (find_module(model, n) for n in names) if m is not None]
 
 
 def _out_channels(m: nn.Module) -> int:
