@@ -71,6 +71,30 @@ def _calib_reader(batches: list[torch.Tensor]) -> Any:
     return _Reader()
 
 
+_PASS_THROUGH = {"Flatten", "Reshape", "Identity", "Squeeze", "Cast", "Add"}
+
+
+def classifier_node(path: Path) -> str | None:
+    """The name of the Gemm/MatMul/Conv node whose output the graph returns (through reshapes and a bias
+    Add): the classifier, kept in fp32 by int8 quantisation. Quantising the logits to 8 bits turns near-ties
+    into ties: a ResNet-18 on Fashion-MNIST agreed with fp32 on 88.3% of images, 97.0% with it kept fp32."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    constants = {i.name for i in graph.initializer}
+    name = graph.output[0].name
+    while name in made_by:
+        node = made_by[name]
+        if node.op_type in ("Gemm", "MatMul", "Conv"):
+            return node.name
+        inputs = [i for i in node.input if i and i not in constants and i in made_by]
+        if node.op_type not in _PASS_THROUGH or len(inputs) != 1:
+            return None
+        name = inputs[0]
+    return None
+
+
 def build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: list[torch.Tensor],
                dev: torch.device, threads: int, workdir: Path, exporter: str, spinning: bool = True,
                int8_scheme: str = "auto") -> Deployed:
@@ -97,17 +121,19 @@ def build_ort(model: nn.Module, example: torch.Tensor, precision: str, calib: li
         qpath = workdir / "model_int8.onnx"
         try:
             quant_pre_process(str(path), str(pre))
+            keep_fp32 = [n for n in [classifier_node(pre)] if n]
             quantize_static(str(pre), str(qpath), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QUInt8 if scheme == "u8u8" else QuantType.QInt8,
-                            reduce_range=scheme == "u8s8_rr")
+                            reduce_range=scheme == "u8s8_rr", nodes_to_exclude=keep_fp32)
         except Exception as e:  # noqa: BLE001
             name = type(model).__name__
             raise CompressionError(f"onnxruntime int8 quantisation of {name} failed: {e}") from None
         pre.unlink(missing_ok=True)
         path = qpath
         label = "U8S8, 7-bit weights" if scheme == "u8s8_rr" else scheme.upper()
-        real = f"int8 (onnxruntime static QDQ, per-channel weights, {label}: {why})"
+        fp32_head = ", classifier fp32" if keep_fp32 else ""
+        real = f"int8 (onnxruntime static QDQ, per-channel weights, {label}{fp32_head}: {why})"
 
     sess = ort.InferenceSession(str(path), sess_options=ort_session_options(threads, spinning),
                                 providers=_ort_providers(dev))

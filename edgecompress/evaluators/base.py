@@ -18,7 +18,7 @@ from filelock import FileLock
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.models import create_model
-from edgecompress.evaluators.structure import attach_structure
+from edgecompress.evaluators.structure import STRUCTURE_ATTR, ModelStructure, attach_structure, structure_of
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, accuracy, train_model
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import artefact_store
@@ -41,12 +41,16 @@ def base_dir(exp: ExperimentConfig) -> Path:
     return cache_dir() / f"base-{label}-{exp.dataset.name}-{exp.base_key()}"
 
 
-def build_model(exp: ExperimentConfig, data: DataBundle) -> nn.Module:
-    """The experiment's model for `data`, with its structure discovered at the data's channels and size."""
+def build_model(exp: ExperimentConfig, data: DataBundle, structure: dict[str, Any] | None = None) -> nn.Module:
+    """The experiment's model for `data`, with its structure: `structure` as stored with the base model (found
+    once, when the base was trained), else discovered at the data's channels and size."""
     model = create_model(exp.model.name, num_classes=data.num_classes, in_chans=data.in_chans,
                          pretrained=exp.model.pretrained, input_size=data.native_size, **exp.model.kwargs)
-    attach_structure(model, data.in_chans, data.native_size, stages=exp.model.stages,
-                     ignored_layers=exp.model.ignored_layers)
+    if structure is not None:
+        setattr(model, STRUCTURE_ATTR, ModelStructure.from_dict(structure))
+    else:
+        attach_structure(model, data.in_chans, data.native_size, stages=exp.model.stages,
+                         ignored_layers=exp.model.ignored_layers)
     return model
 
 
@@ -69,11 +73,15 @@ def get_base_model(
         if store and not force and not (weights.is_file() and metrics_file.is_file()):
             _fetch_base(store, folder)
         if not force and weights.is_file() and metrics_file.is_file():
-            model = build_model(exp, data)
             try:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
-                model.load_state_dict(state["state_dict"])
+                structure = state.get("structure")
                 metrics = json.loads(metrics_file.read_text())
+            except Exception as e:  # noqa: BLE001 - corrupt cache entry
+                raise EdgeCompressError(f"{folder}: corrupt base-model cache entry ({e}); delete it") from None
+            model = build_model(exp, data, structure=structure)
+            try:
+                model.load_state_dict(state["state_dict"])
             except Exception as e:  # noqa: BLE001 - corrupt cache entry
                 raise EdgeCompressError(f"{folder}: corrupt base-model cache entry ({e}); delete it") from None
             return BaseModel(model.eval(), metrics, exp.base_key(), folder, reused=True)
@@ -103,7 +111,8 @@ def get_base_model(
             "memory_format_reason": hist.memory_format_reason,
         }
         with atomic_path(weights) as tmp:
-            torch.save({"format_version": FORMAT_VERSION, "state_dict": model.state_dict()}, tmp)
+            torch.save({"format_version": FORMAT_VERSION, "state_dict": model.state_dict(),
+                        "structure": structure_of(model).to_dict()}, tmp)
         atomic_write_json(metrics_file, metrics)
         if store:
             _upload_base(store, folder)

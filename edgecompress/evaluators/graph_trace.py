@@ -4,6 +4,8 @@ which modules add their input to their output (autograd's graph)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -149,3 +151,40 @@ def trace(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
             h.remove()
     return {"outputs": outputs, "residual": residual, "tracer": tracer, "out": out, "attention": attention,
             "names": names}
+
+
+
+class _ShuffleAsIdentity(TorchFunctionMode):
+    """Channel shuffles (4-D -> 5-D view, transpose/permute, view back to 4-D) pass their input through
+    unchanged, so autograd shows Torch-Pruning an identity where its index mapping of the 5-D view fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.split: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(5-D tensor) -> (it, its 4-D source)
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        src = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        if src is not None and id(src) in self.split:
+            source = self.split[id(src)][1]
+            if func in _RESHAPES:
+                return source
+            out = func(*args, **kwargs)
+            keeps = func in _SHUFFLES or getattr(func, "__name__", "") in ("contiguous", "clone")
+            if isinstance(out, torch.Tensor) and keeps:
+                self.split[id(out)] = (out, source)
+            return out
+        out = func(*args, **kwargs)
+        if func in _RESHAPES and src is not None and src.dim() == 4 and isinstance(out, torch.Tensor) \
+                and out.dim() == 5:
+            self.split[id(out)] = (out, src)
+        return out
+
+
+@contextlib.contextmanager
+def shuffle_as_identity() -> Iterator[None]:
+    """Build Torch-Pruning's graph with every channel shuffle seen as an identity (its 5-D view otherwise
+    divides by zero in `update_reshape_index_mapping`). Safe only because structure.py keeps every layer
+    whose channels go through a shuffle, and each group coupled with one, out of pruning."""
+    with _ShuffleAsIdentity():
+        yield

@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch_pruning as tp
 
 from edgecompress.errors import CompressionError
-from edgecompress.evaluators.graph_trace import Tracer, producers, trace
+from edgecompress.evaluators.graph_trace import Tracer, producers, shuffle_as_identity, trace
 
 STRUCTURE_ATTR = "ec_structure"
 
@@ -76,6 +76,31 @@ def _out_layers(DG: tp.DependencyGraph, group: Any, names: dict[nn.Module, str])
     return [names[dep.target.module] for dep, _ in group
             if DG.is_out_channel_pruning_fn(dep.handler) and dep.target.module in names
             and isinstance(dep.target.module, (nn.Conv2d, nn.Linear))]
+
+
+def _all_groups(DG: tp.DependencyGraph, model: nn.Module, names: dict[nn.Module, str]
+                ) -> tuple[list[list[str]], dict[str, str]]:
+    """Every channel group (its out-channel conv/linear layers), as `DG.get_all_groups` finds them, and the
+    layers whose group Torch-Pruning cannot map (a split feeding a channel shuffle in ShuffleNetV2) with why."""
+    groups: list[list[str]] = []
+    unmapped: dict[str, str] = {}
+    seen: set[str] = set()
+    for m in DG.module2node:
+        if not isinstance(m, (nn.Conv2d, nn.Linear)) or names.get(m) in seen or m not in names:
+            continue
+        pruner = DG.get_pruner_of_module(m)
+        if pruner is None or pruner.get_out_channels(m) is None:
+            continue
+        try:
+            group = DG.get_pruning_group(m, pruner.prune_out_channels, list(range(pruner.get_out_channels(m))))
+        except Exception as e:  # noqa: BLE001 - Torch-Pruning's index mapping failing on this layer's group
+            unmapped[names[m]] = f"Torch-Pruning cannot map its channels ({type(e).__name__} in {_tp_frame(e)})"
+            seen.add(names[m])
+            continue
+        outs = _out_layers(DG, group, names)
+        seen.update(outs)
+        groups.append(outs)
+    return groups, unmapped
 
 
 def _tp_frame(e: Exception) -> str:
@@ -198,14 +223,16 @@ def discover(model: nn.Module, in_chans: int, input_size: int, stages: list[str]
     reasons = dict(kept)  # the causes; the groups they are in are kept out with them (no cascade)
 
     try:
-        with torch.enable_grad():
+        with torch.enable_grad(), shuffle_as_identity():
             DG = tp.DependencyGraph().build_dependency(model, example_inputs=x.detach())
-            all_groups = [_out_layers(DG, g, names)
-                          for g in DG.get_all_groups(ignored_layers=[], root_module_types=(nn.Conv2d, nn.Linear))]
+            all_groups, unmapped = _all_groups(DG, model, names)
     except Exception as e:  # noqa: BLE001 - Torch-Pruning's tracer failing on this graph
         shuffle = " (it has a channel shuffle)" if tracer.shuffle_inputs else ""
         raise CompressionError(f"Torch-Pruning cannot build the dependency graph of {type(model).__name__}"
                                f"{shuffle}: {type(e).__name__} in {_tp_frame(e)}") from None
+    for n, why in unmapped.items():
+        kept.setdefault(n, why)
+        reasons.setdefault(n, why)
     groups: list[tuple[list[str], int | None]] = []
     for outs in all_groups:
         culprit = next((n for n in outs if n in reasons), None)

@@ -21,6 +21,7 @@ from edgecompress.errors import CompressionError, ConfigError, ModelError
 from edgecompress.evaluators.compress.io import load_compressed, save_compressed
 from edgecompress.evaluators.compress.prune import HISTORY_ATTR, count_macs_params, prune_model
 from edgecompress.evaluators.data import FMNIST_FILES, read_idx
+from edgecompress.evaluators.graph_trace import shuffle_as_identity
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.structure import attach_structure
 
@@ -34,6 +35,7 @@ ARCHS = [
     pytest.param("torchvision:efficientnet_b0", id="efficientnet_b0", marks=slow),
     pytest.param("torchvision:regnet_x_400mf", id="regnet_x_400mf", marks=slow),
     pytest.param("torchvision:densenet121", id="densenet121", marks=slow),
+    pytest.param("torchvision:shufflenet_v2_x0_5", id="shufflenet_v2_x0_5", marks=slow),
     pytest.param("timm:mobilenetv3_small_050", id="timm-mobilenetv3", marks=slow),
 ]
 
@@ -116,7 +118,7 @@ def masked(base: nn.Module, history: list, example: torch.Tensor) -> nn.Module:
     """`base` with every channel the history removes zeroed (conv/linear rows + bias, norm gamma + beta), found
     through a fresh dependency graph of the unpruned model."""
     m = copy.deepcopy(base)
-    with torch.enable_grad():
+    with torch.enable_grad(), shuffle_as_identity():  # ShuffleNetV2: its shuffle's groups are never pruned
         dg = tp.DependencyGraph().build_dependency(m, example_inputs=example)
     with torch.no_grad():
         for name, is_out, idxs in history:
@@ -203,11 +205,17 @@ def test_pruned_model_learns_and_int8_agrees(ref: str, images) -> None:
 
 
 # ---- what is refused, in one line ---------------------------------------------------------------------------
-def test_channel_shuffle_model_is_refused_with_the_reason() -> None:
+def test_channel_shuffle_layers_are_kept_out_with_the_reason() -> None:
+    """ShuffleNetV2 is searched: the convs whose channels go through a shuffle (and Torch-Pruning's unmappable
+    split groups) are kept out with their reason; the branches' inner convs are pruned (the slow equivalence
+    test checks that pruning against masking)."""
     model = create_model("torchvision:shufflenet_v2_x0_5", num_classes=10, in_chans=1, input_size=SIZE)
-    with pytest.raises(CompressionError, match=r"Torch-Pruning cannot build the dependency graph of ShuffleNetV2 "
-                                               r"\(it has a channel shuffle\)"):
-        attach_structure(model, 1, SIZE)
+    struct = attach_structure(model, 1, SIZE)
+    assert "channel shuffle" in struct.kept_out["stage2.0.branch2.5"]
+    assert "channel shuffle" in struct.kept_out["stage3.0.branch1.0"]  # the downsampling branch feeds it too
+    pruned = [n for st in struct.stages for n in st.layers]
+    assert "stage2.1.branch2.0" in pruned and "stage4.2.branch2.3" in pruned
+    assert not set(pruned) & set(struct.kept_out)
 
 
 def test_attention_model_is_refused() -> None:

@@ -25,6 +25,7 @@ from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress.depth import DEPTH_ATTR, DROPPED_ATTR, drop_blocks, keep_blocks
 from edgecompress.evaluators.compress.prune import HISTORY_ATTR
 from edgecompress.evaluators.compress.quantize import FAKE_QUANT_ATTR, apply_fake_quant
+from edgecompress.evaluators.graph_trace import shuffle_as_identity
 from edgecompress.evaluators.models import classifier_layer, create_model
 from edgecompress.evaluators.structure import STRUCTURE_ATTR, ModelStructure, ensure_structure
 from edgecompress.utils import atomic_path
@@ -122,7 +123,7 @@ def _replay(blob: dict) -> nn.Module:
     history = json.loads(blob["pruning_history_json"])
     if history:
         x = torch.randn(1, struct.in_chans, struct.input_size, struct.input_size)
-        with torch.enable_grad():
+        with torch.enable_grad(), shuffle_as_identity():
             dg = tp.DependencyGraph().build_dependency(model.eval(), example_inputs=x)
         dg.load_pruning_history([(n, out, idxs) for n, out, idxs in history])
         setattr(model, HISTORY_ATTR, history)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import torch_pruning as tp
 
 from edgecompress.errors import CompressionError
+from edgecompress.evaluators.graph_trace import shuffle_as_identity
 from edgecompress.evaluators.structure import ensure_structure, find_module, model_label
 
 Importance = Literal["magnitude", "taylor"]
@@ -190,15 +191,16 @@ def prune_model(
         was_training = model.training
         model.eval()
         try:
-            pruner = tp.pruner.BasePruner(
-                model,
-                example_inputs,
-                importance=imp,
-                pruning_ratio=0.0,
-                pruning_ratio_dict=ratio_dict,
-                ignored_layers=_kept_out(model, example_inputs),
-                round_to=round_to,
-            )
+            with shuffle_as_identity():
+                pruner = tp.pruner.BasePruner(
+                    model,
+                    example_inputs,
+                    importance=imp,
+                    pruning_ratio=0.0,
+                    pruning_ratio_dict=ratio_dict,
+                    ignored_layers=_kept_out(model, example_inputs),
+                    round_to=round_to,
+                )
             if importance == "taylor":
                 assert taylor_batch is not None
                 _taylor_gradients(model, taylor_batch)
