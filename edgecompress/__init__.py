@@ -2,6 +2,11 @@
 
 The verbs a user scripts, importable from here (loaded on first use, so `import edgecompress` stays light):
 
+    study = edgecompress.Study.load("demo")            # a stored study, opened once (edgecompress/handle.py)
+    best = study.select(max_latency=0.2); study.export("runs/export", edgecompress.ExportOptions(preprocess=True))
+
+or the functions the handle drives:
+
     exp = edgecompress.load_experiment("configs/fmnist-quick.yaml")
     summary = edgecompress.run_search(exp, "demo", trials=24)
     df = edgecompress.study_to_frame(edgecompress.load_study("demo"))
@@ -39,6 +44,9 @@ _API = {
     # search
     "run_search": "edgecompress.search", "run_ray_search": "edgecompress.search",
     "SearchSummary": "edgecompress.search",
+    # a stored study and the verbs on it (the handle), with their option objects
+    "Study": "edgecompress.handle", "ExportOptions": "edgecompress.handle", "CascadeOptions": "edgecompress.handle",
+    "FinalizeOptions": "edgecompress.handle", "FrontOptions": "edgecompress.handle",
     # studies: loading, frame, the front
     "load_study": "edgecompress.study", "study_to_frame": "edgecompress.study", "front": "edgecompress.study",
     "front_ranks": "edgecompress.study", "hypervolume": "edgecompress.study",

@@ -21,7 +21,7 @@ class Registry(Generic[T]):
         def deco(fn: T) -> T:
             key = name or fn.__name__
             if key in self._entries:
-                raise ValueError(f"{self.kind} {key!r} is already registered")
+                raise ValueError(f"name {key!r} is already registered as a {self.kind}")
             self._entries[key] = fn
             return fn
 

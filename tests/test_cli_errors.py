@@ -224,3 +224,65 @@ def test_results_commands_on_a_file_that_is_not_a_database(tmp_path: Path, monke
                        "or a .journal/.log/.jsonl journal)", (args, line)
     assert bogus.read_text() == text  # not written to (no schema created, no trial)
     assert not (tmp_path / "r.html").exists() and not (tmp_path / "out").exists()
+
+
+# ---- a project error against a bug (issue 27) --------------------------------------------------------
+def test_a_project_error_is_one_line_with_the_cli_flag_and_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture,
+                                                                  config: Path) -> None:
+    """The library names its argument (`storage`); the CLI prints its flag (--storage)."""
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        main(["search", str(config), "--study", "x", "--storage", "nonsense"])
+    assert e.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("error: --storage 'nonsense': expected an SQLAlchemy URL"), line
+    assert_no_study(tmp_path, "x")
+
+
+def test_a_bug_prints_its_traceback_and_exits_70(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture) -> None:
+    """Any other exception (here a KeyError from a library function `pareto` calls) is a bug: the traceback,
+    then one line saying so, exit 70 (EX_SOFTWARE), not a one-line exit 2."""
+    import edgecompress.results
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeyError("no such column")
+
+    monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
+    monkeypatch.setattr(edgecompress.results, "load_study", broken)
+    with pytest.raises(SystemExit) as e:
+        main(["pareto", "x"])
+    assert e.value.code == 70
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and "in broken" in err, err[-3000:]
+    assert lines[-2] == "KeyError: 'no such column'"
+    assert lines[-1] == "this is a bug in edgecompress, please report it: KeyError: 'no such column'"
+    assert not any(line.startswith("error: ") for line in lines)
+
+
+def test_a_bug_in_a_subprocess_exits_70(tmp_path: Path) -> None:
+    """The same through the real entry point (`python -m edgecompress.cli`): a ValueError that is not a project
+    error is a bug now, not a one-line exit 2."""
+    code = ("import sys, edgecompress.results as r\n"
+            "def broken(*a, **k):\n    raise ValueError('unexpected')\n"
+            "r.load_study = broken\n"
+            "from edgecompress.cli import main\nmain(sys.argv[1:])\n")
+    res = subprocess.run([sys.executable, "-c", code, "pareto", "x"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, EDGECOMPRESS_RUNS=str(tmp_path)))
+    assert res.returncode == 70, res.stderr[-3000:]
+    assert "Traceback (most recent call last)" in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == ("this is a bug in edgecompress, please report it: "
+                                                   "ValueError: unexpected")
+
+
+def test_with_flags_rewrites_only_the_known_argument_names() -> None:
+    from edgecompress.cli.base import with_flags
+
+    assert with_flags("export: give either `trial` or `knee`, not both") == "export: give either --trial or " \
+                                                                           "--knee, not both"
+    assert with_flags("x (pass `force` to write it anyway); `new_study` 'a'") == \
+        "x (pass --force to write it anyway); --new-study 'a'"
+    assert with_flags("timm is not installed (`make install` installs it); use `export`") == \
+        "timm is not installed (`make install` installs it); use `export`"

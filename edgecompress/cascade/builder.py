@@ -63,16 +63,16 @@ def _prepare(
         raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}")
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
-        raise ValueError(f"cascade candidate names must be unique, got {names}")
+        raise ValueError(f"candidates must have unique names, got {names}")
     for s in specs:
         if s.val_logits.ndim != 2 or s.val_logits.shape[0] != len(labels):
             raise ValueError(
-                f"val_logits of {s.name!r} have shape {s.val_logits.shape}, expected ({len(labels)}, C)"
+                f"candidates: val_logits of {s.name!r} have shape {s.val_logits.shape}, expected ({len(labels)}, C)"
             )
         if not np.isfinite(s.val_logits).all():
-            raise ValueError(f"val_logits of {s.name!r} contain NaN or inf")
+            raise ValueError(f"candidates: val_logits of {s.name!r} contain NaN or inf")
         if not (math.isfinite(s.latency_ms) and s.latency_ms > 0):
-            raise ValueError(f"latency_ms of {s.name!r} must be > 0, got {s.latency_ms!r}")
+            raise ValueError(f"candidates: latency_ms of {s.name!r} must be > 0, got {s.latency_ms!r}")
     return Problem(
         specs, labels, kind=kind, combine=combine, alpha=alpha, routing_overhead_ms=routing_overhead_ms, **kw
     )

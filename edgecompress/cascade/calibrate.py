@@ -95,7 +95,7 @@ def refine_plan(plan_fn: Callable[[list[Candidate]], CascadePlan], cands: list[C
     plan only: batch plans route whole batches."""
     plan = plan_fn(list(cands))
     if plan.batch:
-        raise ValueError("refine_plan: a batch-1 plan is needed (plan.batch is True)")
+        raise ValueError("plan_fn must give a batch-1 plan, got one with plan.batch True (refine_plan)")
     priced = list(cands)
     ref = Refinement()
     for _ in range(max_rounds):

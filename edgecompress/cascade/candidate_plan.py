@@ -20,6 +20,7 @@ from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.study import artefact_store
+from edgecompress.study import attrs as A
 
 __all__ = ["Candidate", "measure_routing_overhead_ms", "plan_cascade", "stage_modules", "study_candidates"]
 
@@ -56,9 +57,9 @@ def study_candidates(study: Any, include_estimated: bool = False,
     df = study_to_frame(study)
     notes: list[str] = []
     objectives = [{"name": "accuracy", "direction": "maximize"}, {"name": "latency_ms", "direction": "minimize"}]
-    if not include_estimated and "latency_source" in df:
+    if not include_estimated and A.LATENCY_SOURCE in df:
         done = df[(df["state"] == "COMPLETE") & df["feasible"].astype(bool)]
-        n_est = int((done["latency_source"] == "estimated").sum())
+        n_est = int((done[A.LATENCY_SOURCE] == "estimated").sum())
         if n_est:
             notes.append(f"{n_est} trials with estimated (sub-8-bit) latency left out")
     # the one front function, over feasible deployable trials (not the full front filtered afterwards)
@@ -72,7 +73,7 @@ def study_candidates(study: Any, include_estimated: bool = False,
     cands: list[Candidate] = []
     labels: np.ndarray | None = None
     for _, row in rows.iterrows():
-        folder = artefact_store.local_folder(row) or Path(str(row.get("artefact_dir") or ""))
+        folder = artefact_store.local_folder(row) or Path(str(row.get(A.ARTEFACT_DIR) or ""))
         if not (folder / ARTEFACT_FILES["val_logits"]).is_file():
             notes.append(f"trial {int(row['number'])}: no logits in {folder}, left out")
             continue
@@ -82,7 +83,7 @@ def study_candidates(study: Any, include_estimated: bool = False,
             labels = lab
         elif not np.array_equal(labels, lab):
             raise EdgeCompressError(f"trial {int(row['number'])}: validation labels differ from the other trials'")
-        config = dict(row.get("config") or {})
+        config = dict(row.get(A.CONFIG) or {})
         dic = config.get("crop") == "dic"  # its deployed model takes the raw canvas (box net -> crop -> classifier)
         size = _opt_int(row.get("pipeline_input_size")) if dic else None
         if dic and size is None:

@@ -25,7 +25,7 @@ def as_stage_spec(candidate: Any) -> StageSpec:
     get = candidate.get if isinstance(candidate, Mapping) else (lambda k, d=None: getattr(candidate, k, d))
     missing = [k for k in _FIELDS[:4] if get(k, None) is None]
     if missing:
-        raise ValueError(f"cascade candidate {get('name', candidate)!r} lacks {', '.join(missing)}")
+        raise ValueError(f"candidate {get('name', candidate)!r} lacks {', '.join(missing)} (a cascade candidate)")
     return StageSpec(
         name=str(get("name")),
         latency_ms=float(get("latency_ms")),

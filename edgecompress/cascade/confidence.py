@@ -83,7 +83,7 @@ def fit_temperature(
     labels = np.asarray(labels)
     if logits.ndim != 2 or labels.shape != (logits.shape[0],) or len(labels) == 0:
         raise ValueError(
-            f"fit_temperature needs N x C logits and N labels, got {logits.shape} and {labels.shape}"
+            f"logits and labels must be N x C and N (N > 0), got {logits.shape} and {labels.shape} (fit_temperature)"
         )
     lo, hi = bounds
     if not (0 < lo < hi and math.isfinite(hi)):

@@ -263,7 +263,7 @@ def check_fused(session: Any, reference: Callable[[np.ndarray], tuple[np.ndarray
         if same.any():
             diff = max(diff, float(np.abs(logits[same] - ref_logits[same]).max()))
     if n == 0:
-        raise ValueError("check_fused: no inputs")
+        raise ValueError("batches must hold at least one input (check_fused)")
     return FusedCheck(n, agree / n, same_route / n, diff, max(tolerance, rel_tolerance * scale), min_agreement)
 
 

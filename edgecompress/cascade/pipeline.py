@@ -85,11 +85,11 @@ def _with_preprocessing(fused_model: Any, data: Any, threads: int, n: int = 256)
     from edgecompress.evaluators.splits import make_loader
 
     if data.preprocess is None:
-        raise ConfigError(f"dataset {data.name} states no preprocessing: --preprocess is not available")
+        raise ConfigError(f"dataset {data.name} states no preprocessing: `preprocess` is not available")
     model = with_preprocessing(fused_model, data.preprocess, data.native_size, layout="NHWC")
     items = raw_items(data.test, n)
     if not items or isinstance(items[0], (str, os.PathLike)):
-        raise ConfigError("--preprocess: the check needs a dataset held in memory (folders: use `export`)")
+        raise ConfigError("`preprocess`: the check needs a dataset held in memory (folders: use `export`)")
     raw = fused_session(model, threads).run([LOGITS], {"images": np.stack(items)})[0]
     x = next(iter(make_loader(data.test, data.native_size, len(items))))[0].numpy()
     ref = fused_session(fused_model, threads).run([LOGITS], {INPUT: x})[0]

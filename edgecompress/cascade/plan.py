@@ -85,14 +85,14 @@ class CascadePlan:
     def __post_init__(self) -> None:
         m = len(self.stages)
         if m < 1:
-            raise ValueError("a cascade plan needs at least one stage")
+            raise ValueError("stages must hold at least one stage (a cascade plan)")
         self.stages = [s if isinstance(s, StagePlan) else StagePlan(**s) for s in self.stages]
         self.thresholds = [float(t) for t in self.thresholds]
         self.lows = [float(v) for v in self.lows] or [-math.inf] * (m - 1)
         self.temperatures = [check_temperature(t) for t in self.temperatures] or [1.0] * m
         if len(self.thresholds) != m - 1 or len(self.lows) != m - 1 or len(self.temperatures) != m:
             raise ValueError(
-                f"a {m}-stage plan needs {m - 1} thresholds/lows and {m} temperatures, got "
+                f"thresholds, lows and temperatures of a {m}-stage plan need {m - 1}, {m - 1} and {m} values, got "
                 f"{len(self.thresholds)}/{len(self.lows)}/{len(self.temperatures)}"
             )
         check_kind(self.kind)
@@ -123,7 +123,7 @@ class CascadePlan:
         d = dict(d)
         version = d.pop("version", PLAN_VERSION)
         if version != PLAN_VERSION:
-            raise ValueError(f"unsupported cascade plan version {version!r} (this code reads {PLAN_VERSION})")
+            raise ConfigError(f"cascade plan version {version!r} is not supported (this code reads {PLAN_VERSION})")
         d["stages"] = [StagePlan(**s) for s in d["stages"]]
         return cls(**d)
 
@@ -234,7 +234,7 @@ def simulate(
     if isinstance(logits_list, Mapping):
         missing = [n for n in plan.names if n not in logits_list]
         if missing:
-            raise ValueError(f"no logits for cascade stage(s) {missing}; have {sorted(logits_list)}")
+            raise ValueError(f"logits_list has no logits for cascade stage(s) {missing}; it has {sorted(logits_list)}")
         logits = [np.asarray(logits_list[n]) for n in plan.names]
     else:
         logits = [np.asarray(z) for z in logits_list]
@@ -244,7 +244,8 @@ def simulate(
         raise ValueError(f"plan has {m} stages but {len(logits)} logit arrays were given")
     for name, z in zip(plan.names, logits, strict=True):
         if z.ndim != 2 or z.shape[0] != len(labels):
-            raise ValueError(f"logits of stage {name!r} have shape {z.shape}, expected ({len(labels)}, C)")
+            raise ValueError(f"logits_list: the logits of stage {name!r} have shape {z.shape}, "
+                             f"expected ({len(labels)}, C)")
     confs = [confidence(z, plan.kind, t) for z, t in zip(logits[:-1], plan.temperatures[:-1], strict=True)]
     exit_stage = route(confs, plan.thresholds, plan.lows, n=len(labels))
     outs = running_outputs(logits, plan.combine, plan.alpha)

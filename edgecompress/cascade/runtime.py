@@ -48,7 +48,7 @@ def infer_in_chans(module: nn.Module) -> int:
     for p in module.parameters():
         if p.ndim == 4:
             return int(p.shape[1])
-    raise ValueError("cannot infer the input channels of a stage without a 4-D (conv) weight; pass in_chans")
+    raise ValueError("module has no 4-D (conv) weight to infer a stage's input channels from; pass in_chans")
 
 
 class CascadeModel(nn.Module):
@@ -81,7 +81,7 @@ class CascadeModel(nn.Module):
         routing costs little more than the confidence score.
         """
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"input must be N x {self.in_chans} x H x W, got shape {tuple(x.shape)}")
+            raise ValueError(f"x must be N x {self.in_chans} x H x W, got shape {tuple(x.shape)}")
         plan, m, n = self.plan, len(self.stages), x.shape[0]
         exit_stage = torch.full((n,), m - 1, dtype=torch.long, device=x.device)
         active: torch.Tensor | None = None  # indices of the samples still routed; None = all of them

@@ -13,6 +13,7 @@ import numpy as np
 
 from edgecompress.cascade.confidence import confidence, fit_temperature
 from edgecompress.cascade.plan import StagePlan, StageSpec, combine_weight, expected_latency, running_outputs
+from edgecompress.errors import ConfigError
 
 _INF = math.inf
 
@@ -84,7 +85,7 @@ class Problem:
 
     def _lat(self, s: StageSpec) -> float:
         if self.batch and s.latency_batch_ms is None:
-            raise ValueError(f"candidate {s.name!r} has no latency_batch_ms but batch=True")
+            raise ConfigError(f"candidate {s.name!r} has no latency_batch_ms (batch latency): a batch plan needs it")
         return float(s.latency_batch_ms) if self.batch else s.latency_ms
 
     def exit_correct(self, ids: tuple[int, ...]) -> np.ndarray:

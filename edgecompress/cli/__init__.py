@@ -2,13 +2,17 @@
 
 Only this layer prints; library functions compute and return. Exit codes (README "Exit codes"): 0 ok,
 1 a check failed (an export check, a failed evaluation), 2 bad input (every EdgeCompressError and usage
-error: one line on stderr), 130 interrupted (Ctrl-C). With `--json`, stdout carries only the JSON document.
+error: one line on stderr, the library's `argument` names printed as this CLI's flags, see base.with_flags),
+70 a bug (EX_SOFTWARE: any other exception; its traceback and a last line "this is a bug in edgecompress,
+please report it: TYPE: MESSAGE" on stderr), 130 interrupted (Ctrl-C). With `--json`, stdout carries only the
+JSON document.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sys
+import traceback
 
 import typer
 
@@ -34,11 +38,12 @@ for _module in (_base, _inspect, _evaluate, _search, _finalize, _results, _casca
     _module.register(app)
 
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: one-line errors, the documented exit codes, JSON-only stdout with --json."""
+    """Console-script entry point: one-line user errors, a traceback for a bug, the documented exit codes,
+    JSON-only stdout with --json."""
     args = list(sys.argv[1:] if argv is None else argv)
     guard = _base.json_mode() if "--json" in args else contextlib.nullcontext()
     try:
@@ -49,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
                 print("interrupted", file=sys.stderr)
             sys.exit(rc)
     except EdgeCompressError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_base.with_flags(str(e))}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -64,7 +69,16 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, aborts):
             print("aborted", file=sys.stderr)
             sys.exit(EXIT_INTERRUPTED)
-        raise
+        report_bug(e)
+        sys.exit(EXIT_BUG)
+
+
+def report_bug(e: BaseException) -> None:
+    """A bug (not a project error): the full traceback, then one line saying so, on stderr."""
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    lines = str(e).strip().splitlines()
+    what = type(e).__name__ + (f": {lines[0]}" if lines else "")
+    print(f"this is a bug in edgecompress, please report it: {what}", file=sys.stderr)
 
 
 def _click_types() -> tuple[tuple[type, ...], tuple[type, ...]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +28,20 @@ err_console = Console(stderr=True)
 
 
 _JSON_OUT: list[TextIO] = []  # where emit_json writes while json_mode is on
+
+#: The library's error messages name a Python argument in backticks (`storage`); the CLI prints its flag instead.
+FLAGS = {
+    "storage": "--storage", "sampler": "--sampler", "workers": "--workers", "trials": "--trials", "top": "--top",
+    "epochs": "--epochs", "new_study": "--new-study", "device": "--device", "formats": "--format",
+    "int8_scheme": "--int8-scheme", "preprocess": "--preprocess", "force": "--force", "trial": "--trial",
+    "knee": "--knee", "max_latency": "--max-latency", "min_accuracy": "--min-accuracy", "deployable": "--deployable",
+}
+
+
+def with_flags(message: str) -> str:
+    """A library error message as the CLI prints it: each `argument` in FLAGS becomes its flag (`force` ->
+    --force); other backticked words (`make install`) stay."""
+    return re.sub(r"`(\w+)`", lambda m: FLAGS.get(m.group(1), m.group(0)), message)
 
 
 @contextlib.contextmanager

@@ -50,6 +50,7 @@ def register(app: typer.Typer) -> None:
         """Compress, fine-tune and measure one configuration; print its metrics."""
         from edgecompress.evaluators.evaluate import build_evaluator
         from edgecompress.spaces import load_experiment
+        from edgecompress.study import attrs as A
 
         exp = load_experiment(config, parse_sets(override))
         cc = compression_from_sets(parse_sets(set_))
@@ -64,7 +65,7 @@ def register(app: typer.Typer) -> None:
             emit_json(result.to_dict())
         else:
             console.print(format_metrics(result))
-            if result.metrics.get("latency_source") == "estimated":
+            if result.metrics.get(A.LATENCY_SOURCE) == "estimated":
                 console.print(f"[yellow]note:[/] {result.metrics.get('latency_note')}")
         if result.state == "failed":
             raise typer.Exit(1)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.table import Table
 
-from edgecompress.cli.base import console, emit_json
+from edgecompress.cli.base import console, emit_json, with_flags
 from edgecompress.cli.tables import (  # noqa: F401 - front_rows: the pareto table's rows, imported from here too
     base_line,
     fmt_ms,
@@ -70,16 +68,20 @@ def _cascade_info(folder: Path) -> list[dict[str, Any]]:
 
     points: list[dict[str, Any]] = []
     front = folder / "front.json"
-    if front.is_file():
-        data = json.loads(front.read_text())
-        points += [dict(p) for p in (data if isinstance(data, list) else data.get("front", []))]
     spec = folder / "cascade.yaml"
-    if spec.is_file():
-        plan = (yaml.safe_load(spec.read_text()) or {}).get("plan") or {}
-        if plan.get("predicted_latency_ms") is not None and plan.get("predicted_accuracy") is not None:
-            points.append({"expected_latency_ms": plan["predicted_latency_ms"],
-                           "accuracy": plan["predicted_accuracy"],
-                           "models": [s.get("name") for s in plan.get("stages", [])], "chosen": True})
+    try:
+        if front.is_file():
+            data = json.loads(front.read_text())
+            points += [dict(p) for p in (data if isinstance(data, list) else data.get("front", []))]
+        if spec.is_file():
+            plan = (yaml.safe_load(spec.read_text()) or {}).get("plan") or {}
+            if plan.get("predicted_latency_ms") is not None and plan.get("predicted_accuracy") is not None:
+                points.append({"expected_latency_ms": plan["predicted_latency_ms"],
+                               "accuracy": plan["predicted_accuracy"],
+                               "models": [s.get("name") for s in plan.get("stages", [])], "chosen": True})
+    except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError) as e:  # a damaged cascade folder
+        raise EdgeCompressError(f"--cascade {folder}: unreadable front.json / cascade.yaml "
+                                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if not points:
         raise EdgeCompressError(f"--cascade {folder}: no cascade.yaml plan or front.json with "
                                 "expected_latency_ms and accuracy")
@@ -130,19 +132,6 @@ def _print_retarget(summary: Any) -> None:
                   + "`")
 
 
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad option values (ValueError from the library) become one-line EdgeCompressErrors (exit 2)."""
-    from edgecompress.errors import EdgeCompressError
-
-    try:
-        yield
-    except ValueError as e:
-        if isinstance(e, EdgeCompressError):
-            raise
-        raise EdgeCompressError(str(e)) from None
-
-
 def register(app: typer.Typer) -> None:
     @app.command()
     def pareto(
@@ -158,19 +147,20 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Pareto front of a study as a table sorted by latency, with speed-up, size and accuracy change against
         the study's uncompressed trial (estimated latencies marked ~ (est.))."""
+        from edgecompress.errors import ConfigError
         from edgecompress.results import calibration_notes, load_study, parse_latency_ms, select, study_to_frame
         from edgecompress.results.pareto import pareto_front
+        from edgecompress.study import attrs as A
         from edgecompress.utils import atomic_path
 
-        with user_errors():
-            max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
-            if min_accuracy is not None and not 0 <= min_accuracy <= 1:
-                raise ValueError(f"--min-accuracy: must be in [0, 1], got {min_accuracy}")
+        max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
+        if min_accuracy is not None and not 0 <= min_accuracy <= 1:
+            raise ConfigError(f"--min-accuracy: must be in [0, 1], got {min_accuracy}")
         st = load_study(study, storage, final="proxy" if proxy else "auto")
         df = study_to_frame(st)
         if csv is not None:
             with atomic_path(csv) as tmp:
-                df.drop(columns=["config"], errors="ignore").to_csv(tmp, index=False)
+                df.drop(columns=[A.CONFIG], errors="ignore").to_csv(tmp, index=False)
         has_complete = bool((df["state"] == "COMPLETE").any()) if len(df) else False
         rows = front_rows(df, max_ms, min_accuracy, all_, deployable) if has_complete else []
         sel = None
@@ -266,9 +256,10 @@ def register(app: typer.Typer) -> None:
         from edgecompress.deploy.export import export_trial
         from edgecompress.deploy.export_check import ExportError
         from edgecompress.results.pareto import parse_latency_ms
+        from edgecompress.study import attrs as A
 
         try:
-            with user_errors(), console.status("exporting and checking ..."):
+            with console.status("exporting and checking ..."):
                 max_ms = parse_latency_ms(max_latency) if max_latency is not None else None
                 result = export_trial(study, out, trial=trial, max_latency=max_ms, min_accuracy=min_accuracy,
                                       knee=knee, formats=formats, force=force, storage=storage, device=device,
@@ -277,14 +268,14 @@ def register(app: typer.Typer) -> None:
         except ExportError as e:
             if e.result is not None:
                 print_wide(_checks_table(e.result))
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {with_flags(str(e))}", err=True)
             # SystemExit, not typer.Exit: click returns (drops) typer.Exit's code under standalone_mode=False
             raise SystemExit(1) from None
         console.print(f"trial {result.number} of study {result.study} ({result.fidelity} fidelity): "
                       f"{result.selection.reason}")
         if result.gains:
             g = result.gains
-            est = result.selection.row.get("latency_source") == "estimated"
+            est = result.selection.row.get(A.LATENCY_SOURCE) == "estimated"
             acc = fmt_pp(g["accuracy_change_pp"], g["accuracy_change_low_pp"], g["accuracy_change_high_pp"])
             console.print(f"against the base (trial {g['base_trial']}): {fmt_x(g['speedup_b1'], est)} faster at batch "
                           f"1, {fmt_x(g['speedup_batch'], est)} at the serving batch, "
@@ -313,7 +304,7 @@ def register(app: typer.Typer) -> None:
         from edgecompress.deploy.retarget import retarget_study
 
         progress, task = step_progress(f"re-measuring on {device}")
-        with user_errors(), progress:
+        with progress:
             summary = retarget_study(
                 study, device=device, backend=backend, new_study=new_study, storage=storage, threads=threads,
                 overwrite=overwrite,
@@ -338,7 +329,7 @@ def register(app: typer.Typer) -> None:
         from edgecompress.deploy.retarget import remeasure_study
 
         progress, task = step_progress("re-measuring")
-        with user_errors(), progress:
+        with progress:
             summary = remeasure_study(
                 study, front_only=front, new_study=new_study, storage=storage, overwrite=overwrite,
                 latency_threads=latency_threads,

@@ -54,6 +54,7 @@ def print_summary(summary: Any) -> None:
     """Counts, where the study is, and the feasible Pareto front as a table with gains against the base."""
     from edgecompress.cli.tables import fmt_pp, fmt_x, print_wide
     from edgecompress.search.progress import describe, format_seconds
+    from edgecompress.study import attrs as A
 
     for w in summary.warnings:
         console.print(f"[yellow]warning:[/] {w}")
@@ -74,10 +75,10 @@ def print_summary(summary: Any) -> None:
         table.add_column(col, justify="right")
     gains = front_gains_by_trial(summary)
     for row in summary.front:
-        c = row["config"]
+        c = row[A.CONFIG]
         g = gains.get(int(row["number"]), {})
-        cached = f" (={row['cached_from']})" if row.get("cached_from") is not None else ""
-        est = "~" if row.get("latency_source") == "estimated" or c.get("w_bits", 32) < 8 else ""
+        cached = f" (={row[A.CACHED_FROM]})" if row.get(A.CACHED_FROM) is not None else ""
+        est = "~" if row.get(A.LATENCY_SOURCE) == "estimated" or c.get("w_bits", 32) < 8 else ""
         table.add_row(
             f"{row['number']}{cached}", *(_fmt(row["values"][n]) for n in names), _fmt(c.get("prune")),
             _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}",

@@ -46,6 +46,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
     against the study's uncompressed trial (results.gains); plain data. `deployable`: the front of the trials
     whose latency was measured (not estimated), computed over those trials."""
     from edgecompress.results.gains import GAIN_COLUMNS, front_gains
+    from edgecompress.study import attrs as A
     from edgecompress.study.frame import frame_objectives
     from edgecompress.study.front import candidates, front, sort_key
 
@@ -64,7 +65,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
             continue
         if min_accuracy is not None and not acc >= min_accuracy:
             continue
-        est = r.get("latency_source") == "estimated"
+        est = r.get(A.LATENCY_SOURCE) == "estimated"
         row = {
             "trial": int(r["number"]), "accuracy": acc,
             "accuracy_low": as_float(r.get("accuracy_low")), "accuracy_high": as_float(r.get("accuracy_high")),
@@ -75,7 +76,7 @@ def front_rows(df: Any, max_latency: float | None = None, min_accuracy: float | 
             "input_size": as_float(r.get("input_size")),
             "achieved_prune": as_float(r.get("achieved_prune", r.get("cfg_prune"))),
             "estimated": est, "feasible": bool(r.get("feasible", True)),
-            "latency_source": r.get("latency_source") or "-",
+            A.LATENCY_SOURCE: r.get(A.LATENCY_SOURCE) or "-",
             "crop": r.get("cfg_crop") if isinstance(r.get("cfg_crop"), str) else "none",
             "is_base": base is not None and int(r["number"]) == int(base["number"]),
         }
@@ -135,6 +136,8 @@ def fmt_lat(p50: Any, p90: Any, estimated: bool) -> str:
 def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
     """The front as a rich table with gains against the base (trial marked 'base'); estimated latencies (and the
     speed-ups resting on them) read '~x' and the row is yellow."""
+    from edgecompress.study import attrs as A
+
     t = Table(title=title)
     cols = ["trial", "accuracy", "test acc", "latency ms p50 / p90", "batch ms", "MACs", "size", "bits", "px",
             "pruned", "latency", "faster b1", "faster bN", "smaller", "acc vs base (95% paired)"]
@@ -154,7 +157,7 @@ def pareto_table(rows: list[dict[str, Any]], title: str) -> Table:
             r["bits"], ("-" if math.isnan(r["input_size"]) else str(int(r["input_size"])))
             + (" dic" if r.get("crop") == "dic" else ""),
             "-" if math.isnan(r["achieved_prune"]) else f"{r['achieved_prune']:.2f}",
-            "estimated" if est else r["latency_source"],
+            "estimated" if est else r[A.LATENCY_SOURCE],
             fmt_x(r.get("speedup_b1"), est), fmt_x(r.get("speedup_batch"), est), fmt_x(r.get("size_reduction")),
             fmt_pp(r.get("accuracy_change_pp"), r.get("accuracy_change_low_pp"), r.get("accuracy_change_high_pp")),
             style="yellow" if est else None,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgecompress.errors import ConfigError
+
 # ONNX Runtime int8 schemes (activations, weights). U8S8 is fastest, but on x86 CPUs without VNNI its
 # kernels (vpmaddubsw) saturate 16-bit sums: measured under emulation of an AVX2 CPU, a Fashion-MNIST
 # ResNet-8 agreed with fp32 on 96.4% of images with U8S8, 97.8% with U8S8 + reduce_range, 98.8% with U8U8,
@@ -33,7 +35,7 @@ def has_vnni(flags: set[str] | None = None) -> bool:
 def resolve_int8_scheme(scheme: str = "auto", flags: set[str] | None = None) -> tuple[str, str]:
     """(scheme, reason): "auto" gives U8U8 on an x86 CPU without VNNI, else U8S8 (see INT8_SCHEMES)."""
     if scheme not in INT8_SCHEMES:
-        raise ValueError(f"int8_scheme must be one of {INT8_SCHEMES}, got {scheme!r}")
+        raise ConfigError(f"`int8_scheme` must be one of {INT8_SCHEMES}, got {scheme!r}")
     if scheme != "auto":
         return scheme, "set explicitly"
     flags = cpu_flags() if flags is None else flags

@@ -89,7 +89,7 @@ class Deployed:
 
         `ref` is the reference deployed the same way (same device; kwargs go to measure_paired)."""
         if torch.device(ref.device) != torch.device(self.device):
-            raise ValueError(f"measure_paired: the reference runs on {ref.device}, the model on {self.device}")
+            raise ValueError(f"ref runs on {ref.device}, the model on {self.device}: measure_paired needs one device")
         kwargs.setdefault("threads", self.threads)
         clock = "host" if "onnxruntime" in (self.backend, ref.backend) else "auto"
         return measure_paired(
@@ -121,7 +121,7 @@ def serialized_size(obj: Any) -> int:
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if not path.is_file():
-            raise ValueError(f"serialized_size: no such file {path}")
+            raise ValueError(f"obj: no such file {path} (serialized_size)")
         return path.stat().st_size
     if isinstance(obj, (bytes, bytearray)):
         return len(obj)
@@ -131,4 +131,4 @@ def serialized_size(obj: Any) -> int:
         return buf.getbuffer().nbytes
     if hasattr(obj, "SerializeToString"):  # onnx.ModelProto without importing onnx here
         return len(obj.SerializeToString())
-    raise ValueError(f"serialized_size: cannot size an object of type {type(obj).__name__}")
+    raise ValueError(f"obj: cannot size an object of type {type(obj).__name__} (serialized_size)")

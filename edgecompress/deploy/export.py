@@ -48,7 +48,7 @@ from edgecompress.deploy.preprocess import Preprocess, with_preprocessing
 from edgecompress.deploy.runtime import deploy
 from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.deploy.sub8bit import estimate_latency
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.dic import load_dic_pipeline
@@ -67,9 +67,9 @@ FORMATS = ("yaml", "torchscript", "onnx")
 def check_device(device: str) -> None:
     """`device` is cpu or cuda, and CUDA is there when asked (one-line error otherwise)."""
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected 'cpu' or 'cuda', got {device!r}")
+        raise ConfigError(f"`device`: expected 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise EdgeCompressError(f"--device cuda: CUDA is not available on this machine (torch {torch.__version__})")
+        raise EdgeCompressError(f"`device` cuda: CUDA is not available on this machine (torch {torch.__version__})")
 
 
 def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
@@ -80,11 +80,11 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
         if not f:
             continue
         if f not in FORMATS:
-            raise ValueError(f"--format: unknown format {f!r} (choose from {', '.join(FORMATS)})")
+            raise ConfigError(f"`formats`: unknown format {f!r} (choose from {', '.join(FORMATS)})")
         if f not in out:
             out.append(f)
     if not out:
-        raise ValueError(f"--format: no format given (choose from {', '.join(FORMATS)})")
+        raise ConfigError(f"`formats`: no format given (choose from {', '.join(FORMATS)})")
     return tuple(out)
 
 
@@ -140,7 +140,8 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     """
     fmts = parse_formats(formats)
     if preprocess and "onnx" not in fmts:
-        raise ValueError("--preprocess puts the preprocessing in the ONNX graph: it needs --format onnx")
+        raise ConfigError("`preprocess` puts the preprocessing in the ONNX graph: it needs the onnx format in "
+                          "`formats`")
     check_device(device)
     resolve_int8_scheme(int8_scheme)  # a bad value fails before any work
     out_dir = Path(out_dir)
@@ -153,12 +154,12 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     problems: list[str] = []
     if not sel.feasible:
         if not force:
-            raise ExportError(f"{sel.reason} (pass --force to export it anyway)")
+            raise ExportError(f"{sel.reason} (pass `force` to export it anyway)")
         problems.append(sel.reason)
     exp = study_experiment(st)
     path = trial_model_path(sel.row, sel.number)
     model, meta = load_compressed(path)
-    cfg = CompressionConfig.from_dict(meta.get("config") or sel.row["config"], str(path))
+    cfg = CompressionConfig.from_dict(meta.get("config") or sel.row[A.CONFIG], str(path))
     data = data if data is not None else load_data(exp.dataset, exp.seed)
     spec = data.preprocess
     if spec is None:
@@ -229,7 +230,7 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
         budget_check(result, exp, cfg)
         if result.problems and not force:
             raise ExportError(f"export of trial {result.number} failed its checks: {'; '.join(result.problems)} "
-                              "(pass --force to write it anyway)", result)
+                              "(pass `force` to write it anyway)", result)
         doc = export_config(result, exp, data, dict(sel.row), size, device, threads, staging, spec)
         with open(staging / FILES["config"], "w") as f:
             yaml.safe_dump(plain(doc), f, sort_keys=False)

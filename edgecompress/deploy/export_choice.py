@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.study import artefact_store
@@ -22,20 +22,20 @@ def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = 
     the front of the trials whose latency was measured (never an estimated one; `trial` N must be one).
     """
     if trial is not None and knee:
-        raise ValueError("export: give either --trial or --knee, not both")
+        raise ConfigError("export: give either `trial` or `knee`, not both")
     if trial is None and not knee and max_latency is None and min_accuracy is None:
-        raise ValueError("export: choose a trial with --trial N, --max-latency X, --min-accuracy Y or --knee")
+        raise ConfigError("export: choose a trial with `trial` N, `max_latency` X, `min_accuracy` Y or `knee`")
     if trial is not None:
         rows = df[df["number"] == trial]
         if not len(rows):
             raise EdgeCompressError(f"export: study {df.attrs.get('study_name')!r} has no trial {trial}")
         row = rows.iloc[0]
         if row["state"] != "COMPLETE":
-            why = row.get("fail_reason") or row.get("state_detail")
+            why = row.get(A.FAIL_REASON) or row.get(A.STATE_DETAIL)
             raise EdgeCompressError(f"export: trial {trial} is {row['state']} ({why}); only complete trials export")
         if deployable and row.get(A.LATENCY_SOURCE) == "estimated":
-            raise ValueError(f"export --deployable: trial {trial}'s latency is estimated (no kernels here), not "
-                             "measured; drop --deployable to export it anyway")
+            raise ConfigError(f"export (`deployable`): trial {trial}'s latency is estimated (no kernels here), not "
+                              "measured; drop `deployable` to export it anyway")
         one = rows.copy()
         one.attrs = dict(df.attrs)
         sel = select(one, max_latency=max_latency, min_accuracy=min_accuracy)
@@ -58,9 +58,9 @@ def choose_trial(df: Any, trial: int | None = None, max_latency: float | None = 
 
 def trial_model_path(row: Any, number: int | None) -> Path:
     """model.pt of a trial's artefacts, or a one-line error saying why there is none."""
-    folder = row.get("artefact_dir") if hasattr(row, "get") else None
+    folder = row.get(A.ARTEFACT_DIR) if hasattr(row, "get") else None
     if not isinstance(folder, str) or not folder:
-        raise EdgeCompressError(f"trial {number} has no artefact_dir: nothing to export")
+        raise EdgeCompressError(f"trial {number} has no {A.ARTEFACT_DIR}: nothing to export")
     local = artefact_store.local_folder(row)  # not readable here: fetched from the artefact store's upload
     path = (local or Path(folder)) / ARTEFACT_FILES["model"]
     if not path.is_file():

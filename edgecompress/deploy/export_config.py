@@ -21,6 +21,7 @@ from edgecompress.deploy.preprocess import Preprocess
 from edgecompress.evaluators.data import DataBundle
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import attrs as A
 from edgecompress.utils import plain, read_format_yaml
 
 FORMAT = "edgecompress.export"
@@ -96,9 +97,9 @@ def export_config(result: ExportResult, exp: ExperimentConfig, data: DataBundle,
         "selection": {"reason": result.selection.reason, "feasible": result.selection.feasible,
                       "violations": plain(result.selection.violations)},
         "compression": result.config.to_dict(),
-        "config_hash": result.config.config_hash(),
-        "weights_sha256": result.weights_sha256,
-        "fidelity": result.fidelity,
+        A.CONFIG_HASH: result.config.config_hash(),  # named as the trial attrs they come from
+        A.WEIGHTS_HASH: result.weights_sha256,
+        A.FIDELITY: result.fidelity,
         "gains_vs_uncompressed": dict(result.gains) or None,
         "base_model": {"key": exp.base_key(), "model": exp.model.name, "dataset": exp.dataset.name},
         "seed": exp.seed,

@@ -169,11 +169,12 @@ def check_timing_args(caller: str, *, batch_size: int, threads: int, min_repeats
     returns the torch device, raising EdgeCompressError for CUDA on a machine without it."""
     for name, val in (("batch_size", batch_size), ("threads", threads), ("min_repeats", min_repeats)):
         if not isinstance(val, int) or val < 1:
-            raise ValueError(f"{caller}: {name} must be a positive int, got {val!r}")
+            raise ValueError(f"batch_size, threads and min_repeats must be positive ints, got {name}={val!r} "
+                             f"({caller})")
     if max_seconds <= 0 or target_cv <= 0:
-        raise ValueError(f"{caller}: max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv}")
+        raise ValueError(f"max_seconds and target_cv must be > 0, got {max_seconds}, {target_cv} ({caller})")
     if clock not in ("auto", "host"):
-        raise ValueError(f"{caller}: clock must be 'auto' or 'host', got {clock!r}")
+        raise ValueError(f"clock must be 'auto' or 'host', got {clock!r} ({caller})")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EdgeCompressError(f"latency on {dev} requested but CUDA is not available on this machine")

@@ -48,7 +48,7 @@ def median_interval(xs: list[float], confidence: float = 0.95) -> tuple[float, f
     the whole range.
     """
     if not xs:
-        raise ValueError("median_interval: no values")
+        raise ValueError("xs must not be empty (median_interval)")
     s = sorted(xs)
     n = len(s)
     med = statistics.median(s)
@@ -221,7 +221,7 @@ def measure_paired(
     dev = check_timing_args("measure_paired", batch_size=batch_size, threads=threads, min_repeats=min_repeats,
                             max_seconds=max_seconds, target_cv=target_cv, clock=clock, device=device)
     if not 0 <= min_seconds <= max_seconds:
-        raise ValueError(f"measure_paired: min_seconds must be in [0, max_seconds={max_seconds}], got {min_seconds}")
+        raise ValueError(f"min_seconds must be in [0, max_seconds={max_seconds}], got {min_seconds} (measure_paired)")
     cuda = dev.type == "cuda"
 
     lock_cm = latency_lock(lock_path) if use_lock else contextlib.nullcontext()

@@ -67,19 +67,20 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if len(self.mean) != self.channels or len(self.std) != self.channels:
-            raise ValueError(f"Preprocess({self.dataset}): mean/std need {self.channels} values")
+            raise ValueError(f"mean/std need {self.channels} values each (Preprocess {self.dataset})")
         if self.short_side_ratio is not None and self.short_side_ratio < 1.0:
-            raise ValueError(f"Preprocess({self.dataset}): short_side_ratio must be >= 1 (it is cropped to size)")
+            raise ValueError(f"short_side_ratio must be >= 1 (it is cropped to size), got {self.short_side_ratio} "
+                             f"(Preprocess {self.dataset})")
         if self.center_crop and self.short_side_ratio is None:
-            raise ValueError(f"Preprocess({self.dataset}): center_crop needs short_side_ratio")
+            raise ValueError(f"center_crop needs short_side_ratio (Preprocess {self.dataset})")
         if self.pil_mode is not None and self.pil_mode not in ("RGB", "L"):
-            raise ValueError(f"Preprocess({self.dataset}): pil_mode must be 'RGB' or 'L'")
+            raise ValueError(f"pil_mode must be 'RGB' or 'L', got {self.pil_mode!r} (Preprocess {self.dataset})")
 
     # ---- the geometry the loader uses --------------------------------------------------------------
     def short_side(self, size: int) -> int:
         """The short side (px) after the PIL resize for input `size`."""
         if self.short_side_ratio is None:
-            raise ValueError(f"{self.dataset}: no short-side resize")
+            raise ValueError(f"short_side_ratio is not set: {self.dataset} has no short-side resize")
         return round_half_up(self.short_side_ratio * size)
 
     def resized_dims(self, width: int, height: int, size: int) -> tuple[int, int]:
@@ -197,11 +198,12 @@ class Preprocess:
         else:
             arr = np.asarray(image)
             if arr.dtype != np.uint8:
-                raise ValueError(f"{self.dataset}: expected uint8 pixels, got {arr.dtype}")
+                raise ValueError(f"image: expected uint8 pixels ({self.dataset}), got {arr.dtype}")
         if arr.ndim == 2:
             arr = arr[:, :, None]
         if arr.ndim != 3 or arr.shape[2] != self.channels:
-            raise ValueError(f"{self.dataset}: expected H x W x {self.channels} pixels, got shape {list(arr.shape)}")
+            raise ValueError(f"image: expected H x W x {self.channels} pixels ({self.dataset}), "
+                             f"got shape {list(arr.shape)}")
         return arr
 
 
@@ -243,8 +245,8 @@ def preprocessing_graph(spec: Preprocess, size: int, layout: str = "NHWC", opset
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if opset < PREPROCESS_OPSET:
-        raise ValueError(f"preprocessing graph: ONNX Resize with antialias needs opset >= {PREPROCESS_OPSET}, "
-                         f"got {opset}")
+        raise ValueError(f"opset >= {PREPROCESS_OPSET} is needed by ONNX Resize with antialias (the preprocessing "
+                         f"graph), got {opset}")
     hw = [1, 2] if layout == "NHWC" else [2, 3]
     nodes: list[Any] = []
     inits: list[Any] = []

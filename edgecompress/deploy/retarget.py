@@ -37,8 +37,10 @@ from edgecompress.evaluators.evaluate import CompressionEvaluator, precision_for
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
+from edgecompress.study import attrs as A
 from edgecompress.study.attrs import set_objectives, study_experiment, study_objectives
 from edgecompress.study.constraints import violations as constraint_violations
+from edgecompress.study.record import TrialRecord
 from edgecompress.study.storage import JOURNAL_SUFFIXES, load_study, storage_for_path
 from edgecompress.utils import is_finite_number, runs_dir
 
@@ -46,7 +48,7 @@ from edgecompress.utils import is_finite_number, runs_dir
 LATENCY_KEYS = (
     "latency_ms", "latency_p90_ms", "latency_mean_ms", "latency_cv", "latency_repeats", "latency_batch_ms",
     "latency_batch_p90_ms", "latency_batch_cv", "batch_size", "device", "device_name", "threads", "backend",
-    "runtime_version", "torch_version", "precision", "provider", "latency_source", "latency_note",
+    "runtime_version", "torch_version", "precision", "provider", A.LATENCY_SOURCE, "latency_note",
     "size_bytes", "measure_seconds",
 )
 _DEVICE_CONSTRAINTS = ("max_latency_ms", "max_latency_batch_ms", "max_size_bytes")
@@ -147,7 +149,7 @@ class _Remeasurer:
         if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
             m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
         else:
-            m["latency_source"] = "measured"
+            m[A.LATENCY_SOURCE] = "measured"
         return m
 
     def reference_model(self) -> torch.nn.Module:
@@ -197,10 +199,10 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
     """The re-measured copy of a complete trial, or the reason it is skipped."""
     ua = dict(t.user_attrs)
     try:
-        cfg = CompressionConfig.from_dict(ua["config"], f"trial {t.number} config")
+        cfg = CompressionConfig.from_dict(ua[A.CONFIG], f"trial {t.number} config")
     except (KeyError, TypeError):
-        return "no 'config' user attribute"
-    folder = ua.get("artefact_dir")
+        return f"no {A.CONFIG!r} user attribute"
+    folder = TrialRecord(ua).artefact_dir
     weights = Path(folder) / ARTEFACT_FILES["model"] if isinstance(folder, str) and folder else None
     trained = weights is not None and weights.is_file()
     note = ""
@@ -223,15 +225,14 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
     attrs["retargeted_from"] = {"study": source_name, "trial": t.number, "latency_ms": old_latency,
                                 "device": ua.get("device"), "device_name": ua.get("device_name"),
                                 "backend": ua.get("backend")}
-    violations = _new_violations(ua.get("violations") or {}, attrs, rm.exp)
+    violations = _new_violations(TrialRecord(ua).violations, attrs, rm.exp)
     if not trained:
         violations[NOT_TRAINED] = 1.0
     broken = [k for k, v in violations.items() if v > 0]
-    attrs["violations"] = violations
-    attrs["state_detail"] = "infeasible" if broken else "complete"
-    attrs.pop("fail_reason", None)
+    attrs.update(TrialRecord.attrs(violations=violations, state_detail="infeasible" if broken else "complete"))
+    attrs.pop(A.FAIL_REASON, None)
     if broken:
-        attrs["fail_reason"] = f"constraint violated on {device_label}: {', '.join(broken)}"
+        attrs[A.FAIL_REASON] = f"constraint violated on {device_label}: {', '.join(broken)}"
     values = _objective_values(objectives, attrs)
     configured = {k for k, v in rm.exp.constraints.model_dump().items() if v is not None}
     constraints = {k: v for k, v in violations.items() if k in configured or k == NOT_TRAINED}
@@ -239,9 +240,10 @@ def _retarget_one(t: FrozenTrial, rm: _Remeasurer, objectives: list[dict[str, st
                           distributions=t.distributions, user_attrs=attrs,
                           intermediate_values=t.intermediate_values, constraints=constraints or None)
     acc = attrs.get("accuracy")
-    info = RetargetedTrial(t.number, -1, attrs["state_detail"], float(acc) if is_finite_number(acc) else None,
+    rec = TrialRecord(attrs)
+    info = RetargetedTrial(t.number, -1, str(rec.state_detail), float(acc) if is_finite_number(acc) else None,
                            float(old_latency) if is_finite_number(old_latency) else None, float(attrs["latency_ms"]),
-                           attrs["latency_source"], note)
+                           rec.latency_source, note)
     return frozen, info
 
 
@@ -262,12 +264,12 @@ def retarget_study(source: Any, *, device: str = "cpu", backend: str | None = No
     exp = retargeted_experiment(study_experiment(src), device, backend, threads, latency_threads)
     name = new_study or f"{src.study_name}-{device}"
     if name == src.study_name and new_storage is None:
-        raise EdgeCompressError(f"--new-study: {name!r} is the source study; choose another name")
+        raise EdgeCompressError(f"`new_study`: {name!r} is the source study; choose another name")
     store = new_storage if new_storage is not None else target_storage(source, storage, name)
     if name in optuna.get_all_study_names(store):
         if not overwrite:
             raise EdgeCompressError(f"study {name!r} already exists in {_storage_label(store)}: choose "
-                                    "--new-study NAME or delete it")
+                                    "another `new_study` name or delete it")
         optuna.delete_study(study_name=name, storage=store)
     data = data if data is not None else load_data(exp.dataset, exp.seed)
     rm = _Remeasurer(exp, data)

@@ -56,22 +56,22 @@ def deploy(
     `int8_scheme` (onnxruntime int8): "auto" picks for the CPU this runs on, see `resolve_int8_scheme`.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"deploy: backend must be one of {BACKENDS}, got {backend!r}")
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r} (deploy)")
     if precision not in PRECISIONS:
-        raise ValueError(f"deploy: precision must be one of {PRECISIONS}, got {precision!r}")
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r} (deploy)")
     if int8_scheme not in INT8_SCHEMES:
-        raise ValueError(f"deploy: int8_scheme must be one of {INT8_SCHEMES}, got {int8_scheme!r}")
+        raise ValueError(f"int8_scheme must be one of {INT8_SCHEMES}, got {int8_scheme!r} (deploy)")
     if exporter not in ("legacy", "dynamo"):
-        raise ValueError(f"deploy: exporter must be 'legacy' or 'dynamo', got {exporter!r}")
+        raise ValueError(f"exporter must be 'legacy' or 'dynamo', got {exporter!r} (deploy)")
     if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"deploy: threads must be a positive int, got {threads!r}")
+        raise ValueError(f"threads must be a positive int, got {threads!r} (deploy)")
     if not isinstance(example_input, torch.Tensor) or example_input.dim() != 4:
-        raise ValueError("deploy: example_input must be a 4-d tensor (N, C, H, W)")
+        raise ValueError("example_input must be a 4-d tensor (N, C, H, W) (deploy)")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise EdgeCompressError(f"deploy: device {dev} requested but CUDA is not available on this machine")
     if precision == "int8" and calib_batches is None:
-        raise ValueError("deploy: precision 'int8' needs calib_batches (training images for calibration)")
+        raise ValueError("precision 'int8' needs calib_batches (training images for calibration) (deploy)")
 
     model = copy.deepcopy(model).cpu().float().eval()
     example = example_input.detach().cpu().float()
@@ -93,7 +93,7 @@ def deploy(
 def _calib_tensor(batch: Any) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (tuple, list)) else batch
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
-        raise ValueError("deploy: calib_batches must yield 4-d tensors or (x, y) pairs")
+        raise ValueError("batch of calib_batches must be a 4-d tensor or an (x, y) pair (deploy)")
     return x.detach().cpu().float()
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecompress.study import attrs as A
+
 
 def estimate_latency(
     measured_ms: float, measured_bits: int | tuple[int, int], target_w_bits: int, target_a_bits: int
@@ -18,9 +20,10 @@ def estimate_latency(
     for name, v in (("measured w bits", mw), ("measured a bits", ma), ("target_w_bits", target_w_bits),
                     ("target_a_bits", target_a_bits)):
         if not isinstance(v, int) or not 1 <= v <= 32:
-            raise ValueError(f"estimate_latency: {name} must be an int in 1..32, got {v!r}")
+            raise ValueError(f"measured_bits, target_w_bits and target_a_bits must be ints in 1..32, got {name} = "
+                             f"{v!r} (estimate_latency)")
     if not measured_ms > 0:
-        raise ValueError(f"estimate_latency: measured_ms must be > 0, got {measured_ms!r}")
+        raise ValueError(f"measured_ms must be > 0, got {measured_ms!r} (estimate_latency)")
     return float(measured_ms) * (target_w_bits * target_a_bits) / (mw * ma)
 
 
@@ -44,13 +47,13 @@ def estimate_sub8bit(metrics: dict[str, Any], base_precision: str, w_bits: int, 
     with latency_source="estimated" and a latency_note, to merge into `metrics`.
     """
     if base_precision not in PRECISION_BITS:
-        raise ValueError(f"estimate_sub8bit: base_precision must be one of {list(PRECISION_BITS)}, "
-                         f"got {base_precision!r}")
+        raise ValueError(f"base_precision must be one of {list(PRECISION_BITS)}, got {base_precision!r} "
+                         "(estimate_sub8bit)")
     bits = PRECISION_BITS[base_precision]
     out: dict[str, Any] = {k: estimate_latency(metrics[k], bits, w_bits, a_bits)
                            for k in SCALED_LATENCY_KEYS if k in metrics}
     where = f" on {metrics['device_name']}" if metrics.get("device_name") else ""
-    out["latency_source"] = "estimated"
+    out[A.LATENCY_SOURCE] = "estimated"
     out["latency_note"] = (f"{w_bits}/{a_bits}-bit latency estimated from the {base_precision} model measured{where} "
                            "x BitOPs ratio (no sub-8-bit kernels on this runtime)")
     if metrics.get("latency_protocol"):  # the measured model's latency is itself drift-corrected

@@ -18,7 +18,7 @@ from edgecompress.spaces.config import ALLOWED_BITS
 
 def _check_bits(name: str, bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
-        raise ValueError(f"count_costs: {name} must be one of {list(ALLOWED_BITS)}, got {bits!r}")
+        raise ValueError(f"bits must be one of {list(ALLOWED_BITS)}, got {name}={bits!r} (count_costs)")
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -31,7 +31,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         shape = (1, *shape)
     if len(shape) != 4 or any(s < 1 for s in shape):
         raise ValueError(
-            f"count_macs: input_shape must be (C, H, W) or (N, C, H, W), got {tuple(input_shape)}"
+            f"input_shape must be (C, H, W) or (N, C, H, W), got {tuple(input_shape)} (count_macs)"
         )
     total = 0
 

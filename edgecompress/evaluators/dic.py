@@ -68,7 +68,7 @@ class BoxNet(nn.Module):
                  arch: str = BOX_ARCH) -> None:
         super().__init__()
         if arch not in ("mlp", "conv"):
-            raise ValueError(f"BoxNet arch must be 'mlp' or 'conv', got {arch!r}")
+            raise ValueError(f"arch must be 'mlp' or 'conv', got {arch!r} (BoxNet)")
         self.in_chans, self.native, self.res, self.width, self.arch = in_chans, native, res, width, arch
         if arch == "conv":
             self.conv1 = nn.Conv2d(in_chans, width, 3, 2, 1)

@@ -49,6 +49,7 @@ from edgecompress.evaluators.splits import calibration_batches, make_loader
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, predict_logits, train_model
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
+from edgecompress.study import attrs as A
 from edgecompress.study.constraints import violations
 from edgecompress.study.intervals import wilson_interval
 from edgecompress.utils import atomic_path, seed_everything
@@ -200,7 +201,7 @@ class CompressionEvaluator(PairedLatencyMixin):
         if w < 8:  # no sub-8-bit kernels: scale the measured int8 (or fp32 fallback) latency by BitOPs
             metrics.update(estimate_sub8bit(metrics, dep.base_precision, w, a))
         else:
-            metrics["latency_source"] = "measured"
+            metrics[A.LATENCY_SOURCE] = "measured"
         metrics["measure_seconds"] = round(time.perf_counter() - t0, 3)
         pre = violations(metrics, exp.constraints, "pre")
         if any(v > 0 for v in pre.values()):
@@ -228,7 +229,7 @@ class CompressionEvaluator(PairedLatencyMixin):
         metrics["finetune_epochs"] = settings.epochs
         # 3. the shipped form gives the accuracy
         runner, fp_model = self._final_form(model, config, size, data.train)
-        metrics["weights_sha256"] = weights_hash(fp_model)  # names the trained weights (export records it too)
+        metrics[A.WEIGHTS_HASH] = weights_hash(fp_model)  # names the trained weights (export records it too)
         eb = exp.device.eval_batch_size
         lock = exp.device.exclusive_measurement
         val_logits = predict_logits(runner, data.val, size, eb, self.device, compute_lock=lock)

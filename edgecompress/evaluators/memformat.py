@@ -87,7 +87,7 @@ def cached_memory_format(
 ) -> MemoryFormatChoice | None:
     """The choice without probing: forced by `mode`, trivial, or cached; None when a probe would be needed."""
     if mode not in MEMORY_FORMATS:
-        raise ValueError(f"memory_format must be one of {MEMORY_FORMATS}, got {mode!r}")
+        raise ValueError(f"mode must be one of {MEMORY_FORMATS} (memory_format), got {mode!r}")
     if mode != "auto":
         return MemoryFormatChoice(mode, "set in the config")
     if not any(isinstance(m, nn.Conv2d) for m in model.modules()):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import EdgeCompressError, ModelError
 from edgecompress.registry import Registry
 
 _MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
@@ -47,7 +47,10 @@ def create_model(
 
         return build(ref, num_classes, in_chans, kwargs, pretrained, input_size)
     factory = _MODELS.get(ref)
-    model = factory(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+    try:
+        model = factory(num_classes=num_classes, in_chans=in_chans, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError) as e:  # model.kwargs it does not take, or values it rejects (argument checks)
+        raise ModelError(f"model {ref} with kwargs {kwargs}: {e}") from None
     model.zoo_name = ref  # type: ignore[attr-defined]
     if pretrained is not None and str(pretrained) != "torchvision":
         load_local_weights(model, Path(pretrained))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from edgecompress.spaces.config import CompressionConfig
+from edgecompress.study import attrs as A
 from edgecompress.study.constraints import satisfied
 
 State = Literal["complete", "infeasible", "failed", "pruned"]
@@ -67,23 +68,24 @@ class EvalResult:
         return self.state == "complete" and satisfied(self.violations)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record of metrics.json (and of a Ray trial's report); keys named as the trial attrs they become."""
         return {
-            "config": self.config.to_dict(),
-            "config_hash": self.config.config_hash(),
+            A.CONFIG: self.config.to_dict(),
+            A.CONFIG_HASH: self.config.config_hash(),
             "state": self.state,
             "metrics": dict(self.metrics),
-            "fail_reason": self.fail_reason,
-            "violations": dict(self.violations),
-            "artefact_dir": self.artefact_dir,
+            A.FAIL_REASON: self.fail_reason,
+            A.VIOLATIONS: dict(self.violations),
+            A.ARTEFACT_DIR: self.artefact_dir,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalResult:
         return cls(
-            config=CompressionConfig.from_dict(d["config"]),
+            config=CompressionConfig.from_dict(d[A.CONFIG]),
             state=d.get("state", "complete"),
             metrics=dict(d.get("metrics", {})),
-            fail_reason=d.get("fail_reason"),
-            violations=dict(d.get("violations", {})),
-            artefact_dir=d.get("artefact_dir"),
+            fail_reason=d.get(A.FAIL_REASON),
+            violations=dict(d.get(A.VIOLATIONS, {})),
+            artefact_dir=d.get(A.ARTEFACT_DIR),
         )

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from edgecompress.study import attrs as A
+
 CALIBRATION_KEY = "latency_calibrated_at"  # when the trial's reference calibration was taken
 REFERENCE_KEY = "latency_ref_study_ms"  # that calibration's batch-1 median of the reference
 
@@ -41,8 +43,8 @@ def calibration_mixes(df: pd.DataFrame) -> list[CalibrationMix]:
     if not len(df) or CALIBRATION_KEY not in df or REFERENCE_KEY not in df:
         return []
     done = df[(df["state"] == "COMPLETE") & df[CALIBRATION_KEY].notna() & df[REFERENCE_KEY].notna()]
-    if "latency_source" in done:
-        done = done[done["latency_source"].fillna("measured") == "measured"]
+    if A.LATENCY_SOURCE in done:
+        done = done[done[A.LATENCY_SOURCE].fillna("measured") == "measured"]
     device = done["device_name"] if "device_name" in done else pd.Series("this machine", index=done.index)
     out: list[CalibrationMix] = []
     for name, group in done.groupby(device.fillna("this machine"), sort=True):

@@ -19,6 +19,7 @@ import pandas as pd
 
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.study import artefact_store
+from edgecompress.study import attrs as A
 from edgecompress.study.intervals import paired_difference
 from edgecompress.utils import as_float
 
@@ -51,7 +52,7 @@ def _blocks(row: Mapping[str, Any]) -> float:
     kept = row.get("blocks_kept")
     if isinstance(kept, (list, tuple)) and kept:
         return float(sum(kept))
-    depth = (row.get("config") or {}).get("depth", 1.0)
+    depth = (row.get(A.CONFIG) or {}).get("depth", 1.0)
     return float(sum(depth)) if isinstance(depth, (list, tuple)) else (math.inf if depth == 1.0 else -1.0)
 
 
@@ -60,10 +61,10 @@ def base_trial(df: pd.DataFrame) -> dict[str, Any] | None:
 
     Among complete uncompressed configs, the one keeping the most blocks wins (then the lowest number): a
     depth-reduced 32-bit config is not the base when the full one was measured."""
-    if "config" not in df or len(df) == 0:
+    if A.CONFIG not in df or len(df) == 0:
         return None
     done = df[(df["state"] == "COMPLETE").to_numpy()] if "state" in df else df
-    rows = [r for r in done.to_dict("records") if is_uncompressed(r.get("config"))]
+    rows = [r for r in done.to_dict("records") if is_uncompressed(r.get(A.CONFIG))]
     if not rows:
         return None
     most = max(_blocks(r) for r in done.to_dict("records"))
@@ -75,9 +76,9 @@ def base_trial(df: pd.DataFrame) -> dict[str, Any] | None:
 
 def val_correctness(row: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """(per-image correctness, labels) from the validation logits the trial saved, or None without them."""
-    folder = artefact_store.local_folder(row) or Path(str(row.get("artefact_dir") or ""))
+    folder = artefact_store.local_folder(row) or Path(str(row.get(A.ARTEFACT_DIR) or ""))
     logits, labels = folder / ARTEFACT_FILES["val_logits"], folder / ARTEFACT_FILES["val_labels"]
-    if not row.get("artefact_dir") or not logits.is_file() or not labels.is_file():
+    if not row.get(A.ARTEFACT_DIR) or not logits.is_file() or not labels.is_file():
         return None
     z = np.load(logits, allow_pickle=False)
     y = np.load(labels, allow_pickle=False)

@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from edgecompress.results.gains import BASE_LABEL
+from edgecompress.study import attrs as A
 
 ESTIMATED_LABEL = "latency estimated (no sub-8-bit kernels)"
 FRONT_ALL_LABEL = "front: all trials (incl. estimated latency)"
@@ -233,7 +234,7 @@ def fidelity_figure(info: dict[str, Any]) -> go.Figure | None:
     lo, hi = min(x + y), max(x + y)
     fig = go.Figure(go.Scatter(
         x=x, y=y, mode="markers", name="config", marker={"size": 10},
-        text=[f"search trial {p['proxy_trial']} -> final trial {p['final_trial']}" for p in pts],
+        text=[f"search trial {p[A.PROXY_TRIAL]} -> final trial {p['final_trial']}" for p in pts],
         hovertemplate="%{text}<br>proxy %{x:.4f}, final %{y:.4f}<extra></extra>"))
     fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="y = x", line={"dash": "dot"}))
     base = info.get("base")

@@ -33,9 +33,9 @@ MIN_TRIALS_FOR_IMPORTANCE = 5
 FRONT_TABLE_COLUMNS = (
     "accuracy_low", "accuracy_high", "test_accuracy", "val_images",
     "latency_p90_ms", "latency_batch_ms", "macs", "bitops", "size_bytes", "cfg_w_bits", "cfg_a_bits",
-    "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", "latency_source",
+    "cfg_resolution", "cfg_prune", "cfg_depth", "input_size", "achieved_prune", A.LATENCY_SOURCE,
 )
-_HOVER_SKIP = {"config", "datetime_start", "datetime_complete", "state"}
+_HOVER_SKIP = {A.CONFIG, "datetime_start", "datetime_complete", "state"}
 
 
 def _param_dimension(name: str, values: pd.Series) -> dict[str, Any] | None:
@@ -103,7 +103,7 @@ def _fidelity_info(final: pd.DataFrame, proxy: pd.DataFrame | None) -> dict[str,
     for r in done.to_dict("records"):
         n = int(r[A.PROXY_TRIAL])
         if n in by_number.index and pd.notna(by_number.loc[n, "accuracy"]):
-            points.append({"final_trial": int(r["number"]), "proxy_trial": n,
+            points.append({"final_trial": int(r["number"]), A.PROXY_TRIAL: n,
                            "proxy_accuracy": float(by_number.loc[n, "accuracy"]),
                            "final_accuracy": float(r["accuracy"])})
     out: dict[str, Any] = {"points": points, "kendall_tau": None, "spearman": None}
@@ -176,7 +176,7 @@ def _get_report_info(
             "on_front": on_front,
             "on_deployable_front": int(dep_ranks[idx]) == 0,
             "feasible": feasible,
-            "estimated": row.get("latency_source") == "estimated",
+            "estimated": row.get(A.LATENCY_SOURCE) == "estimated",
             "hover": hover,
         })
     if any(p["estimated"] for p in points):
@@ -237,7 +237,7 @@ def _get_report_info(
             if r.get("feasible") and r["latency_ms"] is not None and r["accuracy"] is not None
         ]
     failures = [
-        {"number": int(r["number"]), "fail_reason": plain(r.get("fail_reason"), flat=True) or ""}
+        {"number": int(r["number"]), A.FAIL_REASON: plain(r.get(A.FAIL_REASON), flat=True) or ""}
         for r in df[df["state"] == "FAIL"].to_dict("records")
     ] if "state" in df else []
 
@@ -345,7 +345,7 @@ def render_html(info: dict[str, Any]) -> str:
                 parts.append(_table(table["columns"], table["rows"], row_id=row_id))
     if info["failures"]:
         parts.append(f"<h2>Failed trials ({len(info['failures'])})</h2>")
-        parts.append(_table(["number", "fail_reason"], info["failures"], row_id="failed"))
+        parts.append(_table(["number", A.FAIL_REASON], info["failures"], row_id="failed"))
     body = "\n".join(parts)
     return (
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'

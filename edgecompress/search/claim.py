@@ -33,7 +33,8 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-CONFIG_HASH = "config_hash"
+from edgecompress.study.attrs import CONFIG_HASH
+
 POLL_S = 0.5  # between two looks at the study while waiting
 SETTLE_S = 10.0  # longest wait for a lower-numbered trial to record its config hash
 

@@ -73,7 +73,7 @@ def choose_configs(df: Any, top: int, objectives: Any = None,
     `SearchSpace.uncompressed()`), in that order. `deployable`: ranks over the trials whose latency was
     measured on the study's device only (a sub-8-bit estimate cannot ship there)."""
     if top < 1:
-        raise ConfigError(f"--top must be >= 1, got {top}")
+        raise ConfigError(f"`top` must be >= 1, got {top}")
     objs = frame_objectives(df, objectives)
     ranks = front_ranks(df, objs, feasible_only=True, deployable=deployable)
     rows = df.assign(_rank=ranks.to_numpy())
@@ -86,11 +86,11 @@ def choose_configs(df: Any, top: int, objectives: Any = None,
     seen: set[str] = set()
     for r in rows.to_dict("records"):
         h = r.get(A.CONFIG_HASH)
-        if not isinstance(r.get("config"), dict) or not h or h in seen or h == uncompressed_hash:
+        if not isinstance(r.get(A.CONFIG), dict) or not h or h in seen or h == uncompressed_hash:
             continue
         seen.add(h)
         rank = int(r["_rank"])
-        out.append(Chosen(int(r["number"]), dict(r["config"]), str(h), "front" if rank == 0 else f"rank {rank}",
+        out.append(Chosen(int(r["number"]), dict(r[A.CONFIG]), str(h), "front" if rank == 0 else f"rank {rank}",
                           float(r[acc]) if acc in r else None))
         if len(out) == top:
             break
@@ -106,7 +106,7 @@ def final_experiment(exp: ExperimentConfig, epochs: int, overrides: dict[str, An
     """The search's experiment at full fidelity: every training image, `epochs` epochs, augmentation, the
     fixed sampler over enqueued configs only; `overrides` (dotted keys, e.g. "finetune.lr") win."""
     if epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {epochs}")
+        raise ConfigError(f"`epochs` must be >= 1, got {epochs}")
     d = copy.deepcopy(exp.to_dict())
     d["finetune"].update(epochs=epochs, train_subset=None, augment=True,
                          max_seconds=exp.finetune.max_seconds * TIME_PER_TRIAL_FACTOR)
@@ -117,7 +117,7 @@ def final_experiment(exp: ExperimentConfig, epochs: int, overrides: dict[str, An
         parts = key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise ConfigError(f"--set {key}: {p!r} is not a section of the experiment")
+                raise ConfigError(f"override {key}: {p!r} is not a section of the experiment")
             node = node[p]
         node[parts[-1]] = value
     return parse_experiment(d, "finalize experiment")
@@ -132,7 +132,7 @@ def _close_call(df: Any, chosen: list[Chosen]) -> PairedDifference | None:
     correct = []
     for c in ranked:
         row = df[df["number"] == c.proxy_trial]
-        folder = row["artefact_dir"].iloc[0] if len(row) and "artefact_dir" in row else None
+        folder = row[A.ARTEFACT_DIR].iloc[0] if len(row) and A.ARTEFACT_DIR in row else None
         try:
             logits = np.load(f"{folder}/{ARTEFACT_FILES['val_logits']}", allow_pickle=False)
             labels = np.load(f"{folder}/{ARTEFACT_FILES['val_labels']}", allow_pickle=False)

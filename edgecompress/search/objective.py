@@ -29,6 +29,7 @@ from edgecompress.study import artefact_store
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
 from edgecompress.study.constraints import active_constraints, constraint_values
+from edgecompress.study.record import TrialRecord
 from edgecompress.utils import atomic_write_json, atomic_write_text, is_finite_number, plain
 
 
@@ -74,7 +75,7 @@ def artefacts_usable(t: FrozenTrial) -> bool:
 def find_cached(study: optuna.Study, config_hash: str, exclude: int | None = None) -> FrozenTrial | None:
     """The first COMPLETE trial of `study` whose config has this hash."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get("config_hash") == config_hash and t.number != exclude:
+        if TrialRecord.of(t).config_hash == config_hash and t.number != exclude:
             return t
     return None
 
@@ -86,8 +87,8 @@ MAX_DEATHS = 2  # a config whose process died (or was killed) this often is not 
 def deaths_of(study: optuna.Study, config_hash: str, exclude: int | None = None) -> list[int]:
     """Numbers of FAIL trials of this config whose worker process died or was killed for time."""
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.user_attrs.get("config_hash") == config_hash and t.number != exclude
-            and str(t.user_attrs.get("fail_reason", "")).startswith(DIED_PREFIXES)]
+            if TrialRecord.of(t).config_hash == config_hash and t.number != exclude
+            and (TrialRecord.of(t).fail_reason or "").startswith(DIED_PREFIXES)]
 
 
 def write_trial_files(folder: Path, config: CompressionConfig, record: dict[str, Any]) -> None:
@@ -124,15 +125,15 @@ def link_artefacts(src: Path, dst: Path, link: bool = True) -> None:
 def result_attrs(result: EvalResult, artefact_dir: Path) -> dict[str, Any]:
     """User attrs describing an evaluation (metrics flat, then the bookkeeping keys)."""
     attrs: dict[str, Any] = {k: plain(v, keep_nonfinite=True) for k, v in result.metrics.items()}
-    attrs.update(
+    attrs.update(TrialRecord.attrs(
         config=result.config.to_dict(),
         config_hash=result.config.config_hash(),
         state_detail=result.state,
         violations={k: float(v) for k, v in result.violations.items()},
         artefact_dir=str(artefact_dir),
-    )
+    ))
     if result.state == "failed":
-        attrs["fail_reason"] = result.fail_reason or "evaluation failed"
+        attrs[A.FAIL_REASON] = result.fail_reason or "evaluation failed"
     return attrs
 
 
@@ -163,9 +164,7 @@ def make_objective(
             trial.set_user_attr(A.PRUNE_CLAMPED, clamps)
         folder = trial_dir(study_dir, trial.number)
         folder.mkdir(parents=True, exist_ok=True)
-        trial.set_user_attr("config", config.to_dict())
-        trial.set_user_attr("config_hash", config.config_hash())
-        trial.set_user_attr("artefact_dir", str(folder))
+        TrialRecord.write(trial, config=config.to_dict(), config_hash=config.config_hash(), artefact_dir=str(folder))
 
         source = None
         if cache:  # served from a COMPLETE twin, or after waiting for a RUNNING one (search.claim)
@@ -204,7 +203,7 @@ def make_objective(
         except Exception as e:  # noqa: BLE001 - failures are data: record and go on
             result = EvalResult(config=config, state="failed", fail_reason=f"{type(e).__name__}: {e}")
         if curve:
-            trial.set_user_attr("val_accuracy_curve", curve)
+            TrialRecord.write(trial, val_curve=curve)
         return _record(trial, result, config, folder, objectives, bounds)
 
     return objective
@@ -255,19 +254,15 @@ def _serve_from_cache(
     for key, value in source.user_attrs.items():
         if key not in A.OWN_WHEN_SERVED | {A.CACHED_FROM, A.ARTEFACT_URI}:
             trial.set_user_attr(key, value)
-    trial.set_user_attr("artefact_dir", str(folder))
-    trial.set_user_attr("cached_from", source.number)
+    TrialRecord.write(trial, artefact_dir=str(folder), cached_from=source.number)
     src_dir = artefact_store.local_folder(source.user_attrs)  # fetched from a URL store when not readable here
     if src_dir is not None:
         link_artefacts(src_dir, folder, link=same_store(src_dir, folder))
-    metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
-    record = {
-        "config": config.to_dict(), "config_hash": config.config_hash(),
-        "state": source.user_attrs.get("state_detail", "complete"), "metrics": metrics,
-        "violations": source.user_attrs.get("violations", {}), "fail_reason": None,
-        "artefact_dir": str(folder), "trial": trial.number, "cached_from": source.number,
-        "values": list(source.values),
-    }
+    src = TrialRecord.of(source)
+    metrics = src.metrics
+    ev = EvalResult(config=config, state=src.state_detail or "complete", metrics=metrics,  # type: ignore[arg-type]
+                    violations=src.violations, artefact_dir=str(folder))
+    record = {**ev.to_dict(), "trial": trial.number, A.CACHED_FROM: source.number, "values": list(source.values)}
     write_trial_files(folder, config, record)
     store = artefact_store.store_url()
     if store:  # the source's upload serves this trial too; an old source without one is uploaded now
@@ -277,6 +272,6 @@ def _serve_from_cache(
     for name, v in source.constraints.items():
         trial.set_constraint(name, v)
     if not source.constraints:  # constraints configured after the source ran
-        for name, v in constraint_values(bounds, metrics, record["violations"]).items():
+        for name, v in constraint_values(bounds, metrics, ev.violations).items():
             trial.set_constraint(name, v)
     return tuple(source.values)

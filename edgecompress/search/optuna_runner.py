@@ -52,6 +52,7 @@ from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import study_objectives
 from edgecompress.study.front import front
+from edgecompress.study.record import TrialRecord
 from edgecompress.study.storage import check_storage_url, default_storage_url, make_storage
 from edgecompress.utils import Locations, runs_dir
 
@@ -95,8 +96,8 @@ def run_one(study: optuna.Study, trial: optuna.Trial, objective: Callable[[optun
             trial.set_user_attr(A.STATE_DETAIL, "interrupted")
             trial.set_user_attr(A.FAIL_REASON, "interrupted (Ctrl-C)")
             study.tell(trial, state=TrialState.FAIL)
-            links = {k: trial.user_attrs[k] for k in A.LINK_ATTRS if k in trial.user_attrs}
-            study.enqueue_trial(trial.params, user_attrs={**links, A.RETRY_OF: trial.number})
+            links = TrialRecord.of(trial).links
+            study.enqueue_trial(trial.params, user_attrs={**links, **TrialRecord.attrs(retry_of=trial.number)})
             raise
         except Exception as e:  # noqa: BLE001 - a bug outside the evaluator still only fails this trial
             trial.set_user_attr(A.STATE_DETAIL, "failed")
@@ -167,10 +168,10 @@ def _run_search(
     train_progress: ProgressCallback | None, locs: Locations,
 ) -> SearchSummary:
     if workers < 1:
-        raise ConfigError(f"--workers must be >= 1, got {workers}")
+        raise ConfigError(f"`workers` must be >= 1, got {workers}")
     total = trials if trials is not None else exp.budget.trials
     if total < 1:
-        raise ConfigError(f"--trials must be >= 1, got {total}")
+        raise ConfigError(f"`trials` must be >= 1, got {total}")
     timeout = timeout if timeout is not None else exp.budget.timeout_s
     seed = exp.seed if seed is None else seed
     space = space_for(exp)
@@ -249,7 +250,7 @@ def front_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for r in front(study, objs, feasible_only=True).to_dict("records"):
         rows.append({"number": int(r["number"]), "values": {o["name"]: float(r[o["name"]]) for o in objs},
-                     "config": r.get("config") or {}, "cached_from": _opt_int(r.get(A.CACHED_FROM))})
+                     A.CONFIG: r.get(A.CONFIG) or {}, A.CACHED_FROM: _opt_int(r.get(A.CACHED_FROM))})
     return rows
 
 

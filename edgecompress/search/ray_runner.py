@@ -197,7 +197,7 @@ def _run_ray_search(
     from ray.tune.search.optuna import OptunaSearch
 
     if max_concurrent < 1:
-        raise ConfigError(f"--workers (Ray concurrent trials) must be >= 1, got {max_concurrent}")
+        raise ConfigError(f"`workers` (Ray concurrent trials) must be >= 1, got {max_concurrent}")
     total = trials if trials is not None else exp.budget.trials
     seed = exp.seed if seed is None else seed
     space = space_for(exp)

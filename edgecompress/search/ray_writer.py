@@ -11,7 +11,6 @@ from optuna.trial import TrialState
 
 from edgecompress.evaluators.result import EvalResult
 from edgecompress.search.objective import (
-    BOOKKEEPING_ATTRS,
     active_constraints,
     constraint_values,
     result_attrs,
@@ -22,6 +21,7 @@ from edgecompress.search.ray_artefacts import collect, link_cached, not_found_re
 from edgecompress.search.ray_claims import release
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import attrs as A
+from edgecompress.study.record import TrialRecord
 
 METRIC = "val_accuracy"  # what the trainable reports per epoch (ASHA's metric)
 
@@ -58,8 +58,8 @@ class StudyWriter:
         number = len(self.study.get_trials(deepcopy=False))  # the driver is the only writer
         folder = trial_dir(self.folder, number)
         folder.mkdir(parents=True, exist_ok=True)
-        attrs: dict[str, Any] = {"config": config.to_dict(), "config_hash": config.config_hash(),
-                                 "artefact_dir": str(folder), "ray_trial_id": str(trial_id)}
+        attrs: dict[str, Any] = {**TrialRecord.attrs(config=config.to_dict(), config_hash=config.config_hash(),
+                                                     artefact_dir=str(folder)), "ray_trial_id": str(trial_id)}
         clamps = self.space.prune_clamps(params)
         if clamps:
             attrs[A.PRUNE_CLAMPED] = clamps
@@ -70,12 +70,12 @@ class StudyWriter:
             source = self.study.trials[int(result["ec_cached_from"])]
             attrs.update({k: v for k, v in source.user_attrs.items()
                           if k not in A.OWN_WHEN_SERVED | {"ray_trial_id"}})
-            attrs.update(artefact_dir=str(folder), cached_from=source.number)
+            attrs.update(TrialRecord.attrs(artefact_dir=str(folder), cached_from=source.number))
             link_cached(source.user_attrs, folder)  # fetched from a URL store if need be
             values, constraints = reported or list(source.values), dict(source.constraints)
-            metrics = {k: v for k, v in source.user_attrs.items() if k not in BOOKKEEPING_ATTRS}
-            ev = EvalResult(config=config, state=source.user_attrs.get("state_detail", "complete"),
-                            metrics=metrics, violations=source.user_attrs.get("violations", {}))
+            src = TrialRecord.of(source)
+            ev = EvalResult(config=config, state=src.state_detail or "complete",  # type: ignore[arg-type]
+                            metrics=src.metrics, violations=src.violations)
         elif "ec_result" in result:
             ev = EvalResult.from_dict(result["ec_result"])
             attrs.update(ray_node=result.get("ec_node"), ray_resources=result.get("ec_resources"))
@@ -102,7 +102,7 @@ class StudyWriter:
         attrs.update({k: result[f"ec_{k}"] for k in (A.WAITED_FOR, A.CLAIM_NOTE) if f"ec_{k}" in result})
         ev.artefact_dir = str(folder)
         write_trial_files(folder, config, {**ev.to_dict(), "trial": number, "values": values,
-                                           "cached_from": attrs.get("cached_from")})
+                                           A.CACHED_FROM: attrs.get(A.CACHED_FROM)})
         state, attrs = published(self.study.study_name, number, folder, result, state, attrs)
         values, constraints = (values, constraints) if state == TrialState.COMPLETE else (None, None)
         self.study.add_trial(optuna.trial.create_trial(

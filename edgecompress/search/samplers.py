@@ -51,7 +51,7 @@ class FixedSampler(optuna.samplers.RandomSampler):
 def resolve_sampler_name(name: str, n_objectives: int, budget: int, population: int, space: SearchSpace) -> str:
     """The concrete sampler `auto` stands for (other names are returned as given)."""
     if name not in SAMPLERS:
-        raise ConfigError(f"--sampler {name!r}: valid samplers are {', '.join(SAMPLERS)}")
+        raise ConfigError(f"`sampler` {name!r}: valid samplers are {', '.join(SAMPLERS)}")
     if name != "auto":
         return name
     size = space.size()
@@ -83,10 +83,10 @@ def make_sampler(
         try:
             grid = space.grid()
         except ConfigError as e:
-            raise ConfigError(f"--sampler grid: {e}") from None
+            raise ConfigError(f"`sampler` grid: {e}") from None
         return AskTellGridSampler(grid, seed=seed), warnings
     if name == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False), warnings
     if name == "fixed":
         return FixedSampler(seed=seed), warnings
-    raise ConfigError(f"--sampler {name!r}: valid samplers are {', '.join(SAMPLERS)}")
+    raise ConfigError(f"`sampler` {name!r}: valid samplers are {', '.join(SAMPLERS)}")

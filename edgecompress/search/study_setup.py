@@ -79,7 +79,7 @@ def check_experiment(study: optuna.Study, exp: ExperimentConfig) -> None:
     if stored is not None and stored != experiment_hash(exp):
         raise ConfigError(
             f"study {study.study_name!r} was created by another experiment (hash {stored}, this config's is "
-            f"{experiment_hash(exp)}): a worker must use the study's config (or use another --study name)"
+            f"{experiment_hash(exp)}): a worker must use the study's config (or use another study name)"
         )
 
 
@@ -112,7 +112,7 @@ def create_or_load_study(
     if not fresh and study_objectives(study) != wanted:
         raise ConfigError(
             f"study {study_name!r} was created with objectives {[o['name'] for o in study_objectives(study)]}; "
-            f"the config asks {[o['name'] for o in wanted]} (use another --study name)"
+            f"the config asks {[o['name'] for o in wanted]} (use another study name)"
         )
     if fresh:
         set_objectives(study, exp.objectives)

@@ -19,12 +19,14 @@ from edgecompress.study.constraints import (
 from edgecompress.study.frame import Feasibility, as_frame, counts, frame_objectives, study_to_frame, trial_feasibility
 from edgecompress.study.front import candidates, front, front_ranks, non_dominated, nondominated_ranks
 from edgecompress.study.hypervolume import compute_hypervolume, hypervolume, normalized_hypervolume, reference_point
+from edgecompress.study.record import TrialRecord
 from edgecompress.study.storage import default_storage_url, load_study, make_storage, storage_for_path
 
 __all__ = [
     "CONSTRAINTS",
     "ConstraintSpec",
     "Feasibility",
+    "TrialRecord",
     "active_constraints",
     "as_frame",
     "attrs",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from edgecompress.errors import EdgeCompressError
+from edgecompress.study import attrs as A
 from edgecompress.utils import replace_dir, runs_dir, stable_hash
 
 MARKER = "_COMPLETE"
@@ -129,7 +130,7 @@ def local_folder(attrs: Mapping[str, Any]) -> Path | None:
     """A folder on this machine holding a trial's artefacts: its `artefact_dir` when readable here (with more
     than its records in it, when there is an upload to prefer), else its `artefact_uri` fetched from the
     store; None when neither is available. `attrs`: the trial's user attrs (or a study-frame row)."""
-    folder, uri = attrs.get("artefact_dir"), _str(attrs.get("artefact_uri"))
+    folder, uri = attrs.get(A.ARTEFACT_DIR), _str(attrs.get(A.ARTEFACT_URI))
     if _str(folder) and Path(folder).is_dir() and (uri is None or _has_artefacts(Path(folder))):
         return Path(folder)
     return fetch(uri) if uri else None
@@ -137,7 +138,7 @@ def local_folder(attrs: Mapping[str, Any]) -> Path | None:
 
 def available(attrs: Mapping[str, Any]) -> bool:
     """Whether `local_folder` would find the artefacts (without fetching them)."""
-    folder, uri = attrs.get("artefact_dir"), _str(attrs.get("artefact_uri"))
+    folder, uri = attrs.get(A.ARTEFACT_DIR), _str(attrs.get(A.ARTEFACT_URI))
     if _str(folder) and Path(folder).is_dir() and (uri is None or _has_artefacts(Path(folder))):
         return True
     return uri is not None and manifest(uri) is not None

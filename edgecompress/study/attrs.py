@@ -26,7 +26,9 @@ SAMPLER = "sampler"
 BACKEND = "backend"
 LEGACY_OBJECTIVES = "objectives"  # [{"name", "direction"}] of studies made before set_metric_names
 
-# ---- trial user attributes (metrics of EvalResult are stored flat next to these)
+# ---- trial user attributes (metrics of EvalResult are stored flat next to these): the only place their names are
+# spelled (tests/test_source_rules_attrs.py); read and written through edgecompress.study.record.TrialRecord, which
+# has a property for each
 CONFIG = "config"
 CONFIG_HASH = "config_hash"
 STATE_DETAIL = "state_detail"  # complete | infeasible | failed | pruned | interrupted | died

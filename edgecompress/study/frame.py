@@ -27,6 +27,7 @@ from optuna.trial import FrozenTrial, TrialState
 from edgecompress.study import attrs as A
 from edgecompress.study.attrs import study_objectives
 from edgecompress.study.constraints import satisfied
+from edgecompress.study.record import TrialRecord
 
 PARAM_PREFIX = "params_"
 CONFIG_PREFIX = "cfg_"
@@ -50,7 +51,7 @@ def _hashable(v: Any) -> Any:
 def _violations(trial: FrozenTrial) -> dict[str, float]:
     """Optuna's stored constraints, overridden key by key by the "violations" user attr."""
     out: dict[str, float] = {}
-    for raw in (trial.constraints, trial.user_attrs.get("violations")):
+    for raw in (trial.constraints, TrialRecord.of(trial).violations):
         if not isinstance(raw, dict):
             continue
         for k, v in raw.items():
@@ -74,7 +75,7 @@ def trial_feasibility(trial: FrozenTrial) -> Feasibility:
     """Feasibility of a trial from its state, state_detail and stored constraints / violations."""
     viol = _violations(trial)
     total = float(sum(max(0.0, v) for v in viol.values() if not math.isnan(v)))
-    detail = trial.user_attrs.get(A.STATE_DETAIL) or _STATE_DETAIL.get(trial.state, trial.state.name.lower())
+    detail = TrialRecord.of(trial).state_detail or _STATE_DETAIL.get(trial.state, trial.state.name.lower())
     if trial.state == TrialState.COMPLETE and total > 0 and detail == "complete":
         detail = "infeasible"
     feasible = trial.state == TrialState.COMPLETE and satisfied(viol) and detail != "infeasible"
@@ -84,11 +85,12 @@ def trial_feasibility(trial: FrozenTrial) -> Feasibility:
 def trial_row(trial: FrozenTrial, objectives: list[dict[str, str]]) -> dict[str, Any]:
     """One frame row for one trial (see the module docstring for the columns)."""
     ua = trial.user_attrs
+    rec = TrialRecord(ua)
     feasible, detail, total, viol = trial_feasibility(trial)
     row: dict[str, Any] = {
         "number": trial.number,
         "state": trial.state.name,
-        "state_detail": detail,
+        A.STATE_DETAIL: detail,
         "feasible": bool(feasible),
         "total_violation": total,
     }
@@ -96,14 +98,14 @@ def trial_row(trial: FrozenTrial, objectives: list[dict[str, str]]) -> dict[str,
     for i, obj in enumerate(objectives):
         v = values[i] if values is not None else ua.get(obj["name"])
         row[obj["name"]] = float(v) if isinstance(v, (int, float)) else math.nan
-    row["fail_reason"] = ua.get("fail_reason")
-    row["latency_source"] = ua.get("latency_source")
+    row[A.FAIL_REASON] = ua.get(A.FAIL_REASON)
+    row[A.LATENCY_SOURCE] = ua.get(A.LATENCY_SOURCE)
     row["device"] = ua.get("device")
-    row["fidelity"] = ua.get(A.FIDELITY, A.DEFAULT_FIDELITY)
+    row[A.FIDELITY] = rec.fidelity
     for k, v in trial.params.items():
         row[PARAM_PREFIX + k] = _hashable(v)
-    config = ua.get("config")
-    if isinstance(config, dict):
+    config = rec.config
+    if config is not None:
         for k, v in config.items():
             row[CONFIG_PREFIX + k] = _hashable(v)
     for k, v in ua.items():
@@ -112,13 +114,13 @@ def trial_row(trial: FrozenTrial, objectives: list[dict[str, str]]) -> dict[str,
         row[k] = _hashable(v)
     for k, v in viol.items():
         row[VIOLATION_PREFIX + k] = v
-    row["config_hash"] = ua.get("config_hash")
-    row["artefact_dir"] = ua.get("artefact_dir")
+    row[A.CONFIG_HASH] = ua.get(A.CONFIG_HASH)
+    row[A.ARTEFACT_DIR] = ua.get(A.ARTEFACT_DIR)
     row["datetime_start"] = trial.datetime_start
     row["datetime_complete"] = trial.datetime_complete
     dur = trial.duration
     row["duration_s"] = dur.total_seconds() if dur is not None else math.nan
-    row["config"] = config if isinstance(config, dict) else None
+    row[A.CONFIG] = config
     return row
 
 
@@ -126,12 +128,12 @@ def study_to_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial of `study`, any state; objectives as columns named by metric."""
     objectives = study_objectives(study)
     rows = [trial_row(t, objectives) for t in study.get_trials(deepcopy=False)]
-    base = ["number", "state", "state_detail", "feasible", "total_violation"]
-    base += [o["name"] for o in objectives] + ["fail_reason", "latency_source", "device"]
+    base = ["number", "state", A.STATE_DETAIL, "feasible", "total_violation"]
+    base += [o["name"] for o in objectives] + [A.FAIL_REASON, A.LATENCY_SOURCE, "device"]
     df = pd.DataFrame(rows)
     for col in base:
         if col not in df.columns:
-            df[col] = pd.Series(dtype=object if col in ("state", "state_detail") else float)
+            df[col] = pd.Series(dtype=object if col in ("state", A.STATE_DETAIL) else float)
     if len(df):
         df = df.sort_values("number", kind="stable").reset_index(drop=True)
     df.attrs["study_name"] = study.study_name

@@ -60,7 +60,7 @@ def reference_point(points: np.ndarray, directions: Sequence[str], pad: float = 
     loss = to_minimization(points, directions)
     loss = loss[np.all(np.isfinite(loss), axis=1)]
     if len(loss) == 0:
-        raise ValueError("reference_point: no finite points to derive a reference from")
+        raise ValueError("points: no finite points to derive a reference from (reference_point)")
     worst, best = loss.max(axis=0), loss.min(axis=0)
     span = worst - best
     fallback = np.where(np.abs(worst) > 0, np.abs(worst), 1.0)

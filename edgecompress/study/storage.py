@@ -103,7 +103,7 @@ def check_storage_url(url: str) -> None:
         return
     if "://" not in url:
         raise ConfigError(
-            f"--storage {url!r}: expected an SQLAlchemy URL (sqlite:///x.db, postgresql://...) or a "
+            f"`storage` {url!r}: expected an SQLAlchemy URL (sqlite:///x.db, postgresql://...) or a "
             f"journal file path ending in {'/'.join(JOURNAL_SUFFIXES)}"
         )
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -141,7 +141,7 @@ def make_storage(url: str, heartbeat: bool = True) -> BaseStorage:
                 if attempt < 4 and _schema_race(e):  # workers started at once on an empty database
                     time.sleep(0.2 + random.random())
                     continue
-                raise ConfigError(f"--storage {url!r}: cannot open ({_first_line(e)})") from None
+                raise ConfigError(f"`storage` {url!r}: cannot open ({_first_line(e)})") from None
     if url.startswith("sqlite"):
         from sqlalchemy import event
 
@@ -185,7 +185,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 def check_study_name(name: str) -> None:
     """A study name is usable as a file name under runs/ (ConfigError otherwise)."""
     if not name or "/" in name or name.startswith("."):
-        raise ConfigError(f"--study {name!r}: a study name must be non-empty, without '/', not start with '.'")
+        raise ConfigError(f"study name {name!r}: must be non-empty, without '/', not start with '.'")
 
 
 # ---- loading --------------------------------------------------------------------------------------
@@ -342,7 +342,7 @@ def study_location(name_or_url: str | os.PathLike[str] | optuna.Study, storage: 
         twin = study_name + FINAL_SUFFIX
         if final == "final" and twin not in names and not study_name.endswith(FINAL_SUFFIX):
             raise EdgeCompressError(f"study {study_name!r} has no finalized results in {where}: run "
-                                    f"`edgecompress finalize {study_name}` (or leave out --final)")
+                                    f"`edgecompress finalize {study_name}` (or load it with final='auto')")
         if final != "proxy" and twin in names:
             finalized = optuna.load_study(study_name=twin, storage=store)
             if final == "final" or any(t.state == TrialState.COMPLETE for t in finalized.get_trials(deepcopy=False)):

@@ -18,6 +18,7 @@ from edgecompress.deploy.latency import LatencyStats
 from edgecompress.deploy.runtime import deploy
 from edgecompress.deploy.runtime_ort import ort_session_options, quantized_conv_share
 from edgecompress.deploy.sub8bit import SCALED_LATENCY_KEYS, estimate_latency, estimate_sub8bit
+from edgecompress.errors import ConfigError
 from edgecompress.evaluators.models import create_model
 
 ORT_PREDICT = Path(__file__).with_name("ort_predict.py")
@@ -105,7 +106,7 @@ def test_int8_scheme_follows_the_cpu() -> None:
     assert resolve_int8_scheme("auto", {"avx2", "avx512f", "avx512bw"})[0] == "u8u8"  # Skylake-X: no VNNI
     assert resolve_int8_scheme("auto", {"neon", "asimd"})[0] == "u8s8"
     assert resolve_int8_scheme("u8u8", {"avx512_vnni"}) == ("u8u8", "set explicitly")
-    with pytest.raises(ValueError, match="int8_scheme must be one of"):
+    with pytest.raises(ConfigError, match="`int8_scheme` must be one of"):
         resolve_int8_scheme("s4s4")
 
 

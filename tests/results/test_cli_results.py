@@ -13,6 +13,7 @@ from optuna.trial import create_trial
 import edgecompress.cli as cli
 from edgecompress.cli import base as cli_base
 from edgecompress.cli import results as results_cli
+from edgecompress.errors import EdgeCompressError
 from edgecompress.results import load_study, pareto_front, study_to_frame
 
 
@@ -97,6 +98,9 @@ def test_cascade_info_reads_a_cascade_folder(tmp_path) -> None:
                      "chosen": True}]
     with pytest.raises(Exception, match="no cascade.yaml plan"):
         results_cli._cascade_info(tmp_path / "missing")
+    (tmp_path / "front.json").write_text("{not json")  # a damaged folder is bad input (one line), not a bug
+    with pytest.raises(EdgeCompressError, match=r"unreadable front.json / cascade.yaml \(JSONDecodeError"):
+        results_cli._cascade_info(tmp_path)
 
 
 def test_report_and_export_commands(real_db, run, tmp_path) -> None:

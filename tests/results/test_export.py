@@ -14,6 +14,7 @@ from edgecompress.deploy.export import export_trial, parse_formats
 from edgecompress.deploy.export_check import ExportError, ExportResult, ModelCheck, budget_check
 from edgecompress.deploy.export_choice import choose_trial
 from edgecompress.deploy.export_config import load_export_config
+from edgecompress.errors import ConfigError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.results import load_study, study_to_frame
 from edgecompress.results.pareto import Selection
@@ -153,7 +154,7 @@ def test_choose_trial_rules(real_db) -> None:
     fastest = df.loc[df["latency_ms"].idxmin()]
     assert choose_trial(df, min_accuracy=0.0).number == fastest["number"]
     assert choose_trial(df, knee=True).number in set(df["number"])
-    with pytest.raises(ValueError, match="--trial"):
+    with pytest.raises(ConfigError, match="choose a trial with `trial` N"):
         choose_trial(df)
     with pytest.raises(Exception, match="no trial 99"):
         choose_trial(df, trial=99)
@@ -184,7 +185,7 @@ def test_refuses_to_overwrite_a_folder_that_is_not_an_export(tmp_path: Path) -> 
 
 
 def test_preprocess_needs_the_onnx_format(real_db, tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="--preprocess .* needs --format onnx"):
+    with pytest.raises(ConfigError, match="`preprocess` .* needs the onnx format in `formats`"):
         export_trial(real_db.url, tmp_path / "out", trial=0, data=real_db.data, formats="torchscript",
                      preprocess=True)
 

@@ -93,7 +93,7 @@ def test_auto_sampler_rule_and_nsga2_warning(fakes) -> None:
     assert resolve_sampler_name("auto", 1, 500, 10, big) == "tpe"
     _, warns = make_sampler("nsga2", 0, 15, 10, big)
     assert warns and "2 populations" in warns[0]
-    with pytest.raises(ConfigError, match="--sampler 'bogus'"):
+    with pytest.raises(ConfigError, match="`sampler` 'bogus'"):
         resolve_sampler_name("bogus", 2, 10, 10, space)
 
 

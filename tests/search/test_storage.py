@@ -22,7 +22,7 @@ def test_default_storage_sqlite_or_journal(runs: Path) -> None:
     assert default_storage_url("b", workers=2).startswith("sqlite:///")  # an existing study keeps its storage
     (runs / "c.journal").write_bytes(b"")
     assert default_storage_url("c") == str(runs / "c.journal")
-    with pytest.raises(ConfigError, match="--study"):
+    with pytest.raises(ConfigError, match="study name 'x/y'"):
         default_storage_url("x/y")
 
 
@@ -30,7 +30,7 @@ def test_make_storage_kinds(runs: Path) -> None:
     rdb = make_storage(f"sqlite:///{runs / 'h.db'}")
     assert isinstance(rdb, RDBStorage) and rdb.get_heartbeat_interval() == HEARTBEAT_INTERVAL_S
     assert isinstance(make_storage(str(runs / "j.journal")), JournalStorage)
-    with pytest.raises(ConfigError, match="--storage 'nonsense'"):
+    with pytest.raises(ConfigError, match="`storage` 'nonsense'"):
         make_storage("nonsense")
     with pytest.raises(EdgeCompressError, match="not found"):
         load_study("missing")
