@@ -49,19 +49,20 @@ def _short_of_target(measured: str) -> pytest.MarkDecorator:
 
 LEARNING = [
     pytest.param("edgecompress.testing:odd_net", id="user-module"),
-    pytest.param("torchvision:resnet18", id="resnet18",
-                 marks=[slow, _short_of_target("accuracy 0.772, int8 agreement 0.945 (0.958 best calibration)")]),
-    pytest.param("torchvision:mobilenet_v3_small", id="mobilenet_v3_small",
-                 marks=[slow, _short_of_target("accuracy 0.19, agreement 1.0 (6+2 epochs: 0.268)")]),
-    pytest.param("torchvision:efficientnet_b0", id="efficientnet_b0",
-                 marks=[slow, _short_of_target("accuracy 0.14, int8 agreement 0.055")]),
-    pytest.param("torchvision:regnet_x_400mf", id="regnet_x_400mf",
-                 marks=[slow, _short_of_target("6+2 epochs: accuracy 0.702, int8 agreement 0.812")]),
-    pytest.param("torchvision:densenet121", id="densenet121",
-                 marks=[slow, _short_of_target("accuracy 0.775, int8 agreement 0.947")]),
-    pytest.param("timm:mobilenetv3_small_050", id="timm-mobilenetv3",
-                 marks=[slow, _short_of_target("6+2 epochs: accuracy 0.738, int8 agreement 0.935")]),
+    pytest.param("torchvision:resnet18", id="resnet18", marks=slow),
+    pytest.param("torchvision:densenet121", id="densenet121", marks=slow),
     pytest.param("torchvision:shufflenet_v2_x0_5", id="shufflenet_v2_x0_5", marks=slow),
+    # measured with the classifier kept fp32 in int8 (2-core Xeon, AVX-512 + AMX, seed 0, 3+1 epochs):
+    pytest.param("torchvision:mobilenet_v3_small", id="mobilenet_v3_small",
+                 marks=[slow, _short_of_target("accuracy 0.19 (not yet learning in 3+1 epochs on 4000 images)")]),
+    pytest.param("torchvision:efficientnet_b0", id="efficientnet_b0",
+                 marks=[slow, _short_of_target("accuracy 0.325, int8 agreement 0.13: quantizing the input of one "
+                                               "conv (features.2.0 expand, per-tensor scale over channels of "
+                                               "range 1.9 to 80) alone drops agreement to 0.08")]),
+    pytest.param("torchvision:regnet_x_400mf", id="regnet_x_400mf",
+                 marks=[slow, _short_of_target("accuracy 0.545, int8 agreement 0.76")]),
+    pytest.param("timm:mobilenetv3_small_050", id="timm-mobilenetv3",
+                 marks=[slow, _short_of_target("accuracy 0.74, int8 agreement 0.89")]),
 ]
 
 
