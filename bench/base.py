@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.deploy.latency import cpu_name  # noqa: E402
-from edgecompress.evaluators.base import get_base_model  # noqa: E402
+from edgecompress.evaluators.base_model import get_base_model  # noqa: E402
+from edgecompress.runtime.latency import cpu_name  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 

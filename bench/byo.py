@@ -28,14 +28,14 @@ import torch.nn as nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
-from edgecompress.deploy.latency import cpu_name, measure_latency  # noqa: E402
-from edgecompress.deploy.runtime import deploy  # noqa: E402
 from edgecompress.errors import EdgeCompressError  # noqa: E402
 from edgecompress.evaluators.compress.prune import count_macs_params, prune_model  # noqa: E402
 from edgecompress.evaluators.data import FMNIST_FILES, fmnist_folder, read_idx  # noqa: E402
 from edgecompress.evaluators.models import create_model  # noqa: E402
 from edgecompress.evaluators.structure import attach_structure  # noqa: E402
+from edgecompress.runtime.backend import deploy  # noqa: E402
+from edgecompress.runtime.cpu_features import cpu_flags  # noqa: E402
+from edgecompress.runtime.latency import cpu_name, measure_latency  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 
 ARCHS = ["torchvision:resnet18", "torchvision:mobilenet_v3_small", "torchvision:efficientnet_b0",

@@ -4,7 +4,7 @@ finalized model, both measured in the same run on the same runtime (ONNX Runtime
 Builds (with --build) a >= 40-trial search study and finalizes its most promising configs into
 <study>-final; plans on validation logits (target: validation accuracy at least the best single model's,
 --tolerance-pp; the fused graph's measured per-call and routing overheads in the latency model; at batch 1 the
-stages re-priced at their cost inside the fused graph, timed on validation images, cascade/calibrate.py), then
+stages re-priced at their cost inside the fused graph, timed on validation images, cascade/pipeline/calibrate.py), then
 serves the plan as ONE ONNX graph (checked against the reference routing on the test split) and measures test
 accuracy, the paired accuracy interval, mean/p90/p99 latency per call at batch 1 and at the serving batch.
 Also: the seed's rule (2 stages, margin, out1 + 1.6 out2) at equal validation accuracy, and (--risk) a
@@ -31,23 +31,23 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.cascade.calibrate import FusedPathTimer, refine_plan  # noqa: E402
-from edgecompress.cascade.evaluate import (  # noqa: E402
+from edgecompress.cascade.pipeline.calibrate import FusedPathTimer, refine_plan  # noqa: E402
+from edgecompress.cascade.pipeline.from_study import sliced_candidates  # noqa: E402
+from edgecompress.cascade.pipeline.measure import (  # noqa: E402
     evaluate_cascade,
     per_call_ms,
     plan_cascade,
     stage_modules,
     study_candidates,
 )
-from edgecompress.cascade.fused import measure_fused_overheads  # noqa: E402
-from edgecompress.cascade.pipeline import sliced_candidates  # noqa: E402
-from edgecompress.cascade.risk import plan_with_risk, split_indices  # noqa: E402
-from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
-from edgecompress.deploy.latency import cpu_name, latency_lock  # noqa: E402
-from edgecompress.deploy.retarget import remeasured_name  # noqa: E402
+from edgecompress.cascade.planning.risk import plan_with_risk, split_indices  # noqa: E402
+from edgecompress.cascade.serving.fused import measure_fused_overheads  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402
-from edgecompress.results import load_study  # noqa: E402
+from edgecompress.export.retarget import remeasured_name  # noqa: E402
+from edgecompress.runtime.cpu_features import cpu_flags  # noqa: E402
+from edgecompress.runtime.latency import cpu_name, latency_lock  # noqa: E402
 from edgecompress.spaces import parse_experiment  # noqa: E402
+from edgecompress.study import load_study  # noqa: E402
 from edgecompress.utils import atomic_write_json, runs_dir  # noqa: E402
 
 # 52 trials: about one in five proposes prune 0.875, which empties conv1 (a failed trial), so >= 40 complete
@@ -77,7 +77,7 @@ def fastest_single(cands: list, tol_pp: float, exp: Any, data: Any, samples: int
     """The fastest single finalized model within `tol_pp` validation accuracy of the most accurate one, timed now
     with evaluate_cascade's loop (per_call_ms) (batch 1 one image at a time, then serving batches): the single model a
     user would ship without a cascade at that tolerance."""
-    from edgecompress.cascade.lean import deployed_stage, resize_array
+    from edgecompress.cascade.serving.lean import deployed_stage, resize_array
     from edgecompress.evaluators.result import ARTEFACT_FILES
     from edgecompress.evaluators.splits import make_loader
 
@@ -122,7 +122,8 @@ def main() -> None:
                     help="plan target: validation accuracy at most this far below the best single model's (0: the "
                          "goal's 0.2 pp is left to test-split noise, not spent on validation)")
     ap.add_argument("--no-refine", action="store_true",
-                    help="price stages at their stand-alone latencies (no in-cascade timing, cascade/calibrate.py)")
+                    help="price stages at their stand-alone latencies "
+                         "(no in-cascade timing: cascade/pipeline/calibrate.py)")
     ap.add_argument("--combine", default="last", choices=["last", "sum", "seed_alpha"])
     ap.add_argument("--risk", type=float, default=0.01, help="also a plan with P(risk > RISK) <= 0.1; 0: skip")
     ap.add_argument("--final", default="auto", choices=["auto", "final", "proxy"],
@@ -210,7 +211,7 @@ def main() -> None:
         "prediction_error": b1["prediction_error"],
         "prediction_error_batch": bb["prediction_error"],
         # the study measured its models earlier, at another load: scale the prediction by the best single
-        # model's measured-now / study latency ratio (the drift correction of deploy/latency_paired.py's protocol)
+        # model's measured-now / study latency ratio (the drift correction of runtime/latency_paired.py's protocol)
         "prediction_error_drift_corrected": drift_corrected_error(b1, "measured_latency_b1_ms", "latency_ms"),
         "prediction_error_batch_drift_corrected": drift_corrected_error(bb, "measured_latency_batch_ms",
                                                                         "latency_batch_ms", cands),

@@ -170,8 +170,8 @@ def search_fronts(trials: int, epochs: int, images: int, smoke: bool) -> dict[st
 def summary(exp: Any, ev: Any, args: Any, boxes: dict[str, Any], per_res: list[dict[str, Any]], t0: float,
             load_start: float) -> dict[str, Any]:
     """The result document from the resolutions measured so far."""
-    from edgecompress.deploy.cpu_features import cpu_flags
-    from edgecompress.deploy.latency import cpu_name
+    from edgecompress.runtime.cpu_features import cpu_flags
+    from edgecompress.runtime.latency import cpu_name
 
     low = per_res[0]
     gain, over = low.get("gain_pp"), low.get("latency_overhead")
@@ -216,7 +216,7 @@ def main() -> None:
     ap.add_argument("--search-epochs", type=int, default=1, help="the search's proxy fine-tune epochs")
     ap.add_argument("--search-images", type=int, default=3000, help="the search's proxy fine-tune images per epoch")
     args = ap.parse_args()
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.spaces.config import CompressionConfig
     from edgecompress.utils import atomic_write_json
 

@@ -51,7 +51,7 @@ def graphs(size: int) -> dict[str, torch.nn.Module]:
 
 def export_all(size: int, folder: Path) -> dict[str, Path]:
     """Each graph of `graphs(size)` as ONNX in `folder` (dynamo exporter, as the evaluator's pipelines)."""
-    from edgecompress.deploy.runtime_ort import export_onnx
+    from edgecompress.runtime.backend_ort import export_onnx
 
     return {name: export_onnx(m.eval(), torch.randn(1, 1, NATIVE, NATIVE), folder / f"{name}.onnx", "dynamo")
             for name, m in graphs(size).items()}
@@ -61,7 +61,7 @@ def measure(paths: dict[str, Path], size: int = 16, threads: int = 1, batch: int
             rounds: int = 31) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from edgecompress.deploy.runtime_ort import ort_session_options
+    from edgecompress.runtime.backend_ort import ort_session_options
 
     x = np.random.default_rng(0).standard_normal((batch, 1, NATIVE, NATIVE)).astype(np.float32)
     fns = {}
@@ -100,7 +100,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="fresh measurements per setting")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    from edgecompress.deploy.latency import cpu_name
+    from edgecompress.runtime.latency import cpu_name
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = export_all(args.size, Path(tmp))

@@ -23,10 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.deploy.latency import device_name  # noqa: E402
 from edgecompress.evaluators.compress import compress_model  # noqa: E402
 from edgecompress.evaluators.cost import count_costs  # noqa: E402
-from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
+from edgecompress.evaluators.evaluator import CompressionEvaluator  # noqa: E402
+from edgecompress.runtime.latency import device_name  # noqa: E402
 from edgecompress.spaces import CompressionConfig, load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 
@@ -106,7 +106,7 @@ def main() -> None:
     # 4. >= 3x faster within 0.5 pp of the base accuracy, from a study
     fast = None
     if args.study:
-        from edgecompress.results import load_study, study_to_frame
+        from edgecompress.study import load_study, study_to_frame
 
         df = study_to_frame(load_study(args.study))
         df = df[(df["state"] == "COMPLETE") & (df["latency_source"] == "measured")]

@@ -31,9 +31,9 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.deploy.cpu_features import cpu_flags  # noqa: E402
-from edgecompress.deploy.latency import cpu_name  # noqa: E402
-from edgecompress.deploy.retarget import remeasure_study, remeasured_name  # noqa: E402
+from edgecompress.export.retarget import remeasure_study, remeasured_name  # noqa: E402
+from edgecompress.runtime.cpu_features import cpu_flags  # noqa: E402
+from edgecompress.runtime.latency import cpu_name  # noqa: E402
 from edgecompress.search import run_search  # noqa: E402
 from edgecompress.search.finalize import choose_configs, finalize_study  # noqa: E402
 from edgecompress.search.optuna_runner import space_for  # noqa: E402

@@ -27,12 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.deploy.cpu_features import cpu_flags, has_vnni, resolve_int8_scheme  # noqa: E402
-from edgecompress.deploy.latency import device_name  # noqa: E402
-from edgecompress.deploy.runtime import deploy  # noqa: E402
-from edgecompress.deploy.runtime_ort import quantized_conv_share  # noqa: E402
-from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
+from edgecompress.evaluators.evaluator import CompressionEvaluator  # noqa: E402
 from edgecompress.evaluators.splits import make_loader  # noqa: E402
+from edgecompress.runtime.backend import deploy  # noqa: E402
+from edgecompress.runtime.backend_ort import quantized_conv_share  # noqa: E402
+from edgecompress.runtime.cpu_features import cpu_flags, has_vnni, resolve_int8_scheme  # noqa: E402
+from edgecompress.runtime.latency import device_name  # noqa: E402
 from edgecompress.spaces import load_experiment  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 

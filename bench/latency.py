@@ -40,11 +40,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edgecompress.deploy.cpu_features import cpu_flags, has_vnni  # noqa: E402
-from edgecompress.deploy.latency import cpu_name, latency_lock  # noqa: E402
-from edgecompress.evaluators.base import BaseModel, build_model  # noqa: E402
+from edgecompress.evaluators.base_model import BaseModel, build_model  # noqa: E402
 from edgecompress.evaluators.compress import compress_model  # noqa: E402
-from edgecompress.evaluators.evaluate import CompressionEvaluator  # noqa: E402
+from edgecompress.evaluators.evaluator import CompressionEvaluator  # noqa: E402
+from edgecompress.runtime.cpu_features import cpu_flags, has_vnni  # noqa: E402
+from edgecompress.runtime.latency import cpu_name, latency_lock  # noqa: E402
 from edgecompress.spaces import CompressionConfig, ExperimentConfig, load_experiment  # noqa: E402
 from edgecompress.testing import process_cpu_seconds, stop_process  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402

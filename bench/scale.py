@@ -164,8 +164,8 @@ def main() -> None:
     if a.worker:
         worker(json.loads(a.worker))
         return
-    from edgecompress.deploy.latency import cpu_name
     from edgecompress.pgserver import PgServer, free_port
+    from edgecompress.runtime.latency import cpu_name
     from edgecompress.utils import atomic_write_json
 
     flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -36,14 +36,14 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgecompress.deploy.latency import cpu_name  # noqa: E402
 from edgecompress.evaluators.result import EvalResult  # noqa: E402
-from edgecompress.results import hypervolume, non_dominated, reference_point  # noqa: E402
+from edgecompress.runtime.latency import cpu_name  # noqa: E402
 from edgecompress.search import make_sampler, resolve_sampler_name, run_search, space_for  # noqa: E402
 from edgecompress.search.optuna_runner import initial_points  # noqa: E402
 from edgecompress.spaces import CompressionConfig, load_experiment  # noqa: E402
 from edgecompress.spaces.experiment import ExperimentConfig  # noqa: E402
 from edgecompress.spaces.space import SearchSpace  # noqa: E402
+from edgecompress.study import hypervolume, non_dominated, reference_point  # noqa: E402
 from edgecompress.utils import atomic_write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def build_table(config: str, study: str, out: Path, trials: int | None = None) -
 
 def export_table(study: str, out: Path) -> Path:
     """Write the study's trials (params_*, objectives, metrics; no logits) to a CSV."""
-    from edgecompress.results import load_study, study_to_frame
+    from edgecompress.study import load_study, study_to_frame
 
     df = study_to_frame(load_study(study))
     cols = [c for c in df.columns if c.startswith("params_")] + [c for c in TABLE_COLUMNS if c in df.columns]

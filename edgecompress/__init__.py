@@ -55,7 +55,7 @@ _API = {
     "build_report": "edgecompress.results", "gains": "edgecompress.results", "front_gains": "edgecompress.results",
     "base_trial": "edgecompress.results",
     # deployment
-    "export_trial": "edgecompress.deploy", "retarget_study": "edgecompress.deploy", "deploy": "edgecompress.deploy",
+    "export_trial": "edgecompress.export", "retarget_study": "edgecompress.export", "deploy": "edgecompress.runtime",
     # cascades
     "cascade_from_study": "edgecompress.cascade", "build_cascade": "edgecompress.cascade",
     "load_cascade": "edgecompress.cascade", "save_cascade": "edgecompress.cascade",

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import optuna
 import pandas as pd
 
-from edgecompress.cascade.pipeline import FORMATS as CASCADE_FORMATS
-from edgecompress.cascade.pipeline import cascade_from_study
-from edgecompress.deploy.export import FORMATS, export_trial
+from edgecompress.cascade.pipeline.from_study import FORMATS as CASCADE_FORMATS
+from edgecompress.cascade.pipeline.from_study import cascade_from_study
 from edgecompress.errors import ConfigError
+from edgecompress.export.trial_export import FORMATS, export_trial
 from edgecompress.results.pareto import Selection, knee_point, select
 from edgecompress.search.finalize import DEFAULT_EPOCHS, DEFAULT_TOP, finalize_study
 from edgecompress.study.frame import study_to_frame
@@ -30,8 +30,8 @@ from edgecompress.study.front import front
 from edgecompress.study.storage import study_location
 
 if TYPE_CHECKING:
-    from edgecompress.cascade.pipeline import CascadeBuild
-    from edgecompress.deploy.export_check import ExportResult
+    from edgecompress.cascade.pipeline.from_study import CascadeBuild
+    from edgecompress.export.checks import ExportResult
     from edgecompress.search.finalize import FinalizeSummary
 
 def _kwargs(options: Any) -> dict[str, Any]:
@@ -54,7 +54,7 @@ class FrontOptions:
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How a chosen trial is exported (deploy.export.export_trial): formats, target CPU's int8 scheme,
+    """How a chosen trial is exported (export.trial_export.export_trial): formats, target CPU's int8 scheme,
     preprocessing in the ONNX graph, threads, device; `force` writes even when a check fails."""
 
     formats: str | tuple[str, ...] = FORMATS
@@ -70,7 +70,7 @@ class ExportOptions:
 
 @dataclass(frozen=True)
 class CascadeOptions:
-    """How a cascade is planned and measured (cascade.pipeline.cascade_from_study)."""
+    """How a cascade is planned and measured (cascade.pipeline.from_study.cascade_from_study)."""
 
     min_accuracy: float | None = None
     max_latency: float | None = None

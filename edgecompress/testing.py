@@ -98,7 +98,7 @@ class FaultyEvaluator:
     `hang_on` sleep forever: the native failures a trial worker must survive (used in tests, in a child)."""
 
     def __init__(self, exp: object, crash_on: dict | None = None, hang_on: dict | None = None) -> None:
-        from edgecompress.evaluators.evaluate import build_evaluator
+        from edgecompress.evaluators.evaluator import build_evaluator
 
         self.inner = build_evaluator(exp)
         self.crash_on, self.hang_on = crash_on, hang_on

@@ -36,7 +36,7 @@ def test_train_base_reuses_cache(tmp_path: Path, capsys: pytest.CaptureFixture, 
 
     calls = []
     monkeypatch.setattr(train_mod, "train_model", lambda *a, **k: calls.append(1))
-    import edgecompress.evaluators.base as base_mod
+    import edgecompress.evaluators.base_model as base_mod
 
     monkeypatch.setattr(base_mod, "train_model", lambda *a, **k: calls.append(1))
     main(["train-base", str(cfg), "--json"])

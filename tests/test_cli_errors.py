@@ -244,13 +244,13 @@ def test_a_bug_prints_its_traceback_and_exits_70(tmp_path: Path, monkeypatch: py
                                                  capsys: pytest.CaptureFixture) -> None:
     """Any other exception (here a KeyError from a library function `pareto` calls) is a bug: the traceback,
     then one line saying so, exit 70 (EX_SOFTWARE), not a one-line exit 2."""
-    import edgecompress.results
+    import edgecompress.study
 
     def broken(*args: object, **kwargs: object) -> None:
         raise KeyError("no such column")
 
     monkeypatch.setenv("EDGECOMPRESS_RUNS", str(tmp_path))
-    monkeypatch.setattr(edgecompress.results, "load_study", broken)
+    monkeypatch.setattr(edgecompress.study, "load_study", broken)
     with pytest.raises(SystemExit) as e:
         main(["pareto", "x"])
     assert e.value.code == 70
@@ -265,7 +265,7 @@ def test_a_bug_prints_its_traceback_and_exits_70(tmp_path: Path, monkeypatch: py
 def test_a_bug_in_a_subprocess_exits_70(tmp_path: Path) -> None:
     """The same through the real entry point (`python -m edgecompress.cli`): a ValueError that is not a project
     error is a bug now, not a one-line exit 2."""
-    code = ("import sys, edgecompress.results as r\n"
+    code = ("import sys, edgecompress.study as r\n"
             "def broken(*a, **k):\n    raise ValueError('unexpected')\n"
             "r.load_study = broken\n"
             "from edgecompress.cli import main\nmain(sys.argv[1:])\n")
@@ -278,7 +278,7 @@ def test_a_bug_in_a_subprocess_exits_70(tmp_path: Path) -> None:
 
 
 def test_with_flags_rewrites_only_the_known_argument_names() -> None:
-    from edgecompress.cli.base import with_flags
+    from edgecompress.cli.base_cmd import with_flags
 
     assert with_flags("export: give either `trial` or `knee`, not both") == "export: give either --trial or " \
                                                                            "--knee, not both"

@@ -8,7 +8,7 @@
    `def f(threads)`.
 2. Library error messages (every literal inside a `raise` of ValueError or of an EdgeCompressError subclass)
    name the Python argument, config field or file, not a CLI flag (`--storage`): the CLI (edgecompress/cli/,
-   exempt) adds flag wording when it prints (`cli.base.with_flags`).
+   exempt) adds flag wording when it prints (`cli.base_cmd.with_flags`).
 """
 
 from __future__ import annotations

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from edgecompress.cascade.builder import build_cascade, cascade_front, seed_rule_plan
-from edgecompress.cascade.candidates import as_stage_spec, stage_spec_from_artefacts
-from edgecompress.cascade.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
-from edgecompress.cascade.fused import (
-    FusedCheck,
-    check_fused,
-    fused_cascade_graph,
-    fused_session,
-    measure_fused_overheads,
-)
-from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
-from edgecompress.cascade.pipeline import CascadeBuild, cascade_from_study
-from edgecompress.cascade.plan import (
+from edgecompress.cascade.pipeline.from_study import CascadeBuild, cascade_from_study
+from edgecompress.cascade.planning.builder import build_cascade, cascade_front, seed_rule_plan
+from edgecompress.cascade.planning.candidates import as_stage_spec, stage_spec_from_artefacts
+from edgecompress.cascade.planning.confidence import CONFIDENCE_KINDS, confidence, fit_temperature
+from edgecompress.cascade.planning.plan import (
     COMBINES,
     SEED_ALPHA,
     CascadePlan,
@@ -24,8 +16,16 @@ from edgecompress.cascade.plan import (
     expected_latency,
     simulate,
 )
-from edgecompress.cascade.risk import RiskControl, control_risk, plan_with_risk
-from edgecompress.cascade.runtime import CascadeModel, load_cascade, save_cascade
+from edgecompress.cascade.planning.risk import RiskControl, control_risk, plan_with_risk
+from edgecompress.cascade.serving.cascade_model import CascadeModel, load_cascade, save_cascade
+from edgecompress.cascade.serving.fused import (
+    FusedCheck,
+    check_fused,
+    fused_cascade_graph,
+    fused_session,
+    measure_fused_overheads,
+)
+from edgecompress.cascade.serving.lean import LeanCascade, shared_pool_stages
 
 __all__ = [
     "COMBINES",

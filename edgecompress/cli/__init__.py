@@ -16,14 +16,14 @@ import traceback
 
 import typer
 
-from edgecompress.cli import base as _base
-from edgecompress.cli import cascade as _cascade
-from edgecompress.cli import demo as _demo
-from edgecompress.cli import evaluate as _evaluate
-from edgecompress.cli import finalize as _finalize
-from edgecompress.cli import inspect as _inspect
-from edgecompress.cli import results as _results
-from edgecompress.cli import search as _search
+from edgecompress.cli import base_cmd as _base
+from edgecompress.cli import cascade_cmd as _cascade
+from edgecompress.cli import demo_cmd as _demo
+from edgecompress.cli import evaluate_cmd as _evaluate
+from edgecompress.cli import finalize_cmd as _finalize
+from edgecompress.cli import inspect_cmd as _inspect
+from edgecompress.cli import results_cmd as _results
+from edgecompress.cli import search_cmd as _search
 from edgecompress.errors import EdgeCompressError
 
 app = typer.Typer(

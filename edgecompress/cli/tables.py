@@ -1,4 +1,4 @@
-"""Tables the result commands print: the Pareto front with its gains against the base, and cell formats."""
+"""Tables the CLI prints: number formats, wide tables, the Pareto-front summary of a search or finalize."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from edgecompress.cli.base import console
+from edgecompress.cli.base_cmd import console
 from edgecompress.utils import as_float
 
 EST = " (est.)"
@@ -173,3 +173,79 @@ def print_wide(renderable: Any) -> None:
         from rich.console import Console
 
         Console(width=max(console.width, 220)).print(renderable)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, list):
+        return "/".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def front_gains_by_trial(summary: Any) -> dict[int, dict[str, Any]]:
+    """results.gains of the summary's front rows against the study's uncompressed trial ({} without one)."""
+    from edgecompress.errors import EdgeCompressError
+    from edgecompress.results.gains import front_gains
+    from edgecompress.study import load_study, study_to_frame
+    from edgecompress.utils import plain
+
+    if not summary.front:
+        return {}
+    from edgecompress.study.attrs import FINAL_SUFFIX
+
+    # exactly the summary's study: a search summary's trials, or (after finalize) the finalized study's; "proxy" on
+    # a `-final` name would open its search study, whose trial numbers mean other configs
+    fidelity = "auto" if summary.study_name.endswith(FINAL_SUFFIX) else "proxy"
+    try:
+        df = study_to_frame(load_study(summary.study_name, summary.storage, final=fidelity))
+    except EdgeCompressError:  # a storage the summary names but this process cannot reopen: no gains column
+        return {}
+    numbers = [int(r["number"]) for r in summary.front]
+    rows = df[df["number"].isin(numbers)]
+    g, base = front_gains(df, rows)
+    if base is None:
+        return {}
+    return {int(n): {"base_trial": int(base["number"]), **plain(g.loc[i].to_dict())}
+            for i, n in zip(rows.index, rows["number"], strict=True)}
+
+
+def print_summary(summary: Any) -> None:
+    """Counts, where the study is, and the feasible Pareto front as a table with gains against the base."""
+    from edgecompress.search.progress import describe, format_seconds
+    from edgecompress.study import attrs as A
+
+    for w in summary.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
+    console.print(
+        f"study [bold]{summary.study_name}[/] ({summary.backend}, sampler {summary.sampler}) in {summary.storage}: "
+        f"{summary.new_trials} new trial(s) in {format_seconds(summary.elapsed_s)}"
+    )
+    console.print(describe(summary.stats))
+    if not summary.front:
+        console.print("no feasible completed trial yet")
+        return
+    names = list(summary.front[0]["values"])
+    table = Table(title=f"Pareto front ({len(summary.front)} trials)")
+    table.add_column("trial", justify="right")
+    for n in names:
+        table.add_column(n, justify="right")
+    for col in ("prune", "depth", "bits w/a", "res", "faster b1", "acc vs base"):
+        table.add_column(col, justify="right")
+    gains = front_gains_by_trial(summary)
+    for row in summary.front:
+        c = row[A.CONFIG]
+        g = gains.get(int(row["number"]), {})
+        cached = f" (={row[A.CACHED_FROM]})" if row.get(A.CACHED_FROM) is not None else ""
+        est = "~" if row.get(A.LATENCY_SOURCE) == "estimated" or c.get("w_bits", 32) < 8 else ""
+        table.add_row(
+            f"{row['number']}{cached}", *(_fmt(row["values"][n]) for n in names), _fmt(c.get("prune")),
+            _fmt(c.get("depth")), f"{c.get('w_bits')}/{c.get('a_bits')}",
+            _fmt(c.get("resolution")) + (" +dic" if c.get("crop") == "dic" else ""),
+            fmt_x(g.get("speedup_b1"), bool(est)),
+            fmt_pp(g.get("accuracy_change_pp"), g.get("accuracy_change_low_pp"), g.get("accuracy_change_high_pp")),
+        )
+    print_wide(table)
+    if gains:
+        base = next(iter(gains.values()))["base_trial"]
+        console.print(f"gains against the base (uncompressed, trial {base}); ~: estimated latency")

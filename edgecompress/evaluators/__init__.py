@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from edgecompress.evaluators.base import BaseModel, get_base_model
+from edgecompress.evaluators.base_model import BaseModel, get_base_model
 from edgecompress.evaluators.data import DataBundle, list_datasets, load_data, register_dataset
-from edgecompress.evaluators.evaluate import CompressionEvaluator, Evaluator, build_evaluator, evaluate_config
+from edgecompress.evaluators.evaluator import CompressionEvaluator, Evaluator, build_evaluator, evaluate_config
 from edgecompress.evaluators.models import create_model, list_models, register_model
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.evaluators.splits import calibration_batches, make_loader

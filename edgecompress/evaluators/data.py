@@ -2,7 +2,7 @@
 
 Every dataset yields train/val/test splits (splits.py) with a seeded train/validation split of the training set:
 the search only sees validation accuracy, the test split is for final reports. Each loader's inference-time
-preprocessing is a `Preprocess` (deploy/preprocess.py) defined next to it and used by its code: exports state
+preprocessing is a `Preprocess` (runtime/preprocess.py) defined next to it and used by its code: exports state
 it in config.yaml and embed it in ONNX.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgecompress.deploy.preprocess import Preprocess
 from edgecompress.errors import DataError
 from edgecompress.evaluators.splits import FOLDER_PREPROCESS, FolderSplit, Split, TensorSplit
 from edgecompress.registry import Registry
+from edgecompress.runtime.preprocess import Preprocess
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp")
 log = logging.getLogger(__name__)

@@ -50,7 +50,7 @@ def describe_exit(exitcode: int | None) -> str:
 
 def _worker(conn: Connection, factory: EvaluatorFactory) -> None:
     """Child: build the evaluator, then evaluate configs until told to stop."""
-    from edgecompress.evaluators.evaluate import prepare_evaluator
+    from edgecompress.evaluators.evaluator import prepare_evaluator
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     last = [0.0]

@@ -55,8 +55,8 @@ class MemoryFormatChoice:
 
 def cpu_signature() -> str:
     """CPU model and ISA flags that change which kernels run (AVX2, AVX-512, VNNI, AMX, oneDNN cap)."""
-    from edgecompress.deploy.cpu_features import cpu_flags
-    from edgecompress.deploy.latency import device_name
+    from edgecompress.runtime.cpu_features import cpu_flags
+    from edgecompress.runtime.latency import device_name
 
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "sse4"))))
     return f"{device_name('cpu')}|{flags}|isa_cap={os.environ.get('ONEDNN_MAX_CPU_ISA', '')}"

@@ -8,11 +8,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from edgecompress.deploy.deployed import Deployed
-from edgecompress.deploy.latency import latency_lock
-from edgecompress.deploy.latency_paired import PROTOCOL_NOTE, PairedStats
-from edgecompress.deploy.latency_reference import calibrated_reference, is_stale
-from edgecompress.evaluators.base import base_dir
+from edgecompress.evaluators.base_model import base_dir
+from edgecompress.runtime.deployed import Deployed
+from edgecompress.runtime.latency import latency_lock
+from edgecompress.runtime.latency_paired import PROTOCOL_NOTE, PairedStats
+from edgecompress.runtime.latency_reference import calibrated_reference, is_stale
 from edgecompress.spaces.experiment import ExperimentConfig
 
 REFERENCE_FILE = "latency_reference.json"  # in base_dir(exp): the reference's calibrated medians per machine

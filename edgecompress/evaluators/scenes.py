@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from filelock import FileLock
 
-from edgecompress.deploy.preprocess import Preprocess
 from edgecompress.errors import DataError
+from edgecompress.runtime.preprocess import Preprocess
 
 CANVAS = 48
 SCALE_RANGE = (0.35, 0.80)  # garment side as a fraction of the canvas side

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgecompress.deploy.preprocess import Preprocess
 from edgecompress.errors import DataError
+from edgecompress.runtime.preprocess import Preprocess
 
 
 class Split(Protocol):

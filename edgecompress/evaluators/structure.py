@@ -343,7 +343,7 @@ def ensure_structure(model: nn.Module, example_inputs: torch.Tensor | None = Non
 
 
 def structure_of(model: nn.Module) -> ModelStructure:
-    """The structure attached to `model` when it was built (evaluators.base / model_ref) or loaded."""
+    """The structure attached to `model` when it was built (evaluators.base_model / model_ref) or loaded."""
     found = getattr(model, STRUCTURE_ATTR, None)
     if found is None:
         raise CompressionError(f"model {type(model).__name__} has no discovered structure (build it with "

@@ -16,7 +16,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from edgecompress.deploy.compute_lock import step_lock
 from edgecompress.errors import TrainingDivergedError, TrialTimeoutError
 from edgecompress.evaluators.memformat import (
     MemoryFormatChoice,
@@ -26,6 +25,7 @@ from edgecompress.evaluators.memformat import (
     worth_probing,
 )
 from edgecompress.evaluators.splits import Split, make_loader
+from edgecompress.runtime.compute_lock import step_lock
 
 EpochCallback = Callable[[int, float], None]
 
@@ -76,7 +76,7 @@ class TrainSettings:
     seed: int = 0
     memory_format: str = "auto"  # auto (probed per model shape, see memformat.py), contiguous, channels_last
     max_seconds: float | None = None  # wall-clock budget from the start of training (TrialTimeoutError)
-    compute_lock: bool = True  # each step holds the machine's compute lock shared (deploy/compute_lock.py)
+    compute_lock: bool = True  # each step holds the machine's compute lock shared (runtime/compute_lock.py)
 
     @classmethod
     def from_recipe(cls, recipe: Any, seed: int = 0) -> TrainSettings:

@@ -1,8 +1,5 @@
 """Results: choosing a point of a front, gains against the uncompressed trial, hypervolume history, HTML report
-(export/retarget: edgecompress.deploy).
-
-The study frame, THE front and hypervolume live in edgecompress.study and are re-exported here;
-`pareto_front` is `edgecompress.study.front`.
+(export/retarget: edgecompress.export). The study frame, THE front and hypervolume are edgecompress.study's.
 """
 
 from __future__ import annotations
@@ -18,18 +15,6 @@ from edgecompress.results.pareto import (
     select,
 )
 from edgecompress.results.report import build_report
-from edgecompress.study import (
-    compute_hypervolume,
-    front,
-    front_ranks,
-    hypervolume,
-    load_study,
-    non_dominated,
-    nondominated_ranks,
-    reference_point,
-    study_objectives,
-    study_to_frame,
-)
 
 __all__ = [
     "CalibrationMix",
@@ -41,19 +26,9 @@ __all__ = [
     "gains",
     "Selection",
     "build_report",
-    "compute_hypervolume",
-    "front",
-    "front_ranks",
-    "hypervolume",
     "hypervolume_history",
     "knee_point",
-    "load_study",
-    "non_dominated",
-    "nondominated_ranks",
     "pareto_front",
     "parse_latency_ms",
-    "reference_point",
     "select",
-    "study_objectives",
-    "study_to_frame",
 ]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.evaluators.evaluate import Evaluator
+from edgecompress.evaluators.evaluator import Evaluator
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search.optuna_runner import ProgressFn, SearchSummary, run_search
 from edgecompress.search.study_setup import create_or_load_study, space_for

@@ -32,8 +32,8 @@ from edgecompress.evaluators.train import ProgressCallback
 from edgecompress.search.claim import wait_limit
 from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
+from edgecompress.search.recovery import Heartbeat, mark_owner, recover_dead_trials, study_lock
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.storage import Heartbeat, mark_owner, recover_dead_trials, study_lock
 from edgecompress.search.study_setup import (  # noqa: F401 - the study's set-up, re-exported from here too
     RUN_INDEX,
     SEED_STABLE_SAMPLERS,
@@ -263,7 +263,7 @@ def prepare_trial_evaluator(exp: ExperimentConfig, evaluator: Evaluator | None =
     """`evaluator` (default: the real one, build_trial_evaluator), set up now, outside any trial: its data
     is loaded and checked and its base model trained when not cached (`on_progress` follows the training).
     A set-up error (DataError for a missing, truncated or corrupt dataset file) closes it and is raised."""
-    from edgecompress.evaluators.evaluate import prepare_evaluator
+    from edgecompress.evaluators.evaluator import prepare_evaluator
 
     evaluator = evaluator or build_trial_evaluator(exp)
     try:
@@ -277,7 +277,7 @@ def prepare_trial_evaluator(exp: ExperimentConfig, evaluator: Evaluator | None =
 def build_trial_evaluator(exp: ExperimentConfig) -> Evaluator:
     """The real evaluator; with budget.isolation "process" it runs each trial in a worker process, so a
     native crash or hang fails that trial only, and finetune.max_seconds is enforced by a kill."""
-    from edgecompress.evaluators.evaluate import build_evaluator
+    from edgecompress.evaluators.evaluator import build_evaluator
 
     if exp.budget.isolation == "none":
         return build_evaluator(exp)

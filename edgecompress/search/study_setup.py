@@ -8,7 +8,7 @@ from typing import Any
 import optuna
 
 from edgecompress.errors import ConfigError
-from edgecompress.search.storage import study_lock
+from edgecompress.search.recovery import study_lock
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.spaces.space import SearchSpace

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgecompress.errors import ConfigError
 from edgecompress.spaces.config import ALLOWED_BITS, CROP_CHOICES, format_validation_error
-from edgecompress.spaces.constraints import Constraints
+from edgecompress.spaces.constraint_table import Constraints
 from edgecompress.utils import stable_hash
 
 

@@ -1,4 +1,4 @@
-"""Constraint rules over the one table (spaces.constraints.CONSTRAINTS): configured bounds, violation amounts.
+"""Constraint rules over the one table (spaces.constraint_table.CONSTRAINTS): configured bounds, violation amounts.
 
 A violation is `metric - bound` for a "max" constraint and `bound - metric` for a "min" one: <= 0 is
 satisfied, > 0 is the amount over the limit. The evaluator uses `violations` (early: stage "pre";
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from edgecompress.errors import ConfigError
-from edgecompress.spaces.constraints import CONSTRAINTS, ConstraintSpec
+from edgecompress.spaces.constraint_table import CONSTRAINTS, ConstraintSpec
 from edgecompress.utils import is_finite_number
 
 __all__ = ["CONSTRAINTS", "ConstraintSpec", "active_constraints", "constraint_values", "satisfied", "violation",

@@ -20,7 +20,7 @@ from edgecompress.cascade import (
     simulate,
     stage_spec_from_artefacts,
 )
-from edgecompress.cascade.builder import _prepare
+from edgecompress.cascade.planning.builder import _prepare
 from edgecompress.errors import EdgeCompressError
 
 
@@ -127,7 +127,7 @@ def test_two_stages_are_exact_against_brute_force(combine: str) -> None:
 
 
 def simulate_conf(z: np.ndarray) -> np.ndarray:
-    from edgecompress.cascade import confidence
+    from edgecompress.cascade.planning.confidence import confidence
 
     return confidence(z, "margin")
 
@@ -321,7 +321,7 @@ def test_stage_spec_from_artefacts_reads_validation_files_only(tmp_path) -> None
 def test_escalation_rule_is_open_band_on_arrays_and_tensors() -> None:
     import torch
 
-    from edgecompress.cascade.plan import escalates
+    from edgecompress.cascade.planning.plan import escalates
 
     conf = [0.1, 0.2, 0.5, 0.8, 0.9]
     want = [False, False, True, False, False]  # low < conf < threshold, both ends excluded

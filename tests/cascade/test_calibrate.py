@@ -8,10 +8,10 @@ import numpy as np
 import optuna
 import pytest
 
-from edgecompress.cascade.builder import seed_rule_plan
-from edgecompress.cascade.calibrate import MIN_CALLS, FusedPathTimer, PathCosts, refine_plan, repriced
-from edgecompress.cascade.evaluate import Candidate, plan_cascade, study_candidates
-from edgecompress.cascade.plan import CascadePlan, StagePlan, StageSpec, simulate
+from edgecompress.cascade.pipeline.calibrate import MIN_CALLS, FusedPathTimer, PathCosts, refine_plan, repriced
+from edgecompress.cascade.pipeline.measure import Candidate, plan_cascade, study_candidates
+from edgecompress.cascade.planning.builder import seed_rule_plan
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.evaluators.data import load_data
 from edgecompress.spaces import parse_experiment
 

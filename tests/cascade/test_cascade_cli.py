@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgecompress.cascade import load_cascade
-from edgecompress.cascade.evaluate import study_candidates
+from edgecompress.cascade.pipeline.measure import study_candidates
 from edgecompress.cli import main
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import load_data
@@ -97,8 +97,8 @@ def _force_two_stages(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tiny study's best plan is often one model; these tests need a real 2-stage cascade: the seed's rule
     (margin band (0, 0.03), out1 + 1.6 out2) on the cheapest and the most accurate candidate, planned on the
     logits the pipeline passes (the selection part under --risk)."""
-    import edgecompress.cascade.pipeline as pipeline
-    from edgecompress.cascade.builder import seed_rule_plan
+    import edgecompress.cascade.pipeline.from_study as pipeline
+    from edgecompress.cascade.planning.builder import seed_rule_plan
 
     def plan(cands, labels, **kw):  # noqa: ANN001, ANN003, ANN202
         best = max(cands, key=lambda c: c.val_accuracy)
@@ -110,7 +110,7 @@ def _force_two_stages(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_builder_never_reads_test_logits(tiny_study: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage choice and risk calibration finish before any test_* artefact is opened: np.load raises on a test
     file until the pipeline hands the fixed plan to the evaluation (which then may read them)."""
-    import edgecompress.cascade.pipeline as pipeline
+    import edgecompress.cascade.pipeline.from_study as pipeline
 
     planned: dict[str, object] = {}
     real_load, real_eval = np.load, pipeline.evaluate_cascade

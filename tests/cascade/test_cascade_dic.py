@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.cascade.confidence import confidence
-from edgecompress.cascade.evaluate import _served_form, evaluate_cascade, stage_modules, study_candidates
-from edgecompress.cascade.fused import check_fused, fused_session
-from edgecompress.cascade.plan import CascadePlan, StagePlan, simulate
-from edgecompress.cascade.runtime import CascadeModel
+from edgecompress.cascade.pipeline.measure import _served_form, evaluate_cascade, stage_modules, study_candidates
+from edgecompress.cascade.planning.confidence import confidence
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, simulate
+from edgecompress.cascade.serving.cascade_model import CascadeModel
+from edgecompress.cascade.serving.fused import check_fused, fused_session
 from edgecompress.cli import main
 from edgecompress.evaluators.data import load_data
 from edgecompress.evaluators.result import ARTEFACT_FILES
@@ -120,7 +120,7 @@ def test_cascade_cli_takes_dic_candidates(dic_study: dict, tmp_path: Path, capsy
     ev = json.loads((out / "evaluation.json").read_text())
     # both saved forms (fused ONNX, TorchScript stages: a dic stage traced from the canvas) answer alike
     from edgecompress.cascade import load_cascade
-    from edgecompress.cascade.fused import INPUT, LOGITS
+    from edgecompress.cascade.serving.fused import INPUT, LOGITS
 
     x = next(iter(make_loader(dic_study["data"].test, 48, 100)))[0]
     with torch.no_grad():

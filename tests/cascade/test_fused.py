@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.cascade.confidence import confidence
-from edgecompress.cascade.fused import EXIT, INPUT, LOGITS, check_fused, fused_cascade_graph, fused_session
-from edgecompress.cascade.lean import LeanCascade
-from edgecompress.cascade.plan import CascadePlan, StagePlan
-from edgecompress.cascade.runtime import CascadeModel
-from edgecompress.deploy.runtime import deploy
-from edgecompress.deploy.runtime_ort import export_onnx
+from edgecompress.cascade.planning.confidence import confidence
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan
+from edgecompress.cascade.serving.cascade_model import CascadeModel
+from edgecompress.cascade.serving.fused import EXIT, INPUT, LOGITS, check_fused, fused_cascade_graph, fused_session
+from edgecompress.cascade.serving.lean import LeanCascade
 from edgecompress.evaluators.data import load_data
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.splits import make_loader, resize_batch
+from edgecompress.runtime.backend import deploy
+from edgecompress.runtime.backend_ort import export_onnx
 from edgecompress.spaces import parse_experiment
 
 SIZES = (14, 20, 28)
@@ -122,8 +122,8 @@ def test_int8_stage_inlined_equals_lean_cascade(images: torch.Tensor, stages: tu
 def test_planner_latency_includes_the_fused_graph_overheads() -> None:
     """The fused graph's measured overheads are real numbers, and the plan's latency model charges the per-call
     one to every 2+ stage cascade (and the routing one per escalated input), never to a single model."""
-    from edgecompress.cascade.fused import measure_fused_overheads
-    from edgecompress.cascade.plan import expected_latency
+    from edgecompress.cascade.planning.plan import expected_latency
+    from edgecompress.cascade.serving.fused import measure_fused_overheads
 
     ov = measure_fused_overheads(1, 28, 14, 10, threads=1, calls=20, rounds=3)
     assert 0 < ov["call_overhead_ms"] < 5 and 0 <= ov["routing_overhead_ms"] < 5 and ov["run_call_ms"] > 0
@@ -135,10 +135,10 @@ def test_planner_latency_includes_the_fused_graph_overheads() -> None:
 
 SHARED_POOL_SCRIPT = """
 import sys, numpy as np, torch
-from edgecompress.cascade.fused import check_fused, fused_cascade_graph, fused_session
-from edgecompress.cascade.lean import LeanCascade, shared_pool_stages
-from edgecompress.cascade.plan import CascadePlan, StagePlan
-from edgecompress.deploy.runtime import deploy
+from edgecompress.cascade.serving.fused import check_fused, fused_cascade_graph, fused_session
+from edgecompress.cascade.serving.lean import LeanCascade, shared_pool_stages
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan
+from edgecompress.runtime.backend import deploy
 from edgecompress.evaluators.models import create_model
 paths = sys.argv[1:3]
 plan = CascadePlan(stages=[StagePlan("a", 14, 0.1), StagePlan("b", 28, 0.3)], thresholds=[0.02])

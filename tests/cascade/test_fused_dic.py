@@ -12,15 +12,15 @@ import onnx
 import pytest
 import torch
 
-from edgecompress.cascade.confidence import confidence
-from edgecompress.cascade.fused import EXIT, INPUT, LOGITS, fused_cascade_graph, fused_session
-from edgecompress.cascade.plan import CascadePlan, StagePlan
-from edgecompress.cascade.runtime import CascadeModel, resize
-from edgecompress.deploy.runtime_ort import export_onnx
+from edgecompress.cascade.planning.confidence import confidence
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan
+from edgecompress.cascade.serving.cascade_model import CascadeModel, resize
+from edgecompress.cascade.serving.fused import EXIT, INPUT, LOGITS, fused_cascade_graph, fused_session
 from edgecompress.evaluators import dic, scenes
 from edgecompress.evaluators.data import FMNIST_FILES, read_idx
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.splits import TensorSplit
+from edgecompress.runtime.backend_ort import export_onnx
 
 NATIVE = scenes.CANVAS
 # (crop, classifier size, widths): a DIC stage's plan input is the canvas; it crops to its own size
@@ -121,9 +121,9 @@ def test_none_stage_is_resized_in_graph_dic_stage_is_not(stages: tuple) -> None:
 def test_int8_dic_stage_inlined_equals_lean_cascade(scene_data: dict, stages: tuple, tmp_path: Path) -> None:
     """An int8 (ORT static QDQ, calibrated on canvases as the evaluator and export do) DIC stage inside the fused
     graph gives what its own session gives, the `none` stage behind it resized in the graph."""
-    from edgecompress.cascade.fused import check_fused
-    from edgecompress.cascade.lean import LeanCascade
-    from edgecompress.deploy.runtime import deploy
+    from edgecompress.cascade.serving.fused import check_fused
+    from edgecompress.cascade.serving.lean import LeanCascade
+    from edgecompress.runtime.backend import deploy
 
     mods, _, plans = stages
     x = scene_data["x"]

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.cascade.lean import LeanCascade, module_stage
-from edgecompress.cascade.plan import CascadePlan, StagePlan
-from edgecompress.cascade.runtime import CascadeModel
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan
+from edgecompress.cascade.serving.cascade_model import CascadeModel
+from edgecompress.cascade.serving.lean import LeanCascade, module_stage
 
 
 def tiny_cnn(seed: int) -> nn.Module:
@@ -23,7 +23,7 @@ def test_lean_equals_cascade_model(combine: str) -> None:
     stages = [tiny_cnn(0), tiny_cnn(1), tiny_cnn(2)]
     x = torch.randn(64, 1, 28, 28)
     # thresholds at the median confidence of each stage, so every stage keeps some samples and passes some
-    from edgecompress.cascade.confidence import confidence
+    from edgecompress.cascade.planning.confidence import confidence
     from edgecompress.evaluators.splits import resize_batch
 
     with torch.no_grad():

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 
-from edgecompress.cascade.plan import CascadePlan, StagePlan, route
-from edgecompress.cascade.risk import (
+from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, route
+from edgecompress.cascade.planning.risk import (
     RiskControl,
     binomial_pvalue,
     cascade_loss,

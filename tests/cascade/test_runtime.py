@@ -24,7 +24,7 @@ from edgecompress.cascade import (
     seed_rule_plan,
     simulate,
 )
-from edgecompress.cascade.runtime import resize
+from edgecompress.cascade.serving.cascade_model import resize
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.models import create_model
 

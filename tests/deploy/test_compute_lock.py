@@ -16,13 +16,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.deploy.compute_lock import ComputeLock, compute_lock, default_lock_path, gate_path_for, step_lock
 from edgecompress.errors import EdgeCompressError
+from edgecompress.runtime.compute_lock import ComputeLock, compute_lock, default_lock_path, gate_path_for, step_lock
 
 ROOT = Path(__file__).resolve().parents[2]
 HOLDER = """
 import sys, time, pathlib
-from edgecompress.deploy.compute_lock import ComputeLock
+from edgecompress.runtime.compute_lock import ComputeLock
 lock, mode, hold, out = ComputeLock(sys.argv[1]), sys.argv[2], float(sys.argv[3]), pathlib.Path(sys.argv[4])
 if mode == "shared":
     lock.acquire_shared()

@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.deploy.latency import (
+from edgecompress.errors import EdgeCompressError
+from edgecompress.runtime.latency import (
     LatencyStats,
     cpu_name,
     default_lock_path,
     latency_lock,
     measure_latency,
 )
-from edgecompress.errors import EdgeCompressError
 
 
 def _spin(ms: float) -> None:
@@ -118,7 +118,7 @@ def test_lock_is_exclusive_between_processes(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     code = (
         "import sys, time, pathlib\n"
-        "from edgecompress.deploy.latency import latency_lock\n"
+        "from edgecompress.runtime.latency import latency_lock\n"
         "with latency_lock(sys.argv[1]):\n"
         "    pathlib.Path(sys.argv[2]).touch()\n"
         "    time.sleep(3)\n"

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from edgecompress.deploy.latency import latency_lock, measure_latency
-from edgecompress.deploy.latency_paired import PairedStats, measure_paired, median_interval
-from edgecompress.deploy.latency_reference import calibrated_reference, is_stale
 from edgecompress.errors import EdgeCompressError
+from edgecompress.runtime.latency import latency_lock, measure_latency
+from edgecompress.runtime.latency_paired import PairedStats, measure_paired, median_interval
+from edgecompress.runtime.latency_reference import calibrated_reference, is_stale
 from edgecompress.testing import process_cpu_seconds, stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,8 +151,8 @@ def test_is_stale_only_when_the_reference_beats_its_calibration() -> None:
 
 # ---- a busy neighbour worker -------------------------------------------------------------------------
 def _tiny_ort_model():
-    from edgecompress.deploy.runtime import deploy
     from edgecompress.evaluators.models import create_model
+    from edgecompress.runtime.backend import deploy
 
     torch.manual_seed(0)
     model = create_model("resnet8", num_classes=10, in_chans=1).eval()
@@ -253,7 +253,7 @@ def test_a_window_whose_reference_strays_is_measured_again(tmp_path: Path, slowd
     median (1 ms here) is re-measured, up to max_attempts, and the least disturbed window is kept."""
     from types import SimpleNamespace
 
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.spaces.experiment import DeviceConfig
 
     dev = DeviceConfig(min_repeats=10, max_seconds=1.0, min_seconds=0.05, target_cv=0.05,
@@ -274,7 +274,7 @@ def test_latency_threads_set_the_measured_deployment(latency_threads: int | None
 
     from torch import nn
 
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.spaces.experiment import DeviceConfig, ExperimentConfig
 
     dev = DeviceConfig(threads=2, latency_threads=latency_threads)

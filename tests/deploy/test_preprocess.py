@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from edgecompress.deploy.preprocess import (
+from edgecompress.runtime.backend_ort import ONNX_OPSET, export_onnx
+from edgecompress.runtime.preprocess import (
     PREPROCESS_OPSET,
     Preprocess,
     aa_bilinear_resize,
@@ -20,7 +21,6 @@ from edgecompress.deploy.preprocess import (
     round_half_up,
     with_preprocessing,
 )
-from edgecompress.deploy.runtime_ort import ONNX_OPSET, export_onnx
 
 FOLDER = Preprocess("folder", "files", 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), pil_mode="RGB",
                     short_side_ratio=1.14, center_crop=True, tensor_resize=False)
@@ -151,7 +151,7 @@ def test_with_preprocessing_joins_an_opset_17_model(tmp_path) -> None:
 @pytest.mark.parametrize(("spec", "size", "shape"), [(GRAY, 21, (28, 28, 1)), (FOLDER, 24, (30, 41, 3))])
 def test_with_preprocessing_in_front_of_an_int8_qdq_model(tmp_path, spec: Preprocess, size: int, shape) -> None:
     """onnxruntime's optimisers rewrite int8 QDQ graphs (NHWC convs, moved transposes): the graph must survive."""
-    from edgecompress.deploy.runtime import deploy
+    from edgecompress.runtime.backend import deploy
 
     torch.manual_seed(0)
     c = spec.channels

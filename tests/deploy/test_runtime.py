@@ -13,13 +13,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgecompress.deploy.cpu_features import resolve_int8_scheme
-from edgecompress.deploy.latency import LatencyStats
-from edgecompress.deploy.runtime import deploy
-from edgecompress.deploy.runtime_ort import ort_session_options, quantized_conv_share
-from edgecompress.deploy.sub8bit import SCALED_LATENCY_KEYS, estimate_latency, estimate_sub8bit
 from edgecompress.errors import ConfigError
 from edgecompress.evaluators.models import create_model
+from edgecompress.runtime.backend import deploy
+from edgecompress.runtime.backend_ort import ort_session_options, quantized_conv_share
+from edgecompress.runtime.cpu_features import resolve_int8_scheme
+from edgecompress.runtime.latency import LatencyStats
+from edgecompress.runtime.sub8bit import SCALED_LATENCY_KEYS, estimate_latency, estimate_sub8bit
 
 ORT_PREDICT = Path(__file__).with_name("ort_predict.py")
 MEAN, STD = 0.2860, 0.3530

@@ -14,7 +14,7 @@ from edgecompress.evaluators.structure import structure_of
 
 def test_a_second_machine_fetches_the_base_model_from_the_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  fmnist_dir: Path, tiny_pipeline) -> None:
-    from edgecompress.evaluators import base as base_mod
+    from edgecompress.evaluators import base_model as base_mod
     from edgecompress.spaces import parse_experiment
 
     exp = parse_experiment(tiny_pipeline(base_training={"epochs": 1, "batch_size": 64, "lr": 0.1}))

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.evaluators.batchnorm import recalibrate_batchnorm
-from edgecompress.evaluators.evaluate import CompressionEvaluator
+from edgecompress.evaluators.evaluator import CompressionEvaluator
 from edgecompress.spaces import CompressionConfig, parse_experiment
 
 TINY = {

@@ -155,7 +155,7 @@ def test_pruned_model_equals_the_masked_model_exports_and_replays(ref: str, imag
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
     assert not torch.allclose(got, base(x), rtol=1e-3, atol=1e-4)  # something was really removed
 
-    from edgecompress.deploy.runtime import deploy
+    from edgecompress.runtime.backend import deploy
 
     onnx = deploy(pruned, x[:1], backend="onnxruntime", threads=1, workdir=tmp_path / "onnx")
     torch.testing.assert_close(torch.as_tensor(onnx.run(x[:8])), got[:8], rtol=1e-3, atol=1e-4)
@@ -172,9 +172,9 @@ def train_prune_finetune(ref: str, x: torch.Tensor, y: torch.Tensor, base_epochs
                          finetune_epochs: int = FINETUNE_EPOCHS) -> tuple[float, float]:
     """Train the model on the first 4000 images, prune every stage at 0.5, fine-tune; returns (fp32 accuracy on
     the last 400 images, int8 ONNX top-1 agreement with fp32 on them)."""
-    from edgecompress.deploy.runtime import deploy
     from edgecompress.evaluators.splits import TensorSplit
     from edgecompress.evaluators.train import TrainSettings, train_model
+    from edgecompress.runtime.backend import deploy
 
     model = _base(ref, (x, y))
     split = TensorSplit((x[:4000] * 0.353 + 0.286).mul(255).round().clamp(0, 255).to(torch.uint8), y[:4000],

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from edgecompress.deploy.deployed import serialized_size
 from edgecompress.evaluators.cost import count_costs, count_macs, count_params
 from edgecompress.evaluators.models import create_model
+from edgecompress.runtime.deployed import serialized_size
 
 
 def tiny_net() -> nn.Module:

@@ -229,7 +229,7 @@ def test_calibration_batches_are_a_seeded_draw(tmp_path: Path) -> None:
     assert [len(x) for x in small] == [5, 5]
 
 
-# ---- each loader follows its stated preprocessing (deploy.preprocess.Preprocess), so they cannot drift ------
+# ---- each loader follows its stated preprocessing (runtime.preprocess.Preprocess), so they cannot drift ------
 @pytest.mark.parametrize("size", [14, 28, 32])
 def test_fmnist_loader_is_its_stated_preprocessing(tmp_path: Path, size: int) -> None:
     arrays = make_fmnist(tmp_path)

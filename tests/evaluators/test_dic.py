@@ -10,12 +10,12 @@ import pytest
 import torch
 from torchvision.ops import roi_align
 
-from edgecompress.deploy.runtime_ort import export_onnx
 from edgecompress.evaluators import dic, scenes
 from edgecompress.evaluators.data import FMNIST_FILES, read_idx
 from edgecompress.evaluators.models import create_model
 from edgecompress.evaluators.splits import TensorSplit
 from edgecompress.evaluators.train import TrainSettings, accuracy, train_model
+from edgecompress.runtime.backend_ort import export_onnx
 
 MEAN, STD = scenes.SCENES_PREPROCESS.mean, scenes.SCENES_PREPROCESS.std
 C = 32  # canvas side in these tests

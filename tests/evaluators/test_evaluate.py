@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import edgecompress.evaluators.evaluate as ev_mod
+import edgecompress.evaluators.evaluator as ev_mod
 from edgecompress.evaluators.compress import load_compressed
-from edgecompress.evaluators.evaluate import CompressionEvaluator
+from edgecompress.evaluators.evaluator import CompressionEvaluator
 from edgecompress.spaces import CompressionConfig, parse_experiment
 
 TINY = {
@@ -127,8 +127,8 @@ def test_latency_is_drift_corrected_against_the_reference(shared: CompressionEva
     calibrated median, which a second evaluator (another process, in a search) reads from the same file."""
     import json
 
-    from edgecompress.evaluators.base import base_dir
-    from edgecompress.evaluators.evaluate import REFERENCE_FILE
+    from edgecompress.evaluators.base_model import base_dir
+    from edgecompress.evaluators.evaluator import REFERENCE_FILE
 
     ev = evaluator(shared, constraints__max_latency_ms=1e-6)  # stops after measuring
     m = ev(CompressionConfig()).metrics
@@ -164,8 +164,8 @@ def test_a_calibration_taken_under_load_is_measured_again(shared: CompressionEva
     A reference slower than its calibration is today's load (the retry rule), not a reason to recalibrate."""
     import json
 
-    from edgecompress.evaluators.base import base_dir
-    from edgecompress.evaluators.evaluate import REFERENCE_FILE
+    from edgecompress.evaluators.base_model import base_dir
+    from edgecompress.evaluators.evaluator import REFERENCE_FILE
 
     path = base_dir(shared.exp) / REFERENCE_FILE
     evaluator(shared, constraints__max_latency_ms=1e-6)(CompressionConfig())  # calibrated (or read) quietly

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgecompress.evaluators.base import get_base_model
+from edgecompress.evaluators.base_model import get_base_model
 from edgecompress.evaluators.train import TrainProgress
 from edgecompress.spaces import parse_experiment
 

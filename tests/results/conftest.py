@@ -126,7 +126,7 @@ def real_study_template(tmp_path_factory, fmnist_dir):
     Artefacts live under folder/fmx/trials/<n>/ with absolute paths, so copies of the .db stay valid.
     """
     from edgecompress.evaluators.data import load_data
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.search import run_search
     from edgecompress.spaces import parse_experiment
 

@@ -9,8 +9,9 @@ import sys
 
 import pytest
 
-from edgecompress.results import calibration_mixes, study_to_frame
+from edgecompress.results import calibration_mixes
 from edgecompress.results.report import _get_report_info
+from edgecompress.study import study_to_frame
 
 # fixtures `handmade` and `mixed_calibrations` (tests/results/conftest.py)
 

@@ -11,10 +11,11 @@ import typer
 from optuna.trial import create_trial
 
 import edgecompress.cli as cli
-from edgecompress.cli import base as cli_base
-from edgecompress.cli import results as results_cli
+from edgecompress.cli import base_cmd as cli_base
+from edgecompress.cli import results_cmd as results_cli
 from edgecompress.errors import EdgeCompressError
-from edgecompress.results import load_study, pareto_front, study_to_frame
+from edgecompress.results import pareto_front
+from edgecompress.study import load_study, study_to_frame
 
 
 @pytest.fixture

@@ -9,16 +9,16 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import edgecompress.deploy.export as export_mod
-from edgecompress.deploy.export import export_trial, parse_formats
-from edgecompress.deploy.export_check import ExportError, ExportResult, ModelCheck, budget_check
-from edgecompress.deploy.export_choice import choose_trial
-from edgecompress.deploy.export_config import load_export_config
+import edgecompress.export.trial_export as export_mod
 from edgecompress.errors import ConfigError
 from edgecompress.evaluators.compress import load_compressed
-from edgecompress.results import load_study, study_to_frame
+from edgecompress.export.checks import ExportError, ExportResult, ModelCheck, budget_check
+from edgecompress.export.choice import choose_trial
+from edgecompress.export.config_file import load_export_config
+from edgecompress.export.trial_export import export_trial, parse_formats
 from edgecompress.results.pareto import Selection
 from edgecompress.spaces import CompressionConfig, parse_experiment
+from edgecompress.study import load_study, study_to_frame
 
 
 def _trial_with(df, w_bits: int) -> int:
@@ -79,7 +79,7 @@ def test_int8_trial_exports_checked_onnx_and_torchscript(real_db, tmp_path: Path
 
 
 def test_int8_file_is_calibrated_on_the_evaluators_batches(real_db, tmp_path: Path, monkeypatch) -> None:
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.study.attrs import study_experiment
 
     df = study_to_frame(load_study(real_db.url))

@@ -70,7 +70,7 @@ def folder_export(tmp_path_factory: pytest.TempPathFactory):
 
     import edgecompress.cli as cli
     from edgecompress.evaluators.data import load_data
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.search import run_search
     from edgecompress.spaces import parse_experiment
 

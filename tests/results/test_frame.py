@@ -9,7 +9,7 @@ import pytest
 from optuna.trial import TrialState, create_trial
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.results import load_study, study_objectives, study_to_frame
+from edgecompress.study import load_study, study_objectives, study_to_frame
 
 
 def test_one_row_per_trial_with_states_and_details(study_db, spec):

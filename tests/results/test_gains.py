@@ -11,11 +11,11 @@ import sys
 
 import pytest
 
-from edgecompress.deploy.export_choice import choose_trial
-from edgecompress.results import front, study_to_frame
+from edgecompress.export.choice import choose_trial
 from edgecompress.results.gains import base_trial, front_gains, gains
 from edgecompress.results.report import _get_report_info
 from edgecompress.study import attrs as A
+from edgecompress.study import front, study_to_frame
 from edgecompress.study.intervals import paired_difference
 
 
@@ -94,7 +94,7 @@ def test_pareto_json_and_table_show_the_deployable_front_with_gains(handmade, ca
     assert not any(r["estimated"] for r in doc["rows"])
     full = json.loads(_main(["pareto", "hm", "--json"], capsys))
     assert [r["trial"] for r in full["rows"]] == handmade.FRONT
-    from edgecompress.cli import base as cli_base
+    from edgecompress.cli import base_cmd as cli_base
 
     monkeypatch.setattr(cli_base.console, "width", 240)
     table = _main(["pareto", "hm", "--deployable"], capsys)
@@ -135,7 +135,7 @@ def test_cascade_candidates_take_dynamic_cropping_trials_at_the_canvas(handmade)
     out with a note naming it."""
     from optuna.trial import create_trial
 
-    from edgecompress.cascade.evaluate import study_candidates
+    from edgecompress.cascade.pipeline.measure import study_candidates
 
     t1 = handmade.study.trials[1]
     attrs = dict(t1.user_attrs)

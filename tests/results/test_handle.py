@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import edgecompress
-from edgecompress.cascade.pipeline import cascade_from_study
-from edgecompress.deploy.export import export_trial
+from edgecompress.cascade.pipeline.from_study import cascade_from_study
 from edgecompress.errors import ConfigError
+from edgecompress.export.trial_export import export_trial
 from edgecompress.handle import CascadeOptions, ExportOptions, FinalizeOptions, FrontOptions, Study
 from edgecompress.results.pareto import select
 from edgecompress.search.finalize import finalize_study

@@ -9,18 +9,8 @@ import pandas as pd
 import pytest
 
 from edgecompress.errors import EdgeCompressError
-from edgecompress.results import (
-    hypervolume,
-    hypervolume_history,
-    knee_point,
-    non_dominated,
-    nondominated_ranks,
-    pareto_front,
-    parse_latency_ms,
-    reference_point,
-    select,
-    study_to_frame,
-)
+from edgecompress.results import hypervolume_history, knee_point, pareto_front, parse_latency_ms, select
+from edgecompress.study import hypervolume, non_dominated, nondominated_ranks, reference_point, study_to_frame
 from edgecompress.study.hypervolume import compute_hypervolume, hypervolume_numpy
 
 ACC_LAT = ["maximize", "minimize"]

@@ -12,9 +12,10 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
-from edgecompress.results import build_report, study_to_frame
+from edgecompress.results import build_report
 from edgecompress.results.plots import ESTIMATED_LABEL
 from edgecompress.results.report import _get_report_info
+from edgecompress.study import study_to_frame
 
 CASCADE = [
     {"expected_latency_ms": 0.9, "accuracy": 0.91, "models": [4, 1]},

@@ -8,9 +8,10 @@ import optuna
 import pytest
 import torch
 
-import edgecompress.evaluators.evaluate as ev_mod
-from edgecompress.deploy.retarget import retarget_study
-from edgecompress.results import load_study, pareto_front, study_to_frame
+import edgecompress.evaluators.evaluator as ev_mod
+from edgecompress.export.retarget import retarget_study
+from edgecompress.results import pareto_front
+from edgecompress.study import load_study, study_to_frame
 
 
 def test_retarget_keeps_accuracy_and_remeasures_latency(real_db, tmp_path, monkeypatch) -> None:
@@ -53,14 +54,14 @@ FALLBACK = "fp32 (int8 unsupported on torch cuda)"  # what torch on CUDA deploys
 @pytest.mark.parametrize("falls_back", [True, False], ids=["fp32-fallback", "int8"])
 def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -> None:
     """Retarget re-measures a 4-bit trial with the evaluator's estimate, from the precision it really deployed at."""
-    import edgecompress.deploy.retarget as retarget_mod
-    import edgecompress.deploy.runtime as deploy_mod
-    from edgecompress.deploy.sub8bit import SCALED_LATENCY_KEYS
-    from edgecompress.evaluators.base import BaseModel
+    import edgecompress.export.retarget as retarget_mod
+    import edgecompress.runtime.backend as deploy_mod
+    from edgecompress.evaluators.base_model import BaseModel
     from edgecompress.evaluators.compress import compress_model
     from edgecompress.evaluators.data import load_data
-    from edgecompress.evaluators.evaluate import CompressionEvaluator
+    from edgecompress.evaluators.evaluator import CompressionEvaluator
     from edgecompress.evaluators.models import create_model
+    from edgecompress.runtime.sub8bit import SCALED_LATENCY_KEYS
     from edgecompress.spaces import CompressionConfig, parse_experiment
 
     real_deploy = deploy_mod.deploy
@@ -107,7 +108,7 @@ def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -
 
 def test_remeasure_front_quietly_into_a_new_study(real_db, tmp_path, monkeypatch) -> None:
     """`remeasure`: the study's own device/backend/threads, the search's protocol, only the front."""
-    from edgecompress.deploy.retarget import front_numbers, remeasure_study
+    from edgecompress.export.retarget import front_numbers, remeasure_study
 
     monkeypatch.setattr(ev_mod, "train_model", lambda *a, **k: pytest.fail("remeasure must not train"))
     src = load_study(real_db.url)

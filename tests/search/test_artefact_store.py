@@ -12,8 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from edgecompress.deploy.export import trial_model_path
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.export.trial_export import trial_model_path
 from edgecompress.search import run_search
 from edgecompress.search.optuna_runner import space_for
 from edgecompress.study import artefact_store, load_study, study_to_frame

@@ -17,7 +17,7 @@ from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import run_search
 from edgecompress.search.objective import make_objective
 from edgecompress.search.optuna_runner import run_one, space_for
-from edgecompress.search.storage import recover_dead_trials
+from edgecompress.search.recovery import recover_dead_trials
 from edgecompress.study import load_study
 from edgecompress.study.storage import default_storage_url, make_storage
 

@@ -20,7 +20,7 @@ def _app_with_search(monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
 
     import edgecompress.cli as cli
-    from edgecompress.cli import search as search_cli
+    from edgecompress.cli import search_cmd as search_cli
 
     if "search" not in {c.name or c.callback.__name__ for c in cli.app.registered_commands}:
         app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)

@@ -75,7 +75,7 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
             assert t.user_attrs[A.WEIGHTS_HASH] != by_number[n].user_attrs[A.WEIGHTS_HASH]
     # the table printed after finalize: gains of finalized rows against the finalized uncompressed model, from the
     # finalized study only (it used to read the search study's trials with the same numbers)
-    from edgecompress.cli.search import front_gains_by_trial
+    from edgecompress.cli.tables import front_gains_by_trial
 
     gains = front_gains_by_trial(summary.search)
     assert gains, "the finalized front has rows with gains"
@@ -91,8 +91,8 @@ def test_finalize_writes_the_linked_study_and_a_rerun_redoes_nothing(proxy: dict
     assert load_study(proxy["storage"]).study_name == "tiny-final"  # a file with both counts as one study
     assert load_study("tiny", final="proxy").study_name == "tiny"
     # export reads the finalized study by default and ships its weights, not the search trial's
-    from edgecompress.deploy.export import export_trial
-    from edgecompress.deploy.export_config import load_export_config
+    from edgecompress.export.config_file import load_export_config
+    from edgecompress.export.trial_export import export_trial
 
     pick = next(t for t in trials if t.user_attrs[A.PROXY_TRIAL] is not None)
     res = export_trial("tiny", proxy["runs"] / "export", trial=pick.number, formats="onnx")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from edgecompress.evaluators.evaluate import build_evaluator
+from edgecompress.evaluators.evaluator import build_evaluator
 from edgecompress.evaluators.isolated import IsolatedEvaluator, describe_exit
 from edgecompress.search import run_search
 from edgecompress.search.objective import MAX_DEATHS

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import optuna
 from optuna.trial import TrialState
 
-from edgecompress.evaluators.base import base_dir
+from edgecompress.evaluators.base_model import base_dir
 from edgecompress.search.objective import link_artefacts, same_store
 from edgecompress.utils import Locations, artefacts_dir, cache_dir, runs_dir
 

@@ -11,7 +11,7 @@ from optuna.storages import JournalStorage, RDBStorage
 from optuna.trial import TrialState
 
 from edgecompress.errors import ConfigError, EdgeCompressError
-from edgecompress.search.storage import mark_owner, recover_dead_trials, trial_id
+from edgecompress.search.recovery import mark_owner, recover_dead_trials, trial_id
 from edgecompress.study.storage import HEARTBEAT_INTERVAL_S, default_storage_url, load_study, make_storage
 
 
