@@ -30,8 +30,6 @@ from edgecompress.evaluators.data import DataBundle, load_data
 from edgecompress.evaluators.dic import (
     BOX_NET_FILE,
     BoxPredictor,
-    DICPipeline,
-    ResizePipeline,
     cropped_bundle,
     get_box_predictor,
     save_box_net,
@@ -42,11 +40,11 @@ from edgecompress.evaluators.reference_latency import (  # noqa: F401 - re-expor
     PairedLatencyMixin,
 )
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
+from edgecompress.evaluators.served import ServedTrial, latency_source, precision_for
 from edgecompress.evaluators.splits import calibration_batches, make_loader
 from edgecompress.evaluators.train import ProgressCallback, TrainSettings, predict_logits, train_model
 from edgecompress.runtime.backend import deploy
 from edgecompress.runtime.deployed import Deployed
-from edgecompress.runtime.sub8bit import estimate_sub8bit
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig
 from edgecompress.study import attrs as A
@@ -65,11 +63,6 @@ class Evaluator(Protocol):
                  on_epoch: EpochCallback | None = None) -> EvalResult: ...
 
 
-def precision_for(bits: int) -> str:
-    """Deploy precision for a weight bit-width: 32 fp32, 16 fp16/bf16, 8 int8, below 8 int8 + estimate."""
-    return {32: "fp32", 16: "fp16"}.get(bits, "int8")
-
-
 def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -81,8 +74,12 @@ def resolve_device(name: str) -> str:
 class CompressionEvaluator(PairedLatencyMixin):
     """Evaluates CompressionConfigs for one experiment; data and the base model are loaded once, lazily."""
 
-    def __init__(self, exp: ExperimentConfig, data: DataBundle | None = None, base: BaseModel | None = None) -> None:
+    def __init__(self, exp: ExperimentConfig, data: DataBundle | None = None, base: BaseModel | None = None,
+                 reference: Callable[[], nn.Module] | None = None) -> None:
+        """`reference`: builds the latency reference's model (default: the base model; remeasure passes one that
+        never trains)."""
         self.exp = exp
+        self._reference_model = reference
         self.device = resolve_device(exp.device.device)
         self._data, self._base = data, base
         self._reference: LatencyReference | None = None
@@ -124,16 +121,11 @@ class CompressionEvaluator(PairedLatencyMixin):
             self._cropped = cropped_bundle(self.data, self.box_predictor().net)
         return self._cropped
 
-    def pipeline(self, model: nn.Module, config: CompressionConfig, size: int) -> tuple[nn.Module, int]:
-        """The deployed module of a compressed classifier and its input side: DICPipeline from the raw canvas for
-        `crop: dic`; when the space searches crop, `none` is also measured from the raw canvas (ResizePipeline),
-        so both include getting to the classifier's input; otherwise the classifier at `size` (as before)."""
-        native = self.data.native_size
-        if config.crop == "dic":
-            return DICPipeline(self.box_predictor().net, model, native, size).eval(), native
-        if self.exp.space.crop is not None:
-            return ResizePipeline(model, size).eval(), native
-        return model, size
+    def served(self, model: nn.Module, config: CompressionConfig, size: int) -> ServedTrial:
+        """The served form of a compressed classifier (evaluators/served.py: what export, remeasure and the
+        cascade serve too): the DIC or resize pipeline from the raw canvas, or the classifier at `size`."""
+        box = self.box_predictor().net if config.crop == "dic" else None
+        return ServedTrial.build(model, config, self.exp, self.data, box_net=box, size=size)
 
     def calib_batches(self, size: int, n: int = 8, batch_size: int = 32, split: Any = None) -> list[torch.Tensor]:
         """This experiment's int8 calibration images at `size` (splits.calibration_batches) from `split` (default:
@@ -187,7 +179,8 @@ class CompressionEvaluator(PairedLatencyMixin):
             "base_from_cache": bool(self.base.reused), "base_dir": str(Path(self.base.path).absolute()),
         }
         # 1. latency and cost first (cheap); weights do not matter for speed
-        pipe, in_size = self.pipeline(model, config, size)
+        served = self.served(model, config, size)
+        pipe, in_size = served.module, served.input_size
         metrics.update(count_costs(pipe, (1, data.in_chans, in_size, in_size), w_bits=w, a_bits=a))
         if pipe is not model:
             metrics.update({"crop": config.crop, "pipeline_input_size": in_size})
@@ -195,13 +188,9 @@ class CompressionEvaluator(PairedLatencyMixin):
             box = self.box_predictor()
             metrics.update({"dic_box_net_params": box.metrics["box_net_params"],
                             "dic_cam_method": box.metrics["cam_method"]})
-        measured_precision = precision_for(w)
-        dep = self._deploy(pipe, in_size, measured_precision, exporter="legacy" if pipe is model else "dynamo")
+        dep = served.deploy(exp.device.backend, self.device, exp.device.measure_threads)
         metrics.update(self.measure_latency(dep, in_size))
-        if w < 8:  # no sub-8-bit kernels: scale the measured int8 (or fp32 fallback) latency by BitOPs
-            metrics.update(estimate_sub8bit(metrics, dep.base_precision, w, a))
-        else:
-            metrics[A.LATENCY_SOURCE] = "measured"
+        metrics.update(latency_source(metrics, dep, w, a))  # below 8 bits: estimated from the int8 measurement
         metrics["measure_seconds"] = round(time.perf_counter() - t0, 3)
         pre = violations(metrics, exp.constraints, "pre")
         if any(v > 0 for v in pre.values()):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,13 @@ class PairedLatencyMixin:
     device: str
     _reference: LatencyReference | None
 
+    _reference_model: Callable[[], nn.Module] | None = None
+
     def reference_model(self) -> nn.Module:
-        """The latency reference's architecture: the uncompressed base model (weights do not matter)."""
+        """The latency reference's architecture: the uncompressed base model (weights do not matter), or what
+        the evaluator's `reference` builds."""
+        if self._reference_model is not None:
+            return self._reference_model()
         return self.base.model
 
     def latency_reference(self, stale: dict[str, Any] | None = None) -> LatencyReference:

@@ -29,12 +29,10 @@ from optuna.trial import FrozenTrial, TrialState, create_trial
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed
 from edgecompress.evaluators.data import DataBundle, load_data
-from edgecompress.evaluators.dic import BOX_NET_FILE, BoxNet, DICPipeline, ResizePipeline, load_box_net
-from edgecompress.evaluators.evaluator import CompressionEvaluator, precision_for, resolve_device
+from edgecompress.evaluators.evaluator import CompressionEvaluator, resolve_device
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.evaluators.served import ServedTrial
 from edgecompress.export.trial_export import check_device
-from edgecompress.runtime.backend import deploy
-from edgecompress.runtime.sub8bit import estimate_sub8bit
 from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
 from edgecompress.study import attrs as A
@@ -123,34 +121,17 @@ class _Remeasurer:
 
     def __init__(self, exp: ExperimentConfig, data: DataBundle) -> None:
         self.exp = exp
-        self.ev = CompressionEvaluator(exp, data=data)  # measure_latency / calib_batches, as in the search
-        self.ev.reference_model = self.reference_model  # type: ignore[method-assign]  # never trains
+        # measure_latency as in the search; its reference never trains (reference_model below)
+        self.ev = CompressionEvaluator(exp, data=data, reference=self.reference_model)
         self._base: Any = None
 
     def measure(self, model: torch.nn.Module, cfg: CompressionConfig, size: int,
                 folder: Path | None = None) -> dict[str, Any]:
         ev, d = self.ev, self.exp.device
-        precision = precision_for(cfg.w_bits)
-        exporter = "legacy"
-        if self.exp.space.crop is not None:  # deployed from the raw image, as the evaluator measured it
-            native = ev.data.native_size
-            if cfg.crop == "dic":  # the trial's box net, or its architecture (weights do not change latency)
-                box = folder / BOX_NET_FILE if folder is not None else None
-                net = load_box_net(box) if box is not None and box.is_file() else BoxNet(ev.data.in_chans, native)
-                model = DICPipeline(net, model.eval(), native, size).eval()
-            else:
-                model = ResizePipeline(model.eval(), size).eval()
-            size, exporter = native, "dynamo"
-        example = torch.randn(1, ev.data.in_chans, size, size)
-        calib = ev.calib_batches(size) if precision == "int8" else None
-        dep = deploy(model, example, backend=d.backend, precision=precision, calib_batches=calib,
-                     device=ev.device, threads=d.measure_threads, exporter=exporter)
-        m = ev.measure_latency(dep, size)
-        if cfg.w_bits < 8:  # the evaluator's estimate, from the precision the model really deployed at
-            m.update(estimate_sub8bit(m, dep.base_precision, cfg.w_bits, cfg.a_bits))
-        else:
-            m[A.LATENCY_SOURCE] = "measured"
-        return m
+        # served as the evaluator served it; a missing box net stands in by its architecture (timing only)
+        served = ServedTrial.load(folder, self.exp, ev.data, config=cfg, classifier=model, size=size, stand_in=True)
+        dep = served.deploy(d.backend, ev.device, d.measure_threads)
+        return served.latency_metrics(ev.measure_latency(dep, served.input_size), dep)
 
     def reference_model(self) -> torch.nn.Module:
         """The latency reference: the cached base model, else its architecture untrained (latency does not

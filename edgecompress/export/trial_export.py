@@ -31,8 +31,7 @@ import yaml
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.evaluators.compress import load_compressed, weights_hash
 from edgecompress.evaluators.data import DataBundle, load_data
-from edgecompress.evaluators.dic import load_dic_pipeline
-from edgecompress.evaluators.splits import calibration_batches
+from edgecompress.evaluators.served import ServedTrial
 from edgecompress.export.checks import (
     FP32_MIN_AGREEMENT,
     ExportError,
@@ -90,7 +89,8 @@ def parse_formats(formats: str | Sequence[str]) -> tuple[str, ...]:
 
 def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size: int, in_chans: int,
                  cfg: CompressionConfig, calib: list[torch.Tensor] | None,
-                 int8_scheme: str = "auto", preprocess: Preprocess | None = None) -> list[tuple[str, str]]:
+                 int8_scheme: str = "auto", preprocess: Preprocess | None = None,
+                 exporter: str = "legacy") -> list[tuple[str, str]]:
     """Write the model files into `staging`; returns [(check name, precision)]. With `preprocess`, each ONNX file
     also gets a copy with the preprocessing in its graph (uint8 images in)."""
     example = torch.randn(2, in_chans, size, size)
@@ -102,12 +102,12 @@ def _build_files(model: nn.Module, formats: tuple[str, ...], staging: Path, size
             torch.jit.save(traced, str(staging / FILES["torchscript"]))
         built.append(("torchscript", "fp32"))
     if "onnx" in formats:
-        export_onnx(model, example, staging / FILES["onnx"])
+        export_onnx(model, example, staging / FILES["onnx"], exporter)
         built.append(("onnx", "fp32"))
         if cfg.w_bits <= 8 and calib is not None:  # int8 deploy form: onnxruntime static QDQ, as the search
             work = staging / ".int8"
             dep = deploy(model, example[:1], backend="onnxruntime", precision="int8", calib_batches=calib,
-                         workdir=work, int8_scheme=int8_scheme)
+                         workdir=work, int8_scheme=int8_scheme, exporter=exporter)
             os.replace(work / "model_int8.onnx", staging / FILES["onnx_int8"])
             shutil.rmtree(work, ignore_errors=True)
             built.append(("onnx_int8", dep.precision))
@@ -176,21 +176,26 @@ def export_trial(study: Any, out_dir: str | os.PathLike[str], *, trial: int | No
     if isinstance(recorded, str) and recorded != result.weights_sha256:
         raise ExportError(f"trial {sel.number}: {path} does not hold the weights the trial recorded "
                           f"({A.WEIGHTS_HASH} {recorded[:12]}..., file {result.weights_sha256[:12]}...)")
-    if cfg.crop == "dic":  # one graph from the raw canvas: box net -> crop -> the classifier at `size`
-        model = load_dic_pipeline(path.parent, model, data.native_size, size)
+    # what the search measured (evaluators/served.py): crop: dic and, where the space searches crop, crop: none
+    # too, take the whole canvas (box net -> crop, or resize) in one graph
+    served = ServedTrial.load(path.parent, exp, data, config=cfg, classifier=model, size=size)
+    if cfg.crop == "dic":
         result.notes.append(f"crop: dic: the files take the whole {data.native_size} px image; in the graph a "
                             f"box predictor finds the object and its crop is resized to {size} px for the classifier")
-        size = data.native_size
+    elif served.module is not model:
+        result.notes.append(f"the files take the whole {data.native_size} px image and resize it to {size} px in "
+                            f"the graph, as the search measured them")
+    model, size = served.module, served.input_size
     xval = validation_batch(data, size)
     raw = [spec.decode(it) for it in raw_items(data.val, len(xval))] if preprocess else []
     with torch.no_grad():
         ref = model(xval).float().numpy()
-    calib = calibration_batches(data.train, size, exp.seed) if cfg.w_bits <= 8 and "onnx" in fmts else None
+    calib = served.calib_batches() if "onnx" in fmts else None
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         built = _build_files(model, fmts, staging, size, data.in_chans, cfg, calib, int8_scheme,
-                             spec if preprocess else None)
+                             spec if preprocess else None, served.exporter)
         for name, precision in built:
             file = FILES[name]
             if name.endswith("_preprocess"):

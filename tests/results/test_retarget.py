@@ -54,6 +54,7 @@ FALLBACK = "fp32 (int8 unsupported on torch cuda)"  # what torch on CUDA deploys
 @pytest.mark.parametrize("falls_back", [True, False], ids=["fp32-fallback", "int8"])
 def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -> None:
     """Retarget re-measures a 4-bit trial with the evaluator's estimate, from the precision it really deployed at."""
+    import edgecompress.evaluators.served as served_mod
     import edgecompress.export.retarget as retarget_mod
     import edgecompress.runtime.backend as deploy_mod
     from edgecompress.evaluators.base_model import BaseModel
@@ -81,7 +82,7 @@ def test_sub8bit_estimate_equals_the_evaluators(falls_back: bool, monkeypatch) -
 
     if falls_back:
         monkeypatch.setattr(ev_mod, "deploy", int8_falls_back)
-        monkeypatch.setattr(retarget_mod, "deploy", int8_falls_back)
+        monkeypatch.setattr(served_mod, "deploy", int8_falls_back)  # the one served form of evaluator and retarget
     monkeypatch.setattr(CompressionEvaluator, "measure_latency", fixed_latency)
     monkeypatch.setattr(ev_mod, "train_model", lambda *a, **k: pytest.fail("no fine-tune expected"))
     exp = parse_experiment(TINY)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from edgecompress.cascade.planning.builder import build_cascade
 from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, StageSpec
@@ -85,7 +84,7 @@ def study_candidates(study: Any, include_estimated: bool = False,
             raise EdgeCompressError(f"trial {int(row['number'])}: validation labels differ from the other trials'")
         config = dict(row.get(A.CONFIG) or {})
         dic = config.get("crop") == "dic"  # its deployed model takes the raw canvas (box net -> crop -> classifier)
-        size = _opt_int(row.get("pipeline_input_size")) if dic else None
+        size = _opt_int(row.get("pipeline_input_size"))  # served from the canvas (dic, or resize: served.py)
         if dic and size is None:
             notes.append(f"trial {int(row['number'])}: crop: dic without pipeline_input_size, left out")
             continue
@@ -187,29 +186,18 @@ def stage_modules(cands: dict[str, Candidate], names: list[str], exp: Any, data:
     cores the next stage needs (measured: 0.33 ms instead of 0.17 ms per batch-1 call of a 2-stage cascade).
     `workdir`: keep each stage's built .onnx under workdir/<name> (Deployed.path), for the fused graph.
     """
-    from edgecompress.evaluators.compress import load_compressed
-    from edgecompress.evaluators.dic import load_dic_pipeline
-    from edgecompress.evaluators.evaluator import precision_for
-    from edgecompress.runtime.backend import deploy
+    from edgecompress.evaluators.served import ServedTrial
 
     out: list[Any] = []
     for name in names:
         c = cands[name]
-        model, meta = load_compressed(c.artefact_dir / ARTEFACT_FILES["model"])
-        if c.crop == "dic":
-            size = int(meta.get("input_size") or c.classifier_size or 0)
-            model = load_dic_pipeline(c.artefact_dir, model, data.native_size, size)
+        served = ServedTrial.load(c.artefact_dir, exp, data)  # what the search measured (evaluators/served.py)
+        if served.input_size != c.spec.input_size:
+            raise EdgeCompressError(f"{name}: its plan feeds it {c.spec.input_size} px, but it is served from "
+                                    f"{served.input_size} px")
         if not deployed:
-            out.append(model.eval())
+            out.append(served.module)
             continue
-        size = c.spec.input_size
-        precision = precision_for(int(c.config.get("w_bits", 32)))
-        calib = None
-        if precision == "int8":
-            from edgecompress.evaluators.splits import calibration_batches
-
-            calib = calibration_batches(data.train, size, exp.seed)
-        out.append(deploy(model, torch.randn(1, data.in_chans, size, size), backend=exp.device.backend,
-                          precision=precision, calib_batches=calib, device="cpu", threads=exp.device.measure_threads,
-                          spinning=spinning, workdir=None if workdir is None else workdir / name))
+        out.append(served.deploy(exp.device.backend, "cpu", exp.device.measure_threads,
+                                 workdir=None if workdir is None else workdir / name, spinning=spinning))
     return out
