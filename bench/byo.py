@@ -120,8 +120,10 @@ def readme_table(doc: dict) -> str:
             rows.append(f"| `{ref}` | refused: {a['refused']} | | | | |")
             continue
         lat = a["latency_b1_ms"]
+        shuffled = sum("channel shuffle" in why for why in a["kept_out"].values())
+        kept = f"{a['classifier']}" + (f"; {shuffled} by channel shuffles" if shuffled else "")
         rows.append(f"| `{ref}` | {' / '.join(str(s['px']) for s in a['stages'])} | {a['kept_out_count']} "
-                    f"({a['classifier']}) | {a['macs_prune0'] / 1e6:.2f} M -> {a['macs_prune0.5'] / 1e6:.2f} M | "
+                    f"({kept}) | {a['macs_prune0'] / 1e6:.2f} M -> {a['macs_prune0.5'] / 1e6:.2f} M | "
                     f"{lat['prune0_fp32']:.3f} / {lat['prune0.5_fp32']:.3f} | "
                     f"{lat['prune0_int8']:.3f} / {lat['prune0.5_int8']:.3f} |")
     return "\n".join(rows)
