@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from edgecompress.runtime.timing import time_call
 from edgecompress.utils import atomic_write_json, runs_dir, stable_hash
 
 MEMORY_FORMATS = ("auto", "contiguous", "channels_last")
@@ -213,14 +214,15 @@ class _Stepper:
     def step(self) -> float:
         import torch.nn.functional as F
 
-        t = time.perf_counter()
-        loss = F.cross_entropy(self.model(self.x), self.y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        if self.x.is_cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter() - t
+        def one() -> None:
+            loss = F.cross_entropy(self.model(self.x), self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+
+        # a probe inside a training process: timed by the engine without taking the compute lock
+        seconds, _ = time_call(one, torch.cuda.synchronize if self.x.is_cuda else None)
+        return seconds
 
 
 def time_formats(model: nn.Module, x: torch.Tensor, steps: int = PROBE_STEPS,

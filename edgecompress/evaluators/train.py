@@ -26,6 +26,7 @@ from edgecompress.evaluators.memformat import (
 )
 from edgecompress.evaluators.splits import Split, make_loader
 from edgecompress.runtime.compute_lock import step_lock
+from edgecompress.runtime.timing import Stopwatch
 
 EpochCallback = Callable[[int, float], None]
 
@@ -170,7 +171,7 @@ def _train_loop(model: nn.Module, train: Split, size: int, settings: TrainSettin
         model.train()
         total, count, correct = 0.0, 0, 0
         for step, (x, y) in enumerate(loader):
-            t_step = time.perf_counter()
+            step_watch = Stopwatch()  # the first steps' time chooses the memory format (memformat.py)
             x, y = x.to(device), y.to(device)
             if not in_shape:  # the first batch: a forced or cached choice applies from the start
                 in_shape = tuple(x.shape)
@@ -203,7 +204,7 @@ def _train_loop(model: nn.Module, train: Split, size: int, settings: TrainSettin
             correct += int((out.detach().argmax(1) == y).sum())
             hist.steps += 1
             if choice is None and len(y) == in_shape[0]:
-                warm_times.append(time.perf_counter() - t_step)
+                warm_times.append(step_watch.seconds())
                 if len(warm_times) == 4:  # the first step allocates and picks kernels
                     choice = _decide_format(model, in_shape, threads, str(device), sorted(warm_times[1:])[1],
                                             settings.epochs * steps_per_epoch - hist.steps)

@@ -27,6 +27,7 @@ import torch
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.runtime.compute_lock import LOCK_NAME, compute_lock, default_lock_path
+from edgecompress.runtime.timing import CallTimer
 
 __all__ = ["LOCK_NAME", "LatencyStats", "cpu_name", "default_lock_path", "device_name", "latency_lock",
            "measure_latency"]
@@ -137,30 +138,6 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
-
-
-class CallTimer:
-    """Times `inner` calls of `fn` per sample, on the host clock (CPU) or with CUDA events."""
-
-    def __init__(self, fn: Callable[[], Any], cuda: bool) -> None:
-        self.fn, self.cuda = fn, cuda
-        if cuda:
-            self.start = torch.cuda.Event(enable_timing=True)
-            self.end = torch.cuda.Event(enable_timing=True)
-
-    def sample_ms(self, inner: int) -> float:
-        fn = self.fn
-        if self.cuda:
-            self.start.record()
-            for _ in range(inner):
-                fn()
-            self.end.record()
-            self.end.synchronize()
-            return self.start.elapsed_time(self.end)
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        return (time.perf_counter() - t0) * 1e3
 
 
 def check_timing_args(caller: str, *, batch_size: int, threads: int, min_repeats: int, max_seconds: float,

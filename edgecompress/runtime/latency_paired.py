@@ -23,7 +23,6 @@ from typing import Any
 import torch
 
 from edgecompress.runtime.latency import (
-    CallTimer,
     check_timing_args,
     cv_of,
     device_name,
@@ -31,6 +30,7 @@ from edgecompress.runtime.latency import (
     percentile,
     torch_threads,
 )
+from edgecompress.runtime.timing import CallTimer
 
 __all__ = ["PairedStats", "measure_paired", "median_interval"]
 

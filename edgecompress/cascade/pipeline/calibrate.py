@@ -10,7 +10,6 @@ is known), re-prices the plan's stages at their in-cascade cost and plans again,
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from dataclasses import replace as dc_replace
@@ -21,6 +20,7 @@ import numpy as np
 
 from edgecompress.cascade.pipeline.study_candidates import Candidate
 from edgecompress.cascade.planning.plan import CascadePlan
+from edgecompress.runtime.timing import TimingOptions, time_each
 
 __all__ = ["FusedPathTimer", "PathCosts", "Refinement", "path_costs", "refine_plan", "repriced"]
 
@@ -43,15 +43,8 @@ def path_costs(run: Callable[[np.ndarray], np.ndarray], inputs: Sequence[np.ndar
                warmup: int = 30) -> PathCosts:
     """Time `run` (one input of batch 1 -> its exit stage, int array of shape (1,)) on every input in turn.
     Means are nan for a path no call took."""
-    for x in inputs[:warmup]:
-        run(x)
-    times, exits = [], []
-    for x in inputs:
-        t0 = time.perf_counter()
-        e = run(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-        exits.append(int(np.asarray(e).reshape(-1)[0]))
-    t, ex = np.asarray(times), np.asarray(exits)
+    t, outs = time_each(run, inputs, TimingOptions(warmup=warmup))  # the timing engine, under the compute lock
+    ex = np.asarray([int(np.asarray(e).reshape(-1)[0]) for e in outs])
     means = [float(t[ex == k].mean()) if (ex == k).any() else float("nan") for k in range(len(stages))]
     return PathCosts(list(stages), means, [int((ex == k).sum()) for k in range(len(stages))])
 

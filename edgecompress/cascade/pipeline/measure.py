@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,17 +38,12 @@ from edgecompress.cascade.serving.fused import (
 from edgecompress.cascade.serving.lean import LeanCascade, deployed_stage, resize_array
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.result import ARTEFACT_FILES
+from edgecompress.runtime.timing import TimingOptions, time_each
 
 
 def per_call_ms(fn: Any, inputs: list[Any], warmup: int = 30) -> tuple[float, float, float]:
     """(mean, p90, p99) ms per call over `inputs`, after `warmup` calls."""
-    for x in inputs[:warmup]:
-        fn(x)
-    times = []
-    for x in inputs:
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
+    times, _ = time_each(fn, inputs, TimingOptions(warmup=warmup))  # the timing engine, under the compute lock
     q = np.percentile(times, [90, 99])
     return statistics.fmean(times), float(q[0]), float(q[1])
 

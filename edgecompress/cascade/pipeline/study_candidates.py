@@ -7,7 +7,6 @@ chosen trial's deploy form (ONNX fp32/int8 or torch) for serving and timing.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,14 +117,10 @@ def measure_routing_overhead_ms(num_classes: int, kind: str = "margin", batch_si
     The builder adds it per escalation so a cascade must save more than it costs to route.
     """
     from edgecompress.cascade.planning.confidence import confidence
+    from edgecompress.runtime.timing import TimingOptions, time_blocks
 
     z = np.random.default_rng(0).standard_normal((batch_size, num_classes)).astype(np.float32)
-    for _ in range(20):
-        confidence(z, kind)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        _ = confidence(z, kind) < 0.5
-    return (time.perf_counter() - t0) / repeats * 1e3
+    return time_blocks([lambda: confidence(z, kind) < 0.5], TimingOptions(warmup=20, rounds=1, calls=repeats))[0]
 
 
 def plan_cascade(cands: list[Candidate], labels: np.ndarray, *, min_accuracy: float | None = None,

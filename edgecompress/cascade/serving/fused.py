@@ -286,19 +286,9 @@ def _linear_stage(in_chans: int, size: int, classes: int, seed: int) -> Any:
 def _block_ms(fns: Sequence[Callable[[], Any]], calls: int, rounds: int) -> list[float]:
     """Per-call ms of each function: the fastest of `rounds` interleaved blocks of `calls` calls (drift hits all
     alike; the least-disturbed block stands for the uncontended cost on a shared machine)."""
-    import time
+    from edgecompress.runtime.timing import TimingOptions, time_blocks
 
-    for fn in fns:
-        for _ in range(max(10, calls // 4)):
-            fn()
-    per: list[list[float]] = [[] for _ in fns]
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            per[i].append((time.perf_counter() - t0) / calls * 1e3)
-    return [float(np.min(p)) for p in per]
+    return time_blocks(fns, TimingOptions(warmup=max(10, calls // 4), rounds=rounds, calls=calls))
 
 
 def measure_fused_overheads(in_chans: int, native_size: int, first_size: int, classes: int, kind: str = "margin",
