@@ -33,13 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgecompress.cascade.pipeline.calibrate import FusedPathTimer, refine_plan  # noqa: E402
 from edgecompress.cascade.pipeline.from_study import sliced_candidates  # noqa: E402
-from edgecompress.cascade.pipeline.measure import (  # noqa: E402
-    evaluate_cascade,
-    per_call_ms,
-    plan_cascade,
-    stage_modules,
-    study_candidates,
-)
+from edgecompress.cascade.pipeline.measure import evaluate_cascade, per_call_ms
+from edgecompress.cascade.pipeline.study_candidates import plan_cascade, stage_modules, study_candidates
 from edgecompress.cascade.planning.risk import plan_with_risk, split_indices  # noqa: E402
 from edgecompress.cascade.serving.fused import measure_fused_overheads  # noqa: E402
 from edgecompress.evaluators.data import load_data  # noqa: E402

@@ -36,7 +36,7 @@ from edgecompress.runtime.cpu_features import cpu_flags  # noqa: E402
 from edgecompress.runtime.latency import cpu_name  # noqa: E402
 from edgecompress.search import run_search  # noqa: E402
 from edgecompress.search.finalize import choose_configs, finalize_study  # noqa: E402
-from edgecompress.search.optuna_runner import space_for  # noqa: E402
+from edgecompress.search.study_setup import space_for  # noqa: E402
 from edgecompress.spaces import load_experiment, parse_experiment  # noqa: E402
 from edgecompress.study import front, front_ranks, load_study, study_to_frame  # noqa: E402
 from edgecompress.utils import atomic_write_json, stable_hash  # noqa: E402

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from edgecompress.evaluators.result import EvalResult  # noqa: E402
 from edgecompress.runtime.latency import cpu_name  # noqa: E402
 from edgecompress.search import make_sampler, resolve_sampler_name, run_search, space_for  # noqa: E402
-from edgecompress.search.optuna_runner import initial_points  # noqa: E402
+from edgecompress.search.study_setup import initial_points
 from edgecompress.spaces import CompressionConfig, load_experiment  # noqa: E402
 from edgecompress.spaces.experiment import ExperimentConfig  # noqa: E402
 from edgecompress.spaces.space import SearchSpace  # noqa: E402

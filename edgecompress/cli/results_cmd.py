@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from edgecompress.cli.base_cmd import console, emit_json, with_flags
-from edgecompress.cli.tables import (  # noqa: F401 - front_rows: the pareto table's rows, imported from here too
+from edgecompress.cli.tables import (
     base_line,
     fmt_ms,
     fmt_pp,

@@ -192,7 +192,7 @@ def front_gains_by_trial(summary: Any) -> dict[int, dict[str, Any]]:
 
     if not summary.front:
         return {}
-    from edgecompress.study.attrs import FINAL_SUFFIX
+    from edgecompress.study.storage import FINAL_SUFFIX
 
     # exactly the summary's study: a search summary's trials, or (after finalize) the finalized study's; "proxy" on
     # a `-final` name would open its search study, whose trial numbers mean other configs

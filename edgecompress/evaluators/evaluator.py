@@ -34,8 +34,7 @@ from edgecompress.evaluators.dic import (
     get_box_predictor,
     save_box_net,
 )
-from edgecompress.evaluators.reference_latency import (  # noqa: F401 - re-exported
-    REFERENCE_FILE,
+from edgecompress.evaluators.reference_latency import (
     LatencyReference,
     PairedLatencyMixin,
 )

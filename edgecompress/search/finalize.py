@@ -30,7 +30,7 @@ from edgecompress.study import attrs as A
 from edgecompress.study.frame import frame_objectives, study_to_frame
 from edgecompress.study.front import front_ranks
 from edgecompress.study.intervals import PairedDifference, paired_difference
-from edgecompress.study.storage import make_storage, study_location
+from edgecompress.study.storage import FINAL_SUFFIX, make_storage, study_location
 
 __all__ = ["DEFAULT_EPOCHS", "DEFAULT_TOP", "Chosen", "FinalizeSummary", "choose_configs", "final_experiment",
            "finalize_study"]
@@ -162,7 +162,7 @@ def finalize_study(
     choose among configs whose latency was measured on the study's device (choose_configs)."""
     loc = study_location(study, storage, final="proxy")
     src = loc.study
-    if src.study_name.endswith(A.FINAL_SUFFIX) or src.user_attrs.get(A.FINALIZED_FROM):
+    if src.study_name.endswith(FINAL_SUFFIX) or src.user_attrs.get(A.FINALIZED_FROM):
         raise ConfigError(f"study {src.study_name!r} is already a finalized study; finalize its search study")
     exp = A.study_experiment(src)
     fexp = final_experiment(exp, epochs, overrides)
@@ -183,7 +183,7 @@ def finalize_study(
         notes.append(f"the two best proxy candidates differ by {close.diff * 100:+.2f} pp on {close.n} validation "
                      f"images, 95% interval [{close.low * 100:+.2f}, {close.high * 100:+.2f}] pp: the search "
                      "cannot tell them apart; the finalized accuracies decide")
-    name = src.study_name + A.FINAL_SUFFIX
+    name = src.study_name + FINAL_SUFFIX
     final, _ = create_or_load_study(fexp, name, make_storage(loc.url))
     final.set_user_attr(A.FINALIZED_FROM, src.study_name)
     final.set_user_attr(A.FIDELITY, "final")

@@ -27,7 +27,6 @@ from edgecompress.spaces.config import CompressionConfig
 from edgecompress.spaces.space import SearchSpace
 from edgecompress.study import artefact_store
 from edgecompress.study import attrs as A
-from edgecompress.study.attrs import BOOKKEEPING_ATTRS, COUNTED_DETAILS  # noqa: F401 - re-exported
 from edgecompress.study.constraints import active_constraints, constraint_values
 from edgecompress.study.record import TrialRecord
 from edgecompress.utils import atomic_write_json, atomic_write_text, is_finite_number, plain

@@ -34,16 +34,11 @@ from edgecompress.search.objective import TrialFailed, make_objective
 from edgecompress.search.progress import StudyStats, is_counted, study_stats
 from edgecompress.search.recovery import Heartbeat, mark_owner, recover_dead_trials, study_lock
 from edgecompress.search.samplers import make_sampler, resolve_sampler_name
-from edgecompress.search.study_setup import (  # noqa: F401 - the study's set-up, re-exported from here too
-    RUN_INDEX,
-    SEED_STABLE_SAMPLERS,
+from edgecompress.search.study_setup import (
     check_existing_study,
-    check_experiment,
     claim_run_index,
     create_or_load_study,
     enqueue_initial,
-    experiment_hash,
-    initial_points,
     run_seed,
     space_for,
     study_dir,

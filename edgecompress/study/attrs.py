@@ -15,7 +15,6 @@ import optuna
 
 from edgecompress.errors import EdgeCompressError
 from edgecompress.spaces.experiment import ExperimentConfig, parse_experiment
-from edgecompress.study.storage import FINAL_SUFFIX  # noqa: F401 - finalize writes <study>-final
 
 # ---- study user attributes
 EXPERIMENT = "experiment"  # the ExperimentConfig dict the study was created with

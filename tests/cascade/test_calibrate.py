@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from edgecompress.cascade.pipeline.calibrate import MIN_CALLS, FusedPathTimer, PathCosts, refine_plan, repriced
-from edgecompress.cascade.pipeline.measure import Candidate, plan_cascade, study_candidates
+from edgecompress.cascade.pipeline.study_candidates import Candidate, plan_cascade, study_candidates
 from edgecompress.cascade.planning.builder import seed_rule_plan
 from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, StageSpec, simulate
 from edgecompress.evaluators.data import load_data

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edgecompress.cascade import load_cascade
-from edgecompress.cascade.pipeline.measure import study_candidates
+from edgecompress.cascade.pipeline.study_candidates import study_candidates
 from edgecompress.cli import main
 from edgecompress.errors import EdgeCompressError
 from edgecompress.evaluators.data import load_data

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgecompress.cascade.pipeline.measure import _served_form, evaluate_cascade, stage_modules, study_candidates
+from edgecompress.cascade.pipeline.measure import _served_form, evaluate_cascade
+from edgecompress.cascade.pipeline.study_candidates import stage_modules, study_candidates
 from edgecompress.cascade.planning.confidence import confidence
 from edgecompress.cascade.planning.plan import CascadePlan, StagePlan, simulate
 from edgecompress.cascade.serving.cascade_model import CascadeModel

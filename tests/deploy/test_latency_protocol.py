@@ -283,7 +283,7 @@ def test_latency_threads_set_the_measured_deployment(latency_threads: int | None
     dep = CompressionEvaluator._deploy(fake_self, model, 8, "fp32")  # type: ignore[arg-type]
     assert dep.threads == expected == dev.measure_threads
     assert dep.calibration_key((1, 8, 8), 4)["threads"] == expected  # a reference calibrated per thread count
-    from edgecompress.search.optuna_runner import experiment_hash
+    from edgecompress.search.study_setup import experiment_hash
 
     same = experiment_hash(ExperimentConfig(device=dev)) == experiment_hash(ExperimentConfig())
     assert same == (latency_threads is None)

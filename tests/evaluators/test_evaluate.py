@@ -128,7 +128,7 @@ def test_latency_is_drift_corrected_against_the_reference(shared: CompressionEva
     import json
 
     from edgecompress.evaluators.base_model import base_dir
-    from edgecompress.evaluators.evaluator import REFERENCE_FILE
+    from edgecompress.evaluators.reference_latency import REFERENCE_FILE
 
     ev = evaluator(shared, constraints__max_latency_ms=1e-6)  # stops after measuring
     m = ev(CompressionConfig()).metrics
@@ -165,7 +165,7 @@ def test_a_calibration_taken_under_load_is_measured_again(shared: CompressionEva
     import json
 
     from edgecompress.evaluators.base_model import base_dir
-    from edgecompress.evaluators.evaluator import REFERENCE_FILE
+    from edgecompress.evaluators.reference_latency import REFERENCE_FILE
 
     path = base_dir(shared.exp) / REFERENCE_FILE
     evaluator(shared, constraints__max_latency_ms=1e-6)(CompressionConfig())  # calibrated (or read) quietly

@@ -135,7 +135,7 @@ def test_cascade_candidates_take_dynamic_cropping_trials_at_the_canvas(handmade)
     out with a note naming it."""
     from optuna.trial import create_trial
 
-    from edgecompress.cascade.pipeline.measure import study_candidates
+    from edgecompress.cascade.pipeline.study_candidates import study_candidates
 
     t1 = handmade.study.trials[1]
     attrs = dict(t1.user_attrs)

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from edgecompress.evaluators.result import ARTEFACT_FILES, EvalResult
 from edgecompress.export.trial_export import trial_model_path
 from edgecompress.search import run_search
-from edgecompress.search.optuna_runner import space_for
+from edgecompress.search.study_setup import space_for
 from edgecompress.study import artefact_store, load_study, study_to_frame
 from edgecompress.utils import Locations, artefacts_dir
 

@@ -16,8 +16,9 @@ from optuna.trial import TrialState
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search import run_search
 from edgecompress.search.objective import make_objective
-from edgecompress.search.optuna_runner import run_one, space_for
+from edgecompress.search.optuna_runner import run_one
 from edgecompress.search.recovery import recover_dead_trials
+from edgecompress.search.study_setup import space_for
 from edgecompress.study import load_study
 from edgecompress.study.storage import default_storage_url, make_storage
 

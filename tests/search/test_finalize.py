@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from edgecompress.search.finalize import choose_configs, final_experiment, finalize_study
-from edgecompress.search.optuna_runner import space_for
+from edgecompress.search.study_setup import space_for
 from edgecompress.study import attrs as A
 from edgecompress.study import load_study, study_to_frame
 

@@ -31,8 +31,8 @@ def test_locations_are_absolute_and_restored(tmp_path: Path, monkeypatch) -> Non
 def test_ray_trial_uses_the_drivers_locations_from_its_own_working_folder(fakes, tmp_path: Path, monkeypatch) -> None:
     from ray import tune
 
-    from edgecompress.search.optuna_runner import space_for
     from edgecompress.search.ray_runner import _trainable_factory
+    from edgecompress.search.study_setup import space_for
 
     exp = fakes.small_experiment()
     monkeypatch.chdir(tmp_path)
@@ -63,8 +63,8 @@ def test_ray_trial_uses_the_drivers_locations_from_its_own_working_folder(fakes,
 
 def test_ray_driver_fails_a_complete_trial_whose_artefacts_it_cannot_see(fakes, tmp_path: Path) -> None:
     from edgecompress.evaluators.result import EvalResult
-    from edgecompress.search.optuna_runner import space_for
     from edgecompress.search.ray_writer import StudyWriter
+    from edgecompress.search.study_setup import space_for
 
     exp = fakes.small_experiment()
     space = space_for(exp)

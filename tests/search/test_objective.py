@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 from edgecompress.evaluators.result import ARTEFACT_FILES
 from edgecompress.search.objective import TrialFailed, constraint_values, make_objective
-from edgecompress.search.optuna_runner import run_one, space_for
+from edgecompress.search.optuna_runner import run_one
+from edgecompress.search.study_setup import space_for
 
 
 def _study(tmp_path: Path, n_obj: int = 2) -> optuna.Study:

@@ -91,8 +91,8 @@ def test_ray_backend_writes_trials_into_the_study(fakes, tmp_path: Path, runs: P
 def _run_trainable(fakes, tmp_path: Path, monkeypatch, evaluator, params: dict) -> tuple[list[dict], object]:  # noqa: ANN001
     from ray import tune
 
-    from edgecompress.search.optuna_runner import space_for
     from edgecompress.search.ray_runner import _trainable_factory
+    from edgecompress.search.study_setup import space_for
 
     reports: list[dict] = []
     monkeypatch.setattr(tune, "report", lambda metrics, **kw: reports.append(dict(metrics)))

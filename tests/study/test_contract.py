@@ -29,7 +29,7 @@ FRONT = [5, 2, 4, 1, 0]  # by latency, then number
 
 def _make_study(folder: Path) -> optuna.Study:
     """A study made the search's way (create_or_load_study), trials with artefacts a cascade can read."""
-    from edgecompress.search.optuna_runner import create_or_load_study
+    from edgecompress.search.study_setup import create_or_load_study
     from edgecompress.study import make_storage
 
     exp = parse_experiment({"name": "contract"})
@@ -65,8 +65,8 @@ def contract_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> optuna.St
 
 
 def test_one_front_in_search_summary_pareto_report_and_cascade(contract_study: optuna.Study) -> None:
-    from edgecompress.cascade.pipeline.measure import study_candidates
-    from edgecompress.cli.results_cmd import front_rows as pareto_rows
+    from edgecompress.cascade.pipeline.study_candidates import study_candidates
+    from edgecompress.cli.tables import front_rows as pareto_rows
     from edgecompress.results.report import _get_report_info
     from edgecompress.search.optuna_runner import front_rows as summary_rows
     from edgecompress.search.progress import study_stats

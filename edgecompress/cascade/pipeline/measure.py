@@ -18,12 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgecompress.cascade.pipeline.study_candidates import (  # noqa: F401 - re-exported: the pipeline's public names
+from edgecompress.cascade.pipeline.study_candidates import (
     Candidate,
-    measure_routing_overhead_ms,
-    plan_cascade,
     stage_modules,
-    study_candidates,
 )
 from edgecompress.cascade.planning.builder import build_cascade, cascade_front, seed_rule_plan
 from edgecompress.cascade.planning.plan import CascadePlan, simulate
