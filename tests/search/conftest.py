@@ -35,8 +35,11 @@ class FakeEvaluator:
     """Evaluator-protocol fake. Appends each evaluated config hash to `log` (works across processes)."""
 
     def __init__(self, log: Path, delay: float = 0.0, fail: Callable[[CompressionConfig], bool] | None = None,
-                 epochs: int = 2, max_latency_ms: float | None = None) -> None:
+                 epochs: int = 2, max_latency_ms: float | None = None, block_after: int | None = None) -> None:
+        """`block_after`: evaluations after that many hang (10 min), so a test can kill a search mid-trial
+        without racing the trials (duplicates served from the cache finish at once)."""
         self.log = Path(log)
+        self.block_after = block_after
         self.delay = delay
         self.fail = fail
         self.epochs = epochs
@@ -47,8 +50,11 @@ class FakeEvaluator:
 
     def __call__(self, config: CompressionConfig, artefact_dir: Path | None = None,
                  on_epoch: Callable[[int, float], None] | None = None) -> EvalResult:
+        done = len(self.calls())
         with open(self.log, "a") as f:
             f.write(config.config_hash() + "\n")
+        if self.block_after is not None and done >= self.block_after:
+            time.sleep(600)
         metrics = fake_metrics(config)
         if self.fail is not None and self.fail(config):
             return EvalResult(config=config, state="failed", fail_reason="TrainingDivergedError: loss is NaN")

@@ -146,15 +146,15 @@ def test_sigkill_mid_study_then_rerun_reaches_total(fakes, tmp_path: Path, runs:
         f"spec = importlib.util.spec_from_file_location('search_fakes', {str(fakes.path)!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "from edgecompress.search import run_search\n"
-        f"ev = m.FakeEvaluator({str(tmp_path / 'first.log')!r}, delay=2.0)\n"
+        f"ev = m.FakeEvaluator({str(tmp_path / 'first.log')!r}, delay=0.5, block_after=3)\n"
         f"run_search(m.small_experiment(budget={{'sampler': 'random'}}), 'kill', trials={total}, evaluator=ev)\n"
     )
     err = tmp_path / "stderr.txt"
     with err.open("w") as fh:
         proc = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ), stderr=fh)
     try:
-        # progress, not speed: a loaded CI machine may start the subprocess slowly; trials of 2 s leave a ~10 s
-        # window in which 3 are complete and one runs (at 0.8 s the poller once missed it, and waited out the deadline)
+        # progress, not speed: the 4th evaluation hangs (block_after=3), so once 3 trials are complete one stays
+        # RUNNING until the kill, however slowly this machine polls (2 s trials once raced a loaded poller)
         deadline = time.time() + 180
         while time.time() < deadline:
             time.sleep(0.2)
