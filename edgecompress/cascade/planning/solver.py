@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from edgecompress.cascade.planning.confidence import confidence, fit_temperature
-from edgecompress.cascade.planning.plan import StagePlan, StageSpec, combine_weight, expected_latency, running_outputs
+from edgecompress.cascade.planning.plan import (
+    StagePlan,
+    StageSpec,
+    combine_weight,
+    escalates,
+    expected_latency,
+    running_outputs,
+)
 from edgecompress.errors import ConfigError
 
 _INF = math.inf
@@ -106,7 +113,7 @@ class Problem:
     def sweep(self, ids: tuple[int, ...], thr: Sequence[float], j: int) -> tuple[np.ndarray, ...]:
         """Accuracy and latency of cascade `ids` for every grid threshold of stage j, others fixed."""
         m, n = len(ids), self.n
-        escal = [(self.conf[ids[k]] < thr[k]) for k in range(m - 1)]
+        escal = [escalates(self.conf[ids[k]], -np.inf, thr[k]) for k in range(m - 1)]  # plan's one rule, no low
         reaches = np.ones(n, dtype=bool)
         exit_stage = np.full(n, m - 1, dtype=np.int64)
         for k in range(j):
