@@ -33,9 +33,12 @@ class TimingOptions:
     lock_path: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("warmup", "rounds", "calls"):
-            if getattr(self, name) < (0 if name == "warmup" else 1):
-                raise ValueError(f"{name} must be >= {0 if name == 'warmup' else 1}, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ValueError(f"warmup must be >= 0, got {self.warmup}")
+        if self.rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {self.rounds}")
+        if self.calls < 1:
+            raise ValueError(f"calls must be >= 1, got {self.calls}")
 
 
 @contextlib.contextmanager
